@@ -1,0 +1,62 @@
+"""Chat templates from the GGUF file, rendered in a sandboxed Jinja environment.
+
+The template is code supplied by the model file. Rendering it in a plain Jinja
+environment is a template-injection hole (llama-cpp-python had exactly this
+CVE in 2024); the immutable sandbox refuses attribute tricks and mutation.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from functools import lru_cache
+from typing import Any, Mapping, Sequence
+
+from edgescale.errors import UsageError
+
+Message = Mapping[str, str]
+
+
+def _raise(message: str) -> None:
+    raise UsageError(f"chat template refused the messages: {message}")
+
+
+@lru_cache(maxsize=8)
+def _compile(template: str) -> Any:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: _dt.datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+def render_chat(
+    template: str,
+    messages: Sequence[Message],
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+    add_generation_prompt: bool = True,
+) -> str:
+    """Render ``messages`` with the model's template, ready to tokenize."""
+    from jinja2 import TemplateError
+
+    try:
+        return str(
+            _compile(template).render(
+                messages=[dict(m) for m in messages],
+                bos_token=bos_token,
+                eos_token=eos_token,
+                add_generation_prompt=add_generation_prompt,
+            )
+        )
+    except TemplateError as exc:
+        raise UsageError(f"the model's chat template failed to render: {exc}") from None
+
+
+def user_messages(prompt: str, system: str | None = None) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": system}] if system else []
+    msgs.append({"role": "user", "content": prompt})
+    return msgs

@@ -1,0 +1,133 @@
+"""The one Engine protocol every backend implements, and KV cell bookkeeping.
+
+A backend loads a model and opens *decode sessions*: a KV cache sized for a
+query, holding up to ``n_seq_max`` sequences that share the prompt's cells.
+The generation layer (``runtime.generate``) drives a session; strategies drive
+the generation layer and never see a backend.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from edgescale.models.info import ModelInfo
+
+Logits = npt.NDArray[np.float32]
+Feed = tuple[int, Sequence[int]]  # (sequence id, tokens to append)
+
+
+@runtime_checkable
+class DecodeSession(Protocol):
+    """A KV cache sized for one query, shared by several sequences."""
+
+    n_seq_max: int
+    n_cells: int
+
+    def prefill(self, tokens: Sequence[int], seq_ids: Sequence[int]) -> Logits:
+        """Decode the prompt once for all ``seq_ids``; return the last position's logits (V,)."""
+
+    def decode(self, feeds: Sequence[Feed]) -> Logits:
+        """Append each feed's tokens to its sequence in one batch; return (len(feeds), V)
+        logits of each feed's last token. The rows stay valid until the next call."""
+
+    def remove(self, seq_id: int) -> None:
+        """Drop a sequence; cells no other sequence uses are freed at once."""
+
+    def fork(self, src: int, dst: int) -> None:
+        """Make ``dst`` a copy of ``src`` (shares its cells; no copy of data where the backend can)."""
+
+    def cells_used(self) -> int: ...
+
+    def kv_bytes_used(self) -> int: ...
+
+    def set_abort_check(self, check: Callable[[], bool] | None) -> None:
+        """Abort a running decode (raising DecodeAborted) when ``check()`` turns true."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    info: ModelInfo
+    backend_name: str
+    n_threads: int
+
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]: ...
+
+    def token_bytes(self, token: int) -> bytes: ...
+
+    def is_eog(self, token: int) -> bool: ...
+
+    def format_prompt(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
+        """Prompt text -> tokens, through the model's chat template when ``chat``."""
+
+    def session(self, *, n_seqs: int, n_cells: int, max_batch: int) -> DecodeSession: ...
+
+    def weights_bytes(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class CellBook:
+    """Which KV cells each sequence references, counted the way a unified cache stores them.
+
+    The prompt's cells are shared by every sequence that holds them; a fork shares
+    all of its parent's cells; each appended token takes one new cell. A cell is
+    free when no sequence references it.
+    """
+
+    def __init__(self) -> None:
+        self._cells: dict[int, list[int]] = {}
+        self._refs: list[int] = []
+        self._used = 0
+        self.peak = 0
+
+    def _new_cells(self, n: int) -> list[int]:
+        start = len(self._refs)
+        self._refs.extend([0] * n)
+        return list(range(start, start + n))
+
+    def _ref(self, cells: Sequence[int]) -> None:
+        refs = self._refs
+        for c in cells:
+            if refs[c] == 0:
+                self._used += 1
+            refs[c] += 1
+        self.peak = max(self.peak, self._used)
+
+    def shared_prompt(self, n_tokens: int, seq_ids: Sequence[int]) -> None:
+        cells = self._new_cells(n_tokens)
+        for s in seq_ids:
+            self._cells[s] = list(cells)
+            self._ref(cells)
+
+    def append(self, seq_id: int, n_tokens: int) -> None:
+        cells = self._new_cells(n_tokens)
+        self._cells.setdefault(seq_id, []).extend(cells)
+        self._ref(cells)
+
+    def fork(self, src: int, dst: int) -> None:
+        cells = list(self._cells.get(src, []))
+        self._cells[dst] = cells
+        self._ref(cells)
+
+    def remove(self, seq_id: int) -> None:
+        refs = self._refs
+        for c in self._cells.pop(seq_id, []):
+            refs[c] -= 1
+            if refs[c] == 0:
+                self._used -= 1
+
+    def position(self, seq_id: int) -> int:
+        """Next position of ``seq_id`` (its length so far)."""
+        return len(self._cells.get(seq_id, ()))
+
+    def holds(self, seq_id: int) -> bool:
+        return seq_id in self._cells
+
+    @property
+    def used(self) -> int:
+        return self._used

@@ -1,0 +1,350 @@
+"""The one batched step loop every strategy runs on.
+
+:class:`BatchGenerator` prefills the prompt once for up to ``n_seqs``
+sequences (they share the prompt's KV cells), then each :meth:`step` samples
+one token for every live sequence and decodes them together in one batch.
+Strategies are controllers over this loop: after each step they may cancel
+sequences (their KV is freed at once), start more (waves), or fork a sequence
+into a spare slot to probe it (:meth:`probe`), and they decide when the query
+is done.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+
+from edgescale.errors import DecodeAborted, UsageError
+from edgescale.runtime.detok import IncrementalText
+from edgescale.runtime.engine import DecodeSession, Engine, Logits
+from edgescale.runtime.sampling import GREEDY, SamplingConfig, make_sampler, row_logsumexp, sequence_rng
+
+FinishReason = Literal["stop", "length", "cancelled", "deadline"]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Per-query generation settings shared by all samples."""
+
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    sampling: SamplingConfig = SamplingConfig()
+    seed: int = 0
+
+
+@dataclass
+class SeqState:
+    """One sample as it grows."""
+
+    index: int
+    seed: int
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    finished_step: int | None = None
+    started_at: float | None = None  # seconds since the generator started
+    finished_at: float | None = None
+    _text: IncrementalText = field(default_factory=IncrementalText, repr=False)
+    _visible: str = ""  # text after stop-string truncation
+    _emitted: int = 0  # characters already handed out as deltas
+
+    @property
+    def text(self) -> str:
+        return self._visible
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    index: int
+    token: int
+    logprob: float
+    delta: str  # text that became safe to show (stop strings held back)
+    finish_reason: FinishReason | None
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    index: int
+    text: str
+    n_tokens: int  # tokens decoded for this probe (cue + answer)
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    prefill_s: float = 0.0
+    first_token_s: float | None = None
+    decode_steps: int = 0
+    probe_tokens: int = 0
+    probes: int = 0
+
+
+class BatchGenerator:
+    """Runs up to ``n_seqs`` samples of one prompt in one batched step loop."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        prompt_tokens: Sequence[int],
+        config: GenerationConfig,
+        *,
+        n_seqs: int,
+        n_initial: int | None = None,
+        probe_slots: int = 0,
+        probe_cells: int = 0,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if n_seqs < 1:
+            raise UsageError("at least one sample is needed")
+        if config.max_new_tokens < 1:
+            raise UsageError("max_new_tokens must be at least 1")
+        self.engine = engine
+        self.prompt = list(prompt_tokens)
+        self.config = config
+        self.n_seqs = n_seqs
+        self.probe_slots = probe_slots
+        self.deadline = deadline
+        self.clock = clock
+        self.stats = GenerationStats(prompt_tokens=len(self.prompt))
+        self.states = [SeqState(index=i, seed=config.seed + i) for i in range(n_seqs)]
+        self.live: list[int] = []
+        self.expired = False
+        self._sampler = make_sampler(config.sampling)
+        self._rngs = [sequence_rng(config.seed + i) for i in range(n_seqs)]
+        self._stop = tuple(s for s in config.stop if s)
+        self._hold = max((len(s) for s in self._stop), default=1) - 1
+        self._rows: dict[int, Logits] = {}  # live index -> logits row for its next token
+        self._prefill_row: Logits | None = None
+        self._t0 = clock()
+        n_cells = len(self.prompt) + n_seqs * config.max_new_tokens + probe_slots * probe_cells
+        self.session: DecodeSession = engine.session(
+            n_seqs=n_seqs + probe_slots,
+            n_cells=n_cells,
+            max_batch=max(len(self.prompt), n_seqs, probe_slots * max(probe_cells, 1)),
+        )
+        try:
+            # A long prefill can be interrupted mid-decode; steps are checked between
+            # decodes instead (the C-level check costs ~2 ms a step, see _llama_ffi).
+            if deadline is not None:
+                self.session.set_abort_check(lambda: clock() >= deadline)
+            row = self.session.prefill(self.prompt, list(range(n_seqs)))
+            self.session.set_abort_check(None)
+        except DecodeAborted:
+            self.session.close()
+            raise
+        except BaseException:
+            self.session.close()
+            raise
+        self._prefill_row = np.array(row)  # kept: later waves start from it
+        self._scratch = np.empty_like(self._prefill_row)
+        self.stats.prefill_s = clock() - self._t0
+        self.activate(range(n_initial if n_initial is not None else n_seqs))
+
+    # -- lifecycle -----------------------------------------------------------
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> "BatchGenerator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def now(self) -> float:
+        """Seconds since the generator started."""
+        return self.clock() - self._t0
+
+    def out_of_time(self) -> bool:
+        return self.expired or (self.deadline is not None and self.clock() >= self.deadline)
+
+    # -- sequences -------------------------------------------------------------
+    def pending(self) -> list[int]:
+        """Sequences not started yet (available for a later wave)."""
+        return [s.index for s in self.states if s.started_at is None]
+
+    def activate(self, indices: Sequence[int] | range) -> None:
+        """Start sequences: they draw their first token from the prompt's logits."""
+        assert self._prefill_row is not None
+        for i in indices:
+            st = self.states[i]
+            if st.started_at is not None:
+                continue
+            st.started_at = self.now()
+            self.live.append(i)
+            self._rows[i] = self._prefill_row
+
+    def cancel(self, index: int, reason: FinishReason = "cancelled") -> None:
+        """Stop a live sequence now and free its KV cells."""
+        st = self.states[index]
+        if st.finished:
+            return
+        self._finish(st, reason)
+        if index in self.live:
+            self.live.remove(index)
+            self._rows.pop(index, None)
+        self.session.remove(index)
+
+    def _finish(self, st: SeqState, reason: FinishReason) -> None:
+        st.finish_reason = reason
+        st.finished_step = self.stats.decode_steps
+        st.finished_at = self.now()
+        tail = st._text.flush()
+        if tail:
+            st._visible += tail
+
+    # -- the step ------------------------------------------------------------
+    def step(self) -> list[TokenEvent]:
+        """Sample one token for every live sequence, then decode them in one batch."""
+        if not self.live:
+            return []
+        events: list[TokenEvent] = []
+        feeds: list[tuple[int, list[int]]] = []
+        cfg = self.config
+        lse_cache: dict[int, float] = {}
+        for i in list(self.live):
+            st = self.states[i]
+            row = self._rows[i]
+            key = id(row)
+            cached = lse_cache.get(key)
+            if cached is None:
+                top = float(row.max())
+                cached = lse_cache[key] = (top, row_logsumexp(row, self._scratch, top))
+            top, lse = cached
+            tok = self._sampler(row, self._rngs[i], top)
+            lp = float(row[tok]) - lse
+            reason: FinishReason | None = None
+            if self.engine.is_eog(tok):
+                reason = "stop"
+            else:
+                st.tokens.append(tok)
+                st.logprobs.append(lp)
+                reason = self._append_text(st, self.engine.token_bytes(tok))
+                if reason is None and len(st.tokens) >= cfg.max_new_tokens:
+                    reason = "length"
+            if reason is not None:
+                self._finish(st, reason)
+                self.live.remove(i)
+                del self._rows[i]
+                self.session.remove(i)
+            else:
+                feeds.append((i, [tok]))
+            events.append(TokenEvent(i, tok, lp, self._take_delta(st), reason))
+        if self.stats.first_token_s is None:
+            self.stats.first_token_s = self.now()
+        self.stats.decode_steps += 1
+        if feeds:
+            self._decode_live(feeds)
+        return events
+
+    def _decode_live(self, feeds: list[tuple[int, list[int]]]) -> None:
+        try:
+            rows = self.session.decode(feeds)
+        except DecodeAborted:
+            self.expired = True
+            for i, _ in feeds:
+                self._rows.pop(i, None)
+            return
+        for n, (i, _) in enumerate(feeds):
+            self._rows[i] = rows[n]
+
+    def _append_text(self, st: SeqState, piece: bytes) -> FinishReason | None:
+        delta = st._text.feed(piece)
+        if not delta:
+            return None
+        before = len(st._visible)
+        st._visible += delta
+        if not self._stop:
+            return None
+        window_start = max(0, before - self._hold)
+        hits = [st._visible.find(s, window_start) for s in self._stop]
+        hits = [h for h in hits if h >= 0]
+        if hits:
+            st._visible = st._visible[: min(hits)]
+            return "stop"
+        return None
+
+    def _take_delta(self, st: SeqState) -> str:
+        end = len(st._visible) if st.finished else max(st._emitted, len(st._visible) - self._hold)
+        delta = st._visible[st._emitted : end]
+        st._emitted = end
+        return delta
+
+    # -- probing ---------------------------------------------------------------
+    def probe(
+        self,
+        indices: Sequence[int],
+        cue_tokens: Sequence[int],
+        *,
+        max_tokens: int = 20,
+        done: Callable[[str], bool] | None = None,
+    ) -> list[ProbeResult]:
+        """Ask live sequences for their answer so far without disturbing them.
+
+        Each sequence is forked into a spare slot (sharing its cells), the cue is
+        appended there, up to ``max_tokens`` greedy tokens are decoded for all
+        probes in one batch per step, and the forks are removed.
+        """
+        indices = [i for i in indices if i in self._rows][: self.probe_slots]
+        if not indices or not cue_tokens:
+            return []
+        # Parent logits rows are views into the backend's buffer: keep copies.
+        for i in indices:
+            self._rows[i] = np.array(self._rows[i])
+        for i in self.live:
+            self._rows[i] = np.array(self._rows[i])
+        spares = {i: self.n_seqs + j for j, i in enumerate(indices)}
+        texts = {i: IncrementalText() for i in indices}
+        counts = {i: len(cue_tokens) for i in indices}
+        pick = make_sampler(GREEDY)
+        try:
+            for i, s in spares.items():
+                self.session.fork(i, s)
+            rows = self.session.decode([(spares[i], list(cue_tokens)) for i in indices])
+            active = list(indices)
+            for _ in range(max_tokens):
+                nxt: list[int] = []
+                feeds: list[tuple[int, list[int]]] = []
+                for n, i in enumerate(active):
+                    tok = pick(rows[n], self._rngs[i], 0.0)
+                    if self.engine.is_eog(tok):
+                        continue
+                    texts[i].feed(self.engine.token_bytes(tok))
+                    if done is not None and done(texts[i].text):
+                        continue
+                    nxt.append(i)
+                    feeds.append((spares[i], [tok]))
+                active = nxt
+                if not feeds:
+                    break
+                rows = self.session.decode(feeds)
+                for i in active:
+                    counts[i] += 1
+        except DecodeAborted:
+            self.expired = True
+        finally:
+            for s in spares.values():
+                self.session.remove(s)
+        self.stats.probes += len(indices)
+        self.stats.probe_tokens += sum(counts.values())
+        out = []
+        for i in indices:
+            texts[i].flush()
+            out.append(ProbeResult(i, texts[i].text, counts[i]))
+        return out
+
+    # -- accounting --------------------------------------------------------------
+    @property
+    def generated_tokens(self) -> int:
+        return sum(len(s.tokens) for s in self.states)
+
+    def kv_bytes_peak(self) -> int:
+        peak = getattr(self.session, "kv_bytes_peak", None)
+        return int(peak()) if callable(peak) else self.session.kv_bytes_used()

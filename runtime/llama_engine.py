@@ -1,0 +1,209 @@
+"""The llama.cpp backend: one model, decode sessions over a unified KV cache.
+
+All C calls go through ``runtime._llama_ffi``; this module only arranges them:
+prefill the prompt once with every sequence id on its tokens, then decode the
+live sequences together, one token each per step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgescale.errors import ContextOverflow, UsageError
+from edgescale.models.info import ModelInfo, read_model_info
+from edgescale.runtime import _llama_ffi as ffi
+from edgescale.runtime.chat import render_chat, user_messages
+from edgescale.runtime.engine import CellBook, Feed, Logits
+
+MIN_BATCH = 32
+MAX_BATCH = 512
+
+
+class LlamaSession:
+    """A context sized for one query. Reused across queries of the same shape."""
+
+    def __init__(self, engine: "LlamaCppEngine", ctx: ffi.Context) -> None:
+        self._engine = engine
+        self.ctx = ctx
+        self.n_seq_max = ctx.params.n_seq_max
+        self.n_cells = ctx.n_ctx
+        self.book = CellBook()
+        self._batch = ffi.Batch(ctx.n_batch, ctx.params.n_seq_max)
+        self._kv_per_cell = engine.info.kv_bytes_per_cell(ctx.params.type_k, ctx.params.type_v)
+
+    def prefill(self, tokens: Sequence[int], seq_ids: Sequence[int]) -> Logits:
+        if not tokens:
+            raise UsageError("empty prompt")
+        if len(tokens) >= self.n_cells:
+            raise ContextOverflow(f"prompt of {len(tokens)} tokens does not fit a context of {self.n_cells}")
+        batch, step = self._batch, self.ctx.n_batch
+        ids = list(seq_ids)
+        for start in range(0, len(tokens), step):
+            chunk = tokens[start : start + step]
+            batch.clear()
+            last = start + len(chunk) == len(tokens)
+            for j, tok in enumerate(chunk):
+                batch.add(tok, start + j, ids, last and j == len(chunk) - 1)
+            self.ctx.decode(batch)
+        self.book.shared_prompt(len(tokens), ids)
+        return self.ctx.logits(1)[0]
+
+    def decode(self, feeds: Sequence[Feed]) -> Logits:
+        total = sum(len(toks) for _, toks in feeds)
+        if total <= self.ctx.n_batch:
+            return self._decode_batch(feeds)
+        # More tokens than one batch holds (long probe cues x many sequences):
+        # split on feed boundaries and keep each feed's last row.
+        rows: list[np.ndarray] = []
+        group: list[Feed] = []
+        size = 0
+        for feed in feeds:
+            n = len(feed[1])
+            if n > self.ctx.n_batch:
+                raise ContextOverflow(f"a feed of {n} tokens exceeds the batch size {self.ctx.n_batch}")
+            if size + n > self.ctx.n_batch:
+                rows.extend(np.array(self._decode_batch(group)))
+                group, size = [], 0
+            group.append(feed)
+            size += n
+        if group:
+            rows.extend(np.array(self._decode_batch(group)))
+        return np.stack(rows)
+
+    def _decode_batch(self, feeds: Sequence[Feed]) -> Logits:
+        batch, book = self._batch, self.book
+        batch.clear()
+        for seq, toks in feeds:
+            pos = book.position(seq)
+            last = len(toks) - 1
+            for j, tok in enumerate(toks):
+                batch.add(tok, pos + j, (seq,), j == last)
+        self.ctx.decode(batch)
+        for seq, toks in feeds:
+            book.append(seq, len(toks))
+        return self.ctx.logits(len(feeds))
+
+    def remove(self, seq_id: int) -> None:
+        self.ctx.seq_rm(seq_id)
+        self.book.remove(seq_id)
+
+    def fork(self, src: int, dst: int) -> None:
+        self.ctx.seq_cp(src, dst)
+        self.book.fork(src, dst)
+
+    def cells_used(self) -> int:
+        return self.book.used
+
+    def kv_bytes_used(self) -> int:
+        return int(self.book.used * self._kv_per_cell)
+
+    def kv_bytes_peak(self) -> int:
+        return int(self.book.peak * self._kv_per_cell)
+
+    def kv_bytes_allocated(self) -> int:
+        return int(self.n_cells * self._kv_per_cell)
+
+    def set_abort_check(self, check: Callable[[], bool] | None) -> None:
+        self.ctx.set_abort_check(check)
+
+    def close(self) -> None:
+        """End the query: clear the cache and hand the context back for reuse."""
+        self.ctx.set_abort_check(None)
+        self._batch.close()
+        self.ctx.clear()
+        self._engine._release(self.ctx)
+
+
+class LlamaCppEngine:
+    """A GGUF model loaded through llama.cpp."""
+
+    backend_name = "llama.cpp"
+
+    def __init__(self, path: Path, info: ModelInfo, *, n_threads: int, n_gpu_layers: int = 0) -> None:
+        self.path = path
+        self.info = info
+        self.n_threads = n_threads
+        self.n_gpu_layers = n_gpu_layers
+        self.model = ffi.Model(path, n_gpu_layers=n_gpu_layers)
+        self._ctx: ffi.Context | None = None  # one idle context kept for reuse
+        self._bos_text = self.model.token_text(info.bos_token_id) if info.bos_token_id is not None else ""
+        self._eos_text = self.model.token_text(info.eos_token_id) if info.eos_token_id is not None else ""
+
+    @classmethod
+    def load(cls, path: str | Path, *, n_threads: int, n_gpu_layers: int = 0) -> "LlamaCppEngine":
+        """Validate the GGUF (header and sizes) before llama.cpp sees it, then load it."""
+        p = Path(path)
+        info = read_model_info(p)
+        return cls(p, info, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+
+    @property
+    def backend_version(self) -> str:
+        return ffi.backend().version
+
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        return self.model.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.model.token_bytes(token)
+
+    def is_eog(self, token: int) -> bool:
+        return self.model.is_eog(token)
+
+    def format_prompt(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
+        template = self.info.chat_template
+        if chat and template:
+            text = render_chat(
+                template, user_messages(prompt, system), bos_token=self._bos_text, eos_token=self._eos_text
+            )
+        else:
+            text = prompt if not system else f"{system}\n\n{prompt}"
+        # Templates often write the BOS text themselves; add it only when they did not.
+        has_bos = bool(self._bos_text) and text.startswith(self._bos_text)
+        return self.tokenize(text, add_special=self.info.add_bos and not has_bos, parse_special=True)
+
+    def session(self, *, n_seqs: int, n_cells: int, max_batch: int) -> LlamaSession:
+        limit = ffi.backend().max_parallel_sequences()
+        if n_seqs > limit:
+            raise UsageError(f"{n_seqs} sequences exceed llama.cpp's limit of {limit}")
+        if n_cells > self.info.n_ctx_train:
+            raise ContextOverflow(
+                f"the query needs {n_cells} KV cells but the model's context is {self.info.n_ctx_train}; "
+                "lower --max-tokens or -k"
+            )
+        params = ffi.ContextParams(
+            n_ctx=n_cells,
+            n_batch=int(min(MAX_BATCH, max(MIN_BATCH, max_batch))),
+            n_seq_max=n_seqs,
+            n_threads=self.n_threads,
+        )
+        ctx = self._ctx
+        self._ctx = None
+        if ctx is not None and ctx.params != params:
+            ctx.close()
+            ctx = None
+        if ctx is None:
+            ctx = ffi.Context(self.model, params)
+        return LlamaSession(self, ctx)
+
+    def _release(self, ctx: ffi.Context) -> None:
+        if self._ctx is not None and self._ctx is not ctx:
+            self._ctx.close()
+        self._ctx = ctx
+
+    def weights_bytes(self) -> int:
+        return self.model.size_bytes()
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._ctx.close()
+            self._ctx = None
+        self.model.close()
+
+    def __enter__(self) -> "LlamaCppEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
