@@ -22,7 +22,7 @@ from edgescale.runtime.detok import IncrementalText
 from edgescale.runtime.engine import DecodeSession, Engine, Logits
 from edgescale.runtime.sampling import GREEDY, SamplingConfig, make_sampler, row_logsumexp, sequence_rng
 
-FinishReason = Literal["stop", "length", "cancelled", "deadline"]
+FinishReason = Literal["stop", "length", "cancelled", "deadline", "early-exit"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class SeqState:
     seed: int
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)  # text length after each token
     finish_reason: FinishReason | None = None
     finished_step: int | None = None
     started_at: float | None = None  # seconds since the generator started
@@ -227,6 +228,7 @@ class BatchGenerator:
                 st.tokens.append(tok)
                 st.logprobs.append(lp)
                 reason = self._append_text(st, self.engine.token_bytes(tok))
+                st.ends.append(len(st._visible))
                 if reason is None and len(st.tokens) >= cfg.max_new_tokens:
                     reason = "length"
             if reason is not None:

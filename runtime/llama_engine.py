@@ -52,39 +52,47 @@ class LlamaSession:
         return self.ctx.logits(1)[0]
 
     def decode(self, feeds: Sequence[Feed]) -> Logits:
-        total = sum(len(toks) for _, toks in feeds)
-        if total <= self.ctx.n_batch:
-            return self._decode_batch(feeds)
-        # More tokens than one batch holds (long probe cues x many sequences):
-        # split on feed boundaries and keep each feed's last row.
+        cap = self.ctx.n_batch
+        if sum(len(toks) for _, toks in feeds) <= cap:
+            return self._decode_batch([(seq, toks, True) for seq, toks in feeds])
+        # More tokens than one batch holds (a long cue, many probes): split feeds
+        # into pieces, pack them into batches, keep each feed's final row.
         rows: list[np.ndarray] = []
-        group: list[Feed] = []
+        group: list[tuple[int, Sequence[int], bool]] = []
         size = 0
-        for feed in feeds:
-            n = len(feed[1])
-            if n > self.ctx.n_batch:
-                raise ContextOverflow(f"a feed of {n} tokens exceeds the batch size {self.ctx.n_batch}")
-            if size + n > self.ctx.n_batch:
-                rows.extend(np.array(self._decode_batch(group)))
-                group, size = [], 0
-            group.append(feed)
-            size += n
-        if group:
-            rows.extend(np.array(self._decode_batch(group)))
+        for seq, toks in feeds:
+            for start in range(0, len(toks), cap):
+                piece = toks[start : start + cap]
+                if size + len(piece) > cap:
+                    rows.extend(self._copy_rows(group))
+                    group, size = [], 0
+                group.append((seq, piece, start + cap >= len(toks)))
+                size += len(piece)
+        rows.extend(self._copy_rows(group))
         return np.stack(rows)
 
-    def _decode_batch(self, feeds: Sequence[Feed]) -> Logits:
+    def _copy_rows(self, group: Sequence[tuple[int, Sequence[int], bool]]) -> list[np.ndarray]:
+        out = self._decode_batch(group)
+        return [np.array(row) for row in out]
+
+    def _decode_batch(self, pieces: Sequence[tuple[int, Sequence[int], bool]]) -> Logits:
+        """Decode pieces (seq, tokens, wants_logits) in one llama_decode; return the wanted rows."""
         batch, book = self._batch, self.book
         batch.clear()
-        for seq, toks in feeds:
-            pos = book.position(seq)
+        n_out = 0
+        added: dict[int, int] = {}
+        for seq, toks, want in pieces:
+            pos = book.position(seq) + added.get(seq, 0)
             last = len(toks) - 1
             for j, tok in enumerate(toks):
-                batch.add(tok, pos + j, (seq,), j == last)
-        self.ctx.decode(batch)
-        for seq, toks in feeds:
-            book.append(seq, len(toks))
-        return self.ctx.logits(len(feeds))
+                out = want and j == last
+                batch.add(tok, pos + j, (seq,), out)
+                n_out += out
+            added[seq] = added.get(seq, 0) + len(toks)
+        self.ctx.decode(batch)  # on failure llama.cpp restores its memory; the book is untouched
+        for seq, n in added.items():
+            book.append(seq, n)
+        return self.ctx.logits(n_out)
 
     def remove(self, seq_id: int) -> None:
         self.ctx.seq_rm(seq_id)

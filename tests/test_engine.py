@@ -1,0 +1,154 @@
+"""The llama.cpp engine and the batched step loop, on the real default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgescale.errors import KVCacheFull
+from edgescale.runtime.generate import BatchGenerator, GenerationConfig
+from edgescale.runtime.sampling import GREEDY, SamplingConfig
+
+PROMPT = "Name three colours of the rainbow and explain why the sky is blue."
+
+
+def _run(engine, tokens, *, k, sampling, seed=0, max_new=48, stop=()):
+    cfg = GenerationConfig(max_new_tokens=max_new, sampling=sampling, seed=seed, stop=stop)
+    with BatchGenerator(engine, tokens, cfg, n_seqs=k) as g:
+        while g.live:
+            g.step()
+        return [list(s.tokens) for s in g.states], g
+
+
+def test_greedy_matches_llama_cpp_python_reference(engine, model_path: Path) -> None:
+    """Independent reference: llama-cpp-python's own Llama class, greedy, same prompt tokens."""
+    from llama_cpp import Llama
+
+    tokens = engine.format_prompt(PROMPT)
+    ours, _ = _run(engine, tokens, k=1, sampling=GREEDY, max_new=40)
+    llm = Llama(str(model_path), n_ctx=512, n_threads=2, verbose=False)
+    ref = []
+    for tok in llm.generate(tokens, temp=0.0, top_k=1, reset=True):
+        if llm.token_eos() == tok or len(ref) == len(ours[0]):
+            break
+        ref.append(tok)
+    del llm
+    assert len(ours[0]) >= 20
+    assert ours[0] == ref
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_batched_equals_sequential(engine, temperature: float) -> None:
+    """Sequence i of a k=8 batch produces exactly what a single run with seed+i produces."""
+    tokens = engine.format_prompt(PROMPT)
+    sampling = SamplingConfig(temperature=temperature)
+    batched, _ = _run(engine, tokens, k=8, sampling=sampling, seed=100)
+    for i in (0, 3, 7):
+        single, _ = _run(engine, tokens, k=1, sampling=sampling, seed=100 + i)
+        assert batched[i] == single[0], f"sequence {i} differs"
+    if temperature > 0:
+        assert len({tuple(t) for t in batched}) > 1, "sampled sequences should differ"
+
+
+def test_generation_is_deterministic(engine) -> None:
+    tokens = engine.format_prompt(PROMPT)
+    a, _ = _run(engine, tokens, k=4, sampling=SamplingConfig(), seed=7)
+    b, _ = _run(engine, tokens, k=4, sampling=SamplingConfig(), seed=7)
+    assert a == b
+
+
+def test_cancel_frees_kv_cells(engine) -> None:
+    """Bookkeeping drops at once, and llama.cpp really reuses the cells: a context
+    too small for both sequences keeps decoding after one is cancelled."""
+    tokens = engine.format_prompt("Write a long story about a dragon who loves books.")
+    cfg = GenerationConfig(max_new_tokens=40, sampling=GREEDY)
+    with BatchGenerator(engine, tokens, cfg, n_seqs=4) as g:
+        for _ in range(10):
+            g.step()
+        assert g.live == [0, 1, 2, 3]
+        before = g.session.cells_used()
+        g.cancel(1)
+        g.cancel(2)
+        after = g.session.cells_used()
+        assert before - after == 20  # two sequences x 10 own tokens each
+        assert g.session.ctx.seq_pos_max(1) == -1  # llama.cpp holds nothing for it
+        assert g.states[1].finish_reason == "cancelled"
+
+    # Capacity check against llama.cpp itself: one context, two sequences, room for one.
+    session = engine.session(n_seqs=2, n_cells=256, max_batch=64)
+    try:
+        row = session.prefill(tokens, [0, 1])
+        tok = int(np.argmax(row))
+        room = session.n_cells - len(tokens)
+        session.decode([(0, [tok] * (room // 2)), (1, [tok] * (room // 2))])
+        with pytest.raises(KVCacheFull):
+            session.decode([(0, [tok] * 8)])
+        session.remove(1)  # frees room // 2 cells
+        session.decode([(0, [tok] * 8)])  # now fits
+    finally:
+        session.close()
+
+
+def test_probe_does_not_change_parent(engine) -> None:
+    tokens = engine.format_prompt("What is 15 + 27? Think step by step.")
+    sampling = SamplingConfig(temperature=0.7)
+    plain, _ = _run(engine, tokens, k=2, sampling=sampling, seed=3, max_new=48)
+    cue = engine.tokenize(" Final answer: \\boxed{", parse_special=False)
+    cfg = GenerationConfig(max_new_tokens=48, sampling=sampling, seed=3)
+    with BatchGenerator(engine, tokens, cfg, n_seqs=2, probe_slots=2, probe_cells=len(cue) + 10) as g:
+        probes = []
+        while g.live:
+            g.step()
+            if g.live and len(g.states[g.live[0]].tokens) % 12 == 0:
+                probes += g.probe(list(g.live), cue, max_tokens=10)
+        probed = [list(s.tokens) for s in g.states]
+        assert g.stats.probes == len(probes) > 0
+        assert g.stats.probe_tokens >= len(probes) * len(cue)
+        assert g.session.cells_used() == 0  # finished sequences and probe forks all freed
+    assert probed == plain
+
+
+def test_stop_string_truncates_text(engine) -> None:
+    tokens = engine.format_prompt("List the numbers 1, 2, 3, 4, 5, 6, 7 separated by commas.")
+    _, g = _run(engine, tokens, k=1, sampling=GREEDY, stop=("4",), max_new=40)
+    st = g.states[0]
+    assert st.finish_reason == "stop"
+    assert "4" not in st.text and st.text  # cut before the stop string
+
+
+def test_max_tokens_gives_length(engine) -> None:
+    tokens = engine.format_prompt("Write a long essay about the ocean.")
+    toks, g = _run(engine, tokens, k=3, sampling=SamplingConfig(), max_new=5)
+    assert all(len(t) == 5 for t in toks)
+    assert {s.finish_reason for s in g.states} == {"length"}
+
+
+def test_logprobs_are_log_softmax(engine) -> None:
+    tokens = engine.format_prompt(PROMPT)
+    _, g = _run(engine, tokens, k=1, sampling=GREEDY, max_new=6)
+    lps = g.states[0].logprobs
+    assert len(lps) == 6 and all(lp <= 0.0 for lp in lps)
+    # the first token's logprob, recomputed from the prefill logits in float64
+    session = engine.session(n_seqs=1, n_cells=256, max_batch=64)
+    try:
+        row = np.array(session.prefill(tokens, [0]), dtype=np.float64)
+    finally:
+        session.close()
+    ref = row[g.states[0].tokens[0]] - (row.max() + np.log(np.exp(row - row.max()).sum()))
+    assert lps[0] == pytest.approx(ref, abs=1e-4)
+
+
+def test_kv_bytes_formula_matches_llama_cpp(engine) -> None:
+    info = engine.info
+    session = engine.session(n_seqs=4, n_cells=1024, max_batch=64)
+    try:
+        reported = session.ctx.reported
+        assert reported["kv_cells"] == session.n_cells
+        formula = info.kv_bytes(session.n_cells)
+        assert formula == pytest.approx(reported["kv_mib"] * 2**20, rel=1e-3)
+        # the formula spelled out for SmolLM2: 30 layers x 3 kv heads x 64 x (2 + 2) bytes
+        assert info.kv_bytes_per_cell() == 30 * 3 * 64 * 4
+    finally:
+        session.close()
