@@ -1,0 +1,5 @@
+"""python -m edgescale.cli"""
+
+from edgescale.cli.app import entry
+
+entry()

@@ -1,0 +1,73 @@
+"""`edgescale run [PROMPT]`: answer one prompt."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from edgescale.cli import options as opt
+from edgescale.cli.common import print_json, read_stdin_prompt
+
+
+def run(
+    prompt: Optional[str] = typer.Argument(None, help="The prompt; read from stdin when omitted and stdin is not a TTY."),
+    model: Optional[str] = opt.MODEL,
+    backend: str = opt.BACKEND,
+    strategy: Optional[str] = opt.STRATEGY,
+    samples: Optional[int] = opt.SAMPLES,
+    temperature: Optional[float] = opt.TEMPERATURE,
+    top_k: int = opt.TOP_K,
+    top_p: float = opt.TOP_P,
+    min_p: float = opt.MIN_P,
+    max_tokens: int = opt.MAX_TOKENS,
+    seed: int = opt.SEED,
+    threads: Optional[int] = opt.THREADS,
+    answer: str = opt.ANSWER,
+    stop: list[str] = opt.STOP,
+    system: Optional[str] = opt.SYSTEM,
+    raw: bool = opt.RAW,
+    deadline: Optional[str] = opt.DEADLINE,
+    memory: Optional[str] = opt.MEMORY,
+    as_json: bool = opt.JSON,
+) -> None:
+    """Answer one prompt with the chosen strategy; stream the text of a single sample."""
+    from edgescale.api import Runtime
+    from edgescale.cli.options import ask_settings
+
+    text = prompt if prompt is not None else read_stdin_prompt()
+    settings = ask_settings(
+        strategy=strategy, samples=samples, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        max_tokens=max_tokens, seed=seed, answer=answer, stop=stop, system=system, raw=raw,
+        deadline=deadline, memory=memory,
+    )
+    with Runtime.load(model, backend=backend, threads=threads) as rt:
+        stream = not as_json and settings.streams
+        on_step = _streamer() if stream else None
+        result = rt.ask(text, strategy=settings.strategy, budget=settings.budget, options=settings.options,
+                        on_step=on_step)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    if stream:
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(result.text.rstrip() + "\n")
+    s = result.stats
+    votes = ",".join(f"{a}:{n}" for a, n in result.votes.items()) or "-"
+    typer.echo(
+        f"[{result.strategy}] answer={result.answer if result.answer is not None else '-'} votes={votes} "
+        f"tokens={s.total_tokens} wall={s.wall_s:.2f}s stop={result.stop_reason}",
+        err=True,
+    )
+
+
+def _streamer():  # type: ignore[no-untyped-def]
+    def on_step(gen, events) -> None:  # type: ignore[no-untyped-def]
+        for ev in events:
+            if ev.index == 0 and ev.delta:
+                sys.stdout.write(ev.delta)
+                sys.stdout.flush()
+
+    return on_step

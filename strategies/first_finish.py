@@ -1,0 +1,61 @@
+"""First Finish Search (FFS@k) and short-m@k.
+
+- FFS: Agarwal et al., 2025, "First Finish Search: Efficient Test-Time Scaling
+  in Large Language Models": launch k samples, return the first one that
+  finishes, cancel the rest at once.
+- short-m@k: Hassid et al., 2025, "Don't Overthink it. Preferring Shorter
+  Thinking Chains for Improved LLM Reasoning": launch k samples, stop all when
+  the first m have finished, majority-vote among those m (ties -> the shortest).
+  short-1@k is FFS.
+
+Same-step ties are broken by the shorter sample, then the lower index; exactly
+the first m finishers vote, even when more finish in the same step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from edgescale.runtime.generate import BatchGenerator, TokenEvent
+from edgescale.strategies.base import AnswerBook, Decision, cancel_live, finished_naturally, vote
+
+
+@dataclass
+class ShortMController:
+    m: int
+    k: int
+    probe_slots: int = 0
+    probe_cells: int = 0
+    finishers: list[int] = field(default_factory=list)
+
+    @property
+    def n_seqs(self) -> int:
+        return self.k
+
+    @property
+    def n_initial(self) -> int:
+        return self.k
+
+    def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None:
+        for i in finished_naturally(gen, events):
+            if len(self.finishers) < self.m:
+                self.finishers.append(i)
+        if len(self.finishers) >= self.m:
+            cancel_live(gen)
+            return "first-finished" if self.m == 1 else f"first-{self.m}-finished"
+        return "all-finished" if not gen.live else None
+
+    def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision:
+        if self.m == 1 and self.finishers:
+            w = gen.states[self.finishers[0]]
+            value = book.value(w)
+            return Decision(value, w.index, {value: 1} if value is not None else {})
+        out = vote(gen, book, self.finishers)
+        winner = out.winner if out.winner is not None else (self.finishers[0] if self.finishers else None)
+        return Decision(out.answer, winner, out.votes)
+
+
+def FirstFinishController(k: int) -> ShortMController:
+    """FFS@k is short-1@k."""
+    return ShortMController(m=1, k=k)

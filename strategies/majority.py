@@ -1,0 +1,43 @@
+"""single and majority@k (self-consistency).
+
+Wang et al., ICLR 2023, "Self-Consistency Improves Chain of Thought Reasoning
+in Language Models": sample k reasoning paths at temperature > 0, extract each
+final answer, return the most common. Here all k share one prefilled prompt
+and decode in one batch; ties go to the answer whose first sample finished
+first (then the shorter, then the lower index).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from edgescale.runtime.generate import BatchGenerator, TokenEvent
+from edgescale.strategies.base import AnswerBook, Decision, vote
+
+
+@dataclass
+class MajorityController:
+    """k samples run to their end; majority vote. k=1 is ``single``."""
+
+    k: int
+    probe_slots: int = 0
+    probe_cells: int = 0
+
+    @property
+    def n_seqs(self) -> int:
+        return self.k
+
+    @property
+    def n_initial(self) -> int:
+        return self.k
+
+    def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None:
+        return "all-finished" if not gen.live else None
+
+    def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision:
+        out = vote(gen, book, [s.index for s in gen.states if s.finished])
+        winner = out.winner
+        if winner is None and gen.states:
+            winner = 0  # nothing extractable: show the first sample's text
+        return Decision(out.answer, winner, out.votes)

@@ -1,0 +1,74 @@
+"""What a query returns: the answer, every sample, the votes and the stats."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """One early-exit / forced-answer probe of a sample."""
+
+    sample: int
+    at_token: int
+    text: str
+    answer: str | None
+    hedged: bool
+
+
+@dataclass(frozen=True)
+class Sample:
+    index: int
+    seed: int
+    text: str
+    n_tokens: int
+    finish_reason: str  # stop | length | cancelled | deadline | early-exit
+    answer: str | None
+    answer_source: str | None  # "text" (extracted from the sample) or "probe"
+    mean_logprob: float | None  # over all generated tokens
+    answer_logprob: float | None  # mean over the tokens of the answer span (self-certainty)
+    finished_at_s: float | None
+
+
+@dataclass(frozen=True)
+class Stats:
+    prompt_tokens: int
+    generated_tokens: int  # sample tokens
+    probe_tokens: int  # tokens decoded for probes (cue + answer)
+    decode_steps: int
+    wall_s: float
+    prefill_s: float
+    ttft_s: float | None
+    peak_kv_bytes: int
+    kv_bytes_allocated: int
+    peak_rss_bytes: int
+    threads: int
+    backend: str
+    samples_started: int = 0
+    cancelled_tokens: int = 0  # tokens of samples the strategy cut short (already spent, in generated_tokens)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.generated_tokens + self.probe_tokens
+
+
+@dataclass(frozen=True)
+class Result:
+    answer: str | None
+    text: str  # the winning sample's text ("" when there is none)
+    winner: int | None
+    strategy: str
+    stop_reason: str  # which rule ended the query
+    votes: dict[str, int]
+    samples: tuple[Sample, ...]
+    probes: tuple[ProbeRecord, ...]
+    stats: Stats
+    model: str
+    answer_kind: str
+    plan: dict[str, Any] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stats"]["total_tokens"] = self.stats.total_tokens
+        return d

@@ -1,0 +1,213 @@
+"""Strategy spec strings: one syntax for the CLI and the API.
+
+    single                      one sample (greedy by default)
+    maj@8   majority@8          self-consistency: 8 samples, majority vote
+    ffs@8                       first finish search: first finished sample wins
+    short-3@8                   stop when 3 of 8 have finished, vote among them
+    best@8                      8 samples, highest self-certainty answer wins
+    adaptive[:max=16,conf=0.95,wave=4,rule=beta|esc,window=4]
+    early-exit[:every=32,window=2,k=1,probe=20]
+    auto                        the planner picks (needs a budget and a device profile)
+
+``@k`` may be left out (``ffs``, ``maj``); the caller's default k is used then.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields, replace
+from typing import Any, Union
+
+from edgescale.errors import InvalidSpec
+
+VALID_FORMS = (
+    "single, maj@K, ffs@K, short-M@K, best@K, "
+    "adaptive[:max=16,conf=0.95,wave=4,rule=beta|esc,window=4], "
+    "early-exit[:every=32,window=2,k=1,probe=20], auto"
+)
+MAX_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class Single:
+    name = "single"
+
+    def spec(self) -> str:
+        return "single"
+
+
+@dataclass(frozen=True)
+class Majority:
+    k: int = 8
+    name = "maj"
+
+    def spec(self) -> str:
+        return f"maj@{self.k}"
+
+
+@dataclass(frozen=True)
+class FirstFinish:
+    k: int = 8
+    name = "ffs"
+
+    def spec(self) -> str:
+        return f"ffs@{self.k}"
+
+
+@dataclass(frozen=True)
+class ShortM:
+    m: int = 3
+    k: int = 8
+    name = "short"
+
+    def spec(self) -> str:
+        return f"short-{self.m}@{self.k}"
+
+
+@dataclass(frozen=True)
+class BestOfK:
+    k: int = 8
+    name = "best"
+
+    def spec(self) -> str:
+        return f"best@{self.k}"
+
+
+@dataclass(frozen=True)
+class Adaptive:
+    max: int = 16
+    conf: float = 0.95
+    wave: int = 4
+    rule: str = "beta"
+    window: int = 4
+    name = "adaptive"
+
+    def spec(self) -> str:
+        return (
+            f"adaptive:max={self.max},conf={self.conf:g},wave={self.wave},rule={self.rule},"
+            f"window={self.window}"
+        )
+
+
+@dataclass(frozen=True)
+class EarlyExit:
+    every: int = 32
+    window: int = 2
+    k: int = 1
+    probe: int = 20
+    name = "early-exit"
+
+    def spec(self) -> str:
+        return f"early-exit:every={self.every},window={self.window},k={self.k},probe={self.probe}"
+
+
+@dataclass(frozen=True)
+class Auto:
+    name = "auto"
+
+    def spec(self) -> str:
+        return "auto"
+
+
+Strategy = Union[Single, Majority, FirstFinish, ShortM, BestOfK, Adaptive, EarlyExit, Auto]
+
+_AT_K = re.compile(r"^(maj|majority|ffs|best|sc)(?:@(\d+))?$")
+_SHORT = re.compile(r"^short-(\d+)(?:@(\d+))?$")
+_PARAM_TYPES: dict[str, dict[str, type]] = {
+    "adaptive": {"max": int, "conf": float, "wave": int, "rule": str, "window": int},
+    "early-exit": {"every": int, "window": int, "k": int, "probe": int},
+}
+
+
+def _fail(spec: str, why: str) -> InvalidSpec:
+    return InvalidSpec(f"bad strategy {spec!r}: {why}; valid forms: {VALID_FORMS}")
+
+
+def _count(spec: str, raw: str | None, default: int, what: str) -> int:
+    value = default if raw is None else int(raw)
+    if not 1 <= value <= MAX_SAMPLES:
+        raise _fail(spec, f"{what} must be between 1 and {MAX_SAMPLES}")
+    return value
+
+
+def _params(spec: str, name: str, text: str) -> dict[str, Any]:
+    types = _PARAM_TYPES[name]
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in types:
+            raise _fail(spec, f"unknown parameter {part!r} (known: {', '.join(types)})")
+        try:
+            out[key] = types[key](value.strip())
+        except ValueError:
+            raise _fail(spec, f"{key} must be a {types[key].__name__}") from None
+    return out
+
+
+def _check_adaptive(spec: str, s: Adaptive) -> Adaptive:
+    if not 1 <= s.max <= MAX_SAMPLES:
+        raise _fail(spec, f"max must be between 1 and {MAX_SAMPLES}")
+    if not 0.5 <= s.conf < 1.0:
+        raise _fail(spec, "conf must be in [0.5, 1)")
+    if s.rule not in ("beta", "esc"):
+        raise _fail(spec, "rule must be beta or esc")
+    if not 1 <= s.wave <= s.max or not 1 <= s.window <= s.max:
+        raise _fail(spec, "wave and window must be between 1 and max")
+    return s
+
+
+def _check_early_exit(spec: str, s: EarlyExit) -> EarlyExit:
+    if not 4 <= s.every <= 4096:
+        raise _fail(spec, "every must be between 4 and 4096 tokens")
+    if not 1 <= s.window <= 16 or not 1 <= s.probe <= 128:
+        raise _fail(spec, "window must be 1..16 and probe 1..128")
+    if not 1 <= s.k <= MAX_SAMPLES:
+        raise _fail(spec, f"k must be between 1 and {MAX_SAMPLES}")
+    return s
+
+
+def parse_strategy(spec: str, *, default_k: int = 8) -> Strategy:
+    """Parse a spec string; raise InvalidSpec (one line, naming the valid forms) if it is bad."""
+    if not isinstance(spec, str):
+        raise _fail(repr(spec), "not a string")
+    text = spec.strip().lower()
+    head, _, tail = text.partition(":")
+    head = head.strip()
+    try:
+        if head in ("single", "greedy") and not tail:
+            return Single()
+        if head == "auto" and not tail:
+            return Auto()
+        m = _AT_K.match(head)
+        if m and not tail:
+            k = _count(spec, m.group(2), default_k, "k")
+            kind = m.group(1)
+            if kind in ("maj", "majority", "sc"):
+                return Majority(k)
+            return FirstFinish(k) if kind == "ffs" else BestOfK(k)
+        m = _SHORT.match(head)
+        if m and not tail:
+            mm = _count(spec, m.group(1), 1, "m")
+            k = _count(spec, m.group(2), default_k, "k")
+            if mm > k:
+                raise _fail(spec, "m must not exceed k")
+            return ShortM(mm, k)
+        if head in _PARAM_TYPES:
+            params = _params(spec, head, tail)
+            if head == "adaptive":
+                return _check_adaptive(spec, Adaptive(**params))
+            return _check_early_exit(spec, EarlyExit(**params))
+    except OverflowError:
+        raise _fail(spec, "number too large") from None
+    raise _fail(spec, "unknown strategy")
+
+
+def with_k(strategy: Strategy, k: int) -> Strategy:
+    """The same strategy with its sample count set to k (where it has one)."""
+    names = {f.name for f in fields(strategy)}  # type: ignore[arg-type]
+    if "k" in names:
+        return replace(strategy, k=k)  # type: ignore[type-var]
+    if "max" in names:
+        return replace(strategy, max=k)  # type: ignore[type-var]
+    return strategy

@@ -1,0 +1,221 @@
+"""Exact strategy rules on a scripted fake engine (strategy logic only)."""
+
+from __future__ import annotations
+
+import pytest
+from scipy.special import betainc
+
+from edgescale.runtime.generate import GenerationConfig
+from edgescale.runtime.sampling import GREEDY
+from edgescale.strategies.runner import Query, run_query
+from edgescale.strategies.spec import parse_strategy
+from edgescale.strategies.voting import beta_confidence, beta_rule, esc_rule
+from tests.fake_engine import FakeEngine
+
+
+def ask(engine: FakeEngine, spec: str, *, kind: str = "number", max_new: int = 400, deadline=None, clock=None):
+    q = Query(prompt_tokens=list(b"Q?"), strategy=parse_strategy(spec), answer_kind=kind,
+              config=GenerationConfig(max_new_tokens=max_new, sampling=GREEDY), deadline_s=deadline)
+    return run_query(engine, q, clock=clock) if clock else run_query(engine, q)
+
+
+def pad(answer: str, length: int) -> str:
+    """A script of exactly ``length`` characters ending in 'The answer is <answer>.'"""
+    tail = f" The answer is {answer}."
+    return " " + "x" * (length - len(tail) - 1) + tail
+
+
+# -- first finish -----------------------------------------------------------
+def test_ffs_picks_first_finisher_and_cancels_rest_same_step() -> None:
+    eng = FakeEngine([pad("1", 60), pad("2", 50), pad("3", 30), pad("4", 45)])
+    res = ask(eng, "ffs@4")
+    assert res.answer == "3" and res.winner == 2
+    assert res.stop_reason == "first-finished"
+    by = {s.index: s for s in res.samples}
+    assert by[2].finish_reason == "stop" and by[2].n_tokens == 30
+    for i in (0, 1, 3):
+        assert by[i].finish_reason == "cancelled"
+        assert by[i].n_tokens == 31  # cancelled in the step the winner finished (its EOS step)
+    assert sorted(eng.removed) == [0, 1, 2, 3]  # every KV freed
+
+
+def test_ffs_same_step_tie_goes_to_lower_index() -> None:
+    eng = FakeEngine([pad("9", 40), pad("5", 30), pad("6", 30)])
+    res = ask(eng, "ffs@3")
+    assert res.winner == 1 and res.answer == "5"
+
+
+def test_ffs_generates_fewer_tokens_than_majority() -> None:
+    scripts = [pad(str(i), 30 + 10 * i) for i in range(6)]
+    ffs = ask(FakeEngine(scripts), "ffs@6")
+    maj = ask(FakeEngine(scripts), "maj@6")
+    assert ffs.stats.generated_tokens < maj.stats.generated_tokens
+    assert maj.stats.generated_tokens == sum(len(s) for s in scripts)
+
+
+# -- short-m@k ----------------------------------------------------------------
+def test_short_m_votes_over_exactly_the_first_m() -> None:
+    # first three finishers say 5, 7, 7; the three slow ones would have outvoted with 5
+    scripts = [pad("5", 30), pad("7", 31), pad("7", 32), pad("5", 50), pad("5", 51), pad("5", 52)]
+    res = ask(FakeEngine(scripts), "short-3@6")
+    assert res.answer == "7"
+    assert res.votes == {"7": 2, "5": 1}
+    assert res.stop_reason == "first-3-finished"
+    cut = [s for s in res.samples if s.finish_reason == "cancelled"]
+    assert [s.index for s in cut] == [3, 4, 5]
+
+
+def test_short_m_same_step_extra_finishers_do_not_vote() -> None:
+    # four finish in the same step; only the first two (lowest index) vote
+    scripts = [pad("1", 30), pad("2", 30), pad("2", 30), pad("2", 30), pad("3", 80)]
+    res = ask(FakeEngine(scripts), "short-2@5")
+    assert sum(res.votes.values()) == 2
+    assert res.votes == {"1": 1, "2": 1}
+    assert res.answer == "1"  # tie -> the shortest / first finished
+
+
+def test_short_m_tie_goes_to_shortest() -> None:
+    scripts = [pad("4", 40), pad("8", 33), pad("1", 90)]
+    res = ask(FakeEngine(scripts), "short-2@3")
+    assert res.answer == "8" and res.winner == 1
+
+
+# -- majority ------------------------------------------------------------------
+def test_majority_vote_and_tie_rule() -> None:
+    res = ask(FakeEngine([pad("3", 50), pad("4", 40), pad("3", 60), pad("4", 70)]), "maj@4")
+    assert res.votes == {"3": 2, "4": 2}
+    assert res.answer == "4"  # tie: "4"'s first sample finished first
+    res = ask(FakeEngine([pad("3", 50), pad("4", 40), pad("3", 60)]), "maj@3")
+    assert res.answer == "3" and res.winner == 0
+
+
+def test_extraction_failures_do_not_vote() -> None:
+    scripts = [" no idea at all", " still nothing here", pad("12", 40)]
+    res = ask(FakeEngine(scripts), "maj@3")
+    assert res.votes == {"12": 1} and res.answer == "12"
+    assert [s.answer for s in res.samples] == [None, None, "12"]
+
+
+# -- adaptive ------------------------------------------------------------------
+@pytest.mark.parametrize("a,b", [(1, 0), (4, 0), (5, 2), (7, 3), (0, 0), (10, 10)])
+def test_beta_confidence_closed_form_matches_scipy(a: int, b: int) -> None:
+    assert beta_confidence(a, b) == pytest.approx(1 - betainc(a + 1, b + 1, 0.5), abs=1e-12)
+
+
+def _first_stop(answers: list[str], threshold: float = 0.95) -> int:
+    """By hand: the sample count at which the Beta rule first fires."""
+    for n in range(1, len(answers) + 1):
+        counts = sorted((answers[:n].count(x) for x in set(answers[:n])), reverse=True) + [0]
+        if 1 - betainc(counts[0] + 1, counts[1] + 1, 0.5) >= threshold:
+            return n
+    return len(answers)
+
+
+@pytest.mark.parametrize("answers", [
+    ["7"] * 10,
+    ["7", "8", "7", "7", "8", "7", "7", "7", "7", "7", "7", "7"],
+    ["1", "2", "3", "1", "1", "2", "1", "1", "1", "1", "1", "1", "1", "1"],
+])
+def test_adaptive_beta_stops_where_the_formula_says(answers: list[str]) -> None:
+    # wave=1: one sample at a time, each one longer so the finish order is the index order
+    scripts = [pad(a, 30 + i) for i, a in enumerate(answers)]
+    res = ask(FakeEngine(scripts), f"adaptive:max={len(answers)},conf=0.95,wave=1")
+    expected = _first_stop(answers)
+    finished = [s for s in res.samples if s.finish_reason == "stop"]
+    assert len(finished) == expected
+    assert res.stop_reason == ("beta-confident" if expected < len(answers) or
+                               beta_rule(answers, 0.95) else "k-max-reached")
+
+
+def test_adaptive_batched_waves_refill_and_cancel() -> None:
+    scripts = [pad("5", 30 + 3 * i) for i in range(12)]
+    res = ask(FakeEngine(scripts), "adaptive:max=12,wave=3")
+    assert res.answer == "5"
+    assert res.stop_reason == "beta-confident"
+    assert res.stats.samples_started < 12
+    assert sum(1 for s in res.samples if s.finish_reason == "stop") == 4  # 4 agreeing answers: 0.969
+    assert any(s.finish_reason == "cancelled" for s in res.samples)
+
+
+def test_esc_window_rule() -> None:
+    assert esc_rule(["1", "2", "3", "3"], 2) and not esc_rule(["1", "2", "3"], 2)
+    assert not esc_rule([None, None], 2)
+    scripts = [pad(a, 30 + i) for i, a in enumerate(["1", "2", "3", "3", "4", "4"])]
+    res = ask(FakeEngine(scripts), "adaptive:max=6,wave=2,rule=esc,window=2")
+    assert res.stop_reason == "esc-confident"
+    assert sum(1 for s in res.samples if s.finish_reason == "stop") == 4
+
+
+# -- early exit ----------------------------------------------------------------
+def test_early_exit_stops_once_window_probes_agree_and_not_before() -> None:
+    answers = {32: "3", 64: "9", 96: "9", 128: "9"}
+    eng = FakeEngine([" " + "y" * 400], probe=lambda seq, n: answers.get(n, ""))
+    res = ask(eng, "early-exit:every=32,window=2", max_new=600)
+    assert res.answer == "9"
+    assert res.stop_reason == "probes-agreed"
+    assert [p.at_token for p in res.probes] == [32, 64, 96]
+    assert res.samples[0].finish_reason == "early-exit" and res.samples[0].n_tokens == 96
+    assert res.samples[0].answer_source == "probe"
+    assert res.stats.probe_tokens > 0
+
+
+def test_early_exit_ignores_hedged_and_empty_probes() -> None:
+    answers = {32: "9 hmm, wait", 64: "9", 96: "", 128: "9", 160: "9"}
+    eng = FakeEngine([" " + "y" * 400], probe=lambda seq, n: answers.get(n, ""))
+    res = ask(eng, "early-exit:every=32,window=2", max_new=600)
+    assert [p.at_token for p in res.probes] == [32, 64, 96, 128, 160]
+    assert res.samples[0].n_tokens == 160
+
+
+def test_early_exit_runs_to_the_end_without_agreement() -> None:
+    eng = FakeEngine([pad("4", 100)], probe=lambda seq, n: str(n))
+    res = ask(eng, "early-exit:every=32,window=2")
+    assert res.stop_reason == "all-finished" and res.answer == "4"
+    assert res.samples[0].finish_reason == "stop"
+
+
+# -- best of k -----------------------------------------------------------------
+def test_best_of_k_picks_the_most_certain_answer() -> None:
+    scripts = [pad("1", 40), pad("2", 40), pad("3", 40)]
+    res = ask(FakeEngine(scripts, margins=[3.0, 9.0, 5.0]), "best@3")
+    assert res.answer == "2" and res.winner == 1
+    lp = [s.answer_logprob for s in res.samples]
+    assert lp[1] > lp[2] > lp[0]
+
+
+# -- deadline ------------------------------------------------------------------
+class StepClock:
+    """Advances 10 ms every time it is read: a deterministic stand-in for time."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 0.01
+        return self.t
+
+
+def test_deadline_forces_an_answer_probe() -> None:
+    eng = FakeEngine([" " + "z" * 500, " " + "z" * 500], probe=lambda seq, n: "42")
+    res = ask(eng, "maj@2", deadline=1.0, clock=StepClock(), max_new=600)
+    assert res.stop_reason == "deadline"
+    assert res.answer == "42"
+    assert {s.finish_reason for s in res.samples} == {"deadline"}
+    assert res.probes and res.probes[-1].answer == "42"
+
+
+def test_deadline_prefers_votes_of_finished_samples() -> None:
+    eng = FakeEngine([pad("8", 30), " " + "z" * 500], probe=lambda seq, n: "1")
+    res = ask(eng, "maj@2", deadline=4.0, clock=StepClock(), max_new=600)
+    assert res.stop_reason == "deadline" and res.answer == "8" and not res.probes
+
+
+def test_same_inputs_same_result() -> None:
+    scripts = [pad(str(i % 3), 30 + 7 * i) for i in range(6)]
+    a = ask(FakeEngine(scripts), "short-2@6").to_dict()
+    b = ask(FakeEngine(scripts), "short-2@6").to_dict()
+    for r in (a, b):
+        r["stats"].pop("wall_s"), r["stats"].pop("prefill_s"), r["stats"].pop("ttft_s"), r["stats"].pop("peak_rss_bytes")
+        for s in r["samples"]:
+            s.pop("finished_at_s")
+    assert a == b

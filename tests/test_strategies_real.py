@@ -1,0 +1,61 @@
+"""Every strategy end to end on the real default model."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgescale.api import AskOptions
+
+Q = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
+OPTS = AskOptions(max_tokens=64, seed=11, answer="number")
+
+
+@pytest.mark.parametrize("spec", ["single", "maj@4", "ffs@4", "short-2@4", "best@4",
+                                  "adaptive:max=6,wave=3", "adaptive:max=6,wave=2,rule=esc,window=2",
+                                  "early-exit:every=16,window=2", "early-exit:every=16,window=2,k=2"])
+def test_strategy_runs_end_to_end(runtime, spec: str) -> None:
+    res = runtime.ask(Q, strategy=spec, options=OPTS)
+    assert res.samples and res.stats.generated_tokens == sum(s.n_tokens for s in res.samples)
+    assert res.stop_reason
+    assert res.stats.peak_kv_bytes > 0
+    assert runtime.engine._ctx is not None  # the context went back to the engine for reuse
+    if res.answer is not None:
+        assert res.votes.get(res.answer, 0) >= 1 or res.samples[res.winner].answer_source == "probe"
+    if spec.startswith("early-exit"):
+        assert res.stats.probe_tokens > 0
+
+
+def test_ffs_spends_fewer_tokens_than_majority_on_same_seeds(runtime) -> None:
+    short = "What is 3 + 4? Answer in one short sentence."
+    opts = AskOptions(max_tokens=200, seed=11, answer="number")
+    maj = runtime.ask(short, strategy="maj@6", options=opts)
+    ffs = runtime.ask(short, strategy="ffs@6", options=opts)
+    # same seeds -> the same six sequences; FFS stops them when the first one ends
+    first = min(s.n_tokens for s in maj.samples if s.finish_reason == "stop")
+    assert ffs.samples[ffs.winner].n_tokens == first
+    assert ffs.stats.generated_tokens < maj.stats.generated_tokens
+    assert ffs.stats.cancelled_tokens > 0
+    for s_ffs, s_maj in zip(ffs.samples, maj.samples):
+        assert s_maj.text.startswith(s_ffs.text)  # cut short, never changed
+
+
+def test_early_exit_probes_do_not_change_the_sample(runtime) -> None:
+    plain = runtime.ask(Q, strategy="single", options=OPTS)
+    # a window the probes cannot satisfy keeps the sample running to its end
+    probed = runtime.ask(Q, strategy="early-exit:every=8,window=16", options=OPTS)
+    assert probed.stats.probe_tokens > 0
+    assert probed.samples[0].text == plain.samples[0].text
+
+
+def test_same_seed_same_result(runtime) -> None:
+    a = runtime.ask(Q, strategy="short-2@4", options=OPTS)
+    b = runtime.ask(Q, strategy="short-2@4", options=OPTS)
+    assert (a.answer, a.votes, [s.text for s in a.samples]) == (b.answer, b.votes, [s.text for s in b.samples])
+
+
+def test_deadline_on_real_model(runtime) -> None:
+    res = runtime.ask("Write a very long story about the sea.", strategy="maj@4",
+                      budget=__import__("edgescale").Budget(deadline_s=0.8), max_tokens=2000)
+    assert res.stop_reason == "deadline"
+    assert res.stats.wall_s < 0.8 * 1.1 + 0.05
+    assert all(s.finish_reason in ("deadline", "stop") for s in res.samples)
