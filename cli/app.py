@@ -13,7 +13,9 @@ import sys
 import typer
 
 from edgescale.cli.batch_cmd import batch
+from edgescale.cli.devices_cmd import devices
 from edgescale.cli.models_cmd import models
+from edgescale.cli.plan_cmd import plan
 from edgescale.cli.run_cmd import run
 from edgescale.errors import EdgescaleError
 
@@ -31,6 +33,8 @@ def build_app() -> typer.Typer:
     app.command("run")(run)
     app.command("batch")(batch)
     app.command("models")(models)
+    app.command("devices")(devices)
+    app.command("plan")(plan)
     return app
 
 

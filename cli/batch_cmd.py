@@ -53,6 +53,7 @@ def batch(
     opt.ask_settings(**defaults)  # bad defaults fail before the model loads
     failures = 0
     with Runtime.load(model, backend=backend, threads=threads) as rt:
+        rt.notify = lambda msg: typer.echo(msg, err=True)
         for n, line in enumerate(sys.stdin, start=1):
             if not line.strip():
                 continue

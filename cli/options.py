@@ -10,7 +10,7 @@ import typer
 from edgescale.api import AskOptions, Budget
 from edgescale.cli.common import check_answer_kind, parse_duration, parse_size
 from edgescale.errors import UsageError
-from edgescale.strategies.spec import Majority, Single, Strategy, parse_strategy
+from edgescale.strategies.spec import Auto, Majority, Single, Strategy, parse_strategy
 
 MODEL = typer.Option(None, "--model", "-m", envvar="EDGESCALE_MODEL",
                      help="Catalog name (see `edgescale models`) or path to a .gguf file / ONNX directory.")
@@ -48,11 +48,12 @@ class AskSettings:
         return isinstance(self.strategy, Single)
 
 
-def resolve_strategy(spec: Optional[str], samples: Optional[int]) -> Strategy:
+def resolve_strategy(spec: Optional[str], samples: Optional[int], *, budgeted: bool = False) -> Strategy:
+    """No spec: -k alone means maj@k; a budget alone means auto; nothing means single."""
     if spec is None or not spec.strip():
-        if samples is None or samples == 1:
-            return Single()
-        return Majority(samples)
+        if samples is not None and samples > 1:
+            return Majority(samples)
+        return Auto() if budgeted and samples is None else Single()
     return parse_strategy(spec, default_k=samples or 8)
 
 
@@ -82,4 +83,5 @@ def ask_settings(
         stop=tuple(stop), system=system, chat=not raw, answer=check_answer_kind(answer), choices=tuple(choices),
     )
     budget = Budget(deadline_s=parse_duration(deadline), memory_bytes=parse_size(memory))
-    return AskSettings(resolve_strategy(strategy, samples), budget, options)
+    budgeted = budget.deadline_s is not None or budget.memory_bytes is not None
+    return AskSettings(resolve_strategy(strategy, samples, budgeted=budgeted), budget, options)

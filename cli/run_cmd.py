@@ -43,6 +43,7 @@ def run(
         deadline=deadline, memory=memory,
     )
     with Runtime.load(model, backend=backend, threads=threads) as rt:
+        rt.notify = lambda msg: typer.echo(msg, err=True)
         stream = not as_json and settings.streams
         on_step = _streamer() if stream else None
         result = rt.ask(text, strategy=settings.strategy, budget=settings.budget, options=settings.options,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -10,8 +11,9 @@ from edgescale.errors import EmptyPrompt, UsageError
 from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import BatchGenerator, GenerationConfig, TokenEvent
 from edgescale.runtime.sampling import SamplingConfig
+from edgescale.strategies.planner import Budget, Plan
 from edgescale.strategies.result import Result
-from edgescale.strategies.spec import Single, Strategy, parse_strategy
+from edgescale.strategies.spec import Auto, Majority, Single, Strategy, parse_strategy
 
 DEFAULT_TEMPERATURE = 0.8  # for strategies that draw several samples
 BACKENDS = ("llama.cpp", "onnx")
@@ -19,14 +21,6 @@ BACKENDS = ("llama.cpp", "onnx")
 
 def draws_one_sample(strategy: Strategy) -> bool:
     return isinstance(strategy, Single) or getattr(strategy, "k", 0) == 1
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What one query may spend: wall time and memory (None = no limit)."""
-
-    deadline_s: float | None = None
-    memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,11 +72,17 @@ def load_engine(
 
 
 class Runtime:
-    """A loaded model plus the strategy layer."""
+    """A loaded model plus the strategy layer.
 
-    def __init__(self, engine: Engine, model_name: str = "") -> None:
+    ``notify`` (if set) receives one-line progress messages, e.g. that the device
+    is being measured for the planner (once per model, backend and thread count).
+    """
+
+    def __init__(self, engine: Engine, model_name: str = "", notify: Callable[[str], None] | None = None) -> None:
         self.engine = engine
         self.model_name = model_name or engine.info.name
+        self.notify = notify
+        self._profile: Any = None
 
     @classmethod
     def load(
@@ -116,6 +116,34 @@ class Runtime:
             raise ContextOverflow(f"prompt is {len(tokens)} tokens; the model's context holds {n_ctx}")
         return tokens
 
+    def profile(self, *, refresh: bool = False) -> Any:
+        """The device profile for this engine (measured once, then cached on disk)."""
+        from edgescale.devices import profile as prof
+
+        if self._profile is not None and not refresh:
+            return self._profile
+        key, backend, version, threads, layers = prof.engine_identity(self.engine)
+        cached = None if refresh else prof.load_profile(prof.cache_path(key, backend, threads, layers))
+        if cached is None and self.notify is not None:
+            self.notify(f"measuring this device for the planner ({backend}, {threads} threads); "
+                        "once per model, takes about a minute")
+        self._profile = prof.load_or_calibrate(self.engine, refresh=refresh)
+        return self._profile
+
+    def plan(self, prompt: str, *, strategy: str | Strategy = "auto", budget: Budget | None = None,
+             options: AskOptions | None = None, **overrides: Any) -> Plan:
+        """What ``ask`` would run for this prompt, without running it."""
+        opts = replace(options or AskOptions(), **overrides)
+        strat = parse_strategy(strategy) if isinstance(strategy, str) else strategy
+        return self._plan(self.prompt_tokens(prompt, opts), strat, budget or Budget(), opts)
+
+    def _plan(self, tokens: list[int], strat: Strategy, budget: Budget, opts: AskOptions) -> Plan:
+        from edgescale.runtime.memory import memory_model
+        from edgescale.strategies.planner import QueryShape, plan
+
+        shape = QueryShape(prompt_tokens=len(tokens), max_new_tokens=opts.max_tokens, strategy=strat)
+        return plan(shape, self.profile(), memory_model(self.engine), budget)
+
     def ask(
         self,
         prompt: str,
@@ -127,17 +155,33 @@ class Runtime:
         **overrides: Any,
     ) -> Result:
         """Answer one prompt. ``overrides`` are AskOptions fields (max_tokens=..., seed=...)."""
+        from edgescale.strategies.auto import run_auto
         from edgescale.strategies.runner import Query, run_query
 
+        t0 = time.perf_counter()
         opts = replace(options or AskOptions(), **overrides)
         strat = parse_strategy(strategy) if isinstance(strategy, str) else strategy
         tokens = self.prompt_tokens(prompt, opts)
         budget = budget or Budget()
+        chosen: Plan | None = None
+        if isinstance(strat, Auto) or budget.deadline_s is not None or budget.memory_bytes is not None:
+            chosen = self._plan(tokens, strat, budget, opts)
+            if not isinstance(strat, Auto):
+                strat = parse_strategy(chosen.strategy)
+        plan_record = chosen.to_dict() if chosen is not None else {
+            "strategy": strat.spec(), "max_new_tokens": opts.max_tokens, "budget": None}
+        # planning (and a first-time device measurement) counts against the deadline
+        deadline = None if budget.deadline_s is None else budget.deadline_s - (time.perf_counter() - t0)
         config = GenerationConfig(
             max_new_tokens=opts.max_tokens, stop=opts.stop, sampling=opts.sampling_for(strat), seed=opts.seed
         )
         query = Query(
             prompt_tokens=tokens, strategy=strat, config=config, answer_kind=opts.answer, choices=opts.choices,
-            deadline_s=budget.deadline_s, model_name=self.model_name,
+            deadline_s=deadline, model_name=self.model_name, plan=plan_record,
         )
+        if isinstance(strat, Auto):
+            assert chosen is not None
+            first = replace(query, config=replace(config, sampling=opts.sampling_for(Single())))
+            return run_auto(self.engine, first, chosen, stage2_sampling=opts.sampling_for(Majority()),
+                            on_step=on_step)
         return run_query(self.engine, query, on_step=on_step)

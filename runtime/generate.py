@@ -25,6 +25,22 @@ from edgescale.runtime.sampling import GREEDY, SamplingConfig, make_sampler, row
 FinishReason = Literal["stop", "length", "cancelled", "deadline", "early-exit"]
 
 
+MIN_BATCH = 32
+MAX_BATCH = 512
+
+
+def batch_size(prompt_tokens: int, n_seqs: int) -> int:
+    """Tokens per llama_decode call: the whole prompt at once when it is short, every
+    sequence's token in one step. Longer prompts and probe cues are split into
+    pieces of this size; a larger batch costs compute-buffer memory."""
+    return max(MIN_BATCH, min(MAX_BATCH, max(prompt_tokens, n_seqs)))
+
+
+def kv_cells(prompt_tokens: int, n_seqs: int, max_new_tokens: int, probe_slots: int, probe_cells: int) -> int:
+    """KV cells one query needs: the shared prompt, every sample's tokens, probe room."""
+    return prompt_tokens + n_seqs * max_new_tokens + probe_slots * probe_cells
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """Per-query generation settings shared by all samples."""
@@ -125,11 +141,10 @@ class BatchGenerator:
         self._rows: dict[int, Logits] = {}  # live index -> logits row for its next token
         self._prefill_row: Logits | None = None
         self._t0 = clock()
-        n_cells = len(self.prompt) + n_seqs * config.max_new_tokens + probe_slots * probe_cells
         self.session: DecodeSession = engine.session(
             n_seqs=n_seqs + probe_slots,
-            n_cells=n_cells,
-            max_batch=max(len(self.prompt), n_seqs, probe_slots * max(probe_cells, 1)),
+            n_cells=kv_cells(len(self.prompt), n_seqs, config.max_new_tokens, probe_slots, probe_cells),
+            max_batch=batch_size(len(self.prompt), n_seqs + probe_slots),
         )
         try:
             # A long prefill can be interrupted mid-decode; steps are checked between

@@ -17,10 +17,7 @@ from edgescale.models.info import ModelInfo, read_model_info
 from edgescale.runtime import _llama_ffi as ffi
 from edgescale.runtime.chat import render_chat, user_messages
 from edgescale.runtime.engine import CellBook, Feed, Logits
-
-MIN_BATCH = 32
-MAX_BATCH = 512
-
+from edgescale.runtime.memory import mapped_file_rss, process_rss
 
 class LlamaSession:
     """A context sized for one query. Reused across queries of the same shape."""
@@ -137,6 +134,9 @@ class LlamaCppEngine:
         self.n_gpu_layers = n_gpu_layers
         self.model = ffi.Model(path, n_gpu_layers=n_gpu_layers)
         self._ctx: ffi.Context | None = None  # one idle context kept for reuse
+        # Process memory besides the weights, before any context exists: the
+        # planner's fixed cost (runtime.memory.memory_model).
+        self.baseline_anon_bytes = process_rss() - mapped_file_rss(path)
         self._bos_text = self.model.token_text(info.bos_token_id) if info.bos_token_id is not None else ""
         self._eos_text = self.model.token_text(info.eos_token_id) if info.eos_token_id is not None else ""
 
@@ -183,7 +183,7 @@ class LlamaCppEngine:
             )
         params = ffi.ContextParams(
             n_ctx=n_cells,
-            n_batch=int(min(MAX_BATCH, max(MIN_BATCH, max_batch))),
+            n_batch=max(1, int(max_batch)),
             n_seq_max=n_seqs,
             n_threads=self.n_threads,
         )
@@ -203,6 +203,7 @@ class LlamaCppEngine:
 
     def weights_bytes(self) -> int:
         return self.model.size_bytes()
+
 
     def close(self) -> None:
         if self._ctx is not None:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from edgescale.runtime.generate import BatchGenerator, TokenEvent
-from edgescale.strategies.base import AnswerBook, Decision, cancel_live, finished_naturally, vote
-from edgescale.strategies.voting import beta_rule, esc_rule
+from edgescale.strategies.base import AnswerBook, Decision, cancel_live, finish_order, finished_naturally, vote
+from edgescale.strategies.voting import beta_rule, esc_rule, majority
 
 
 @dataclass
@@ -32,6 +32,7 @@ class AdaptiveController:
     wave: int = 4
     rule: str = "beta"  # or "esc"
     window: int = 4
+    prior: tuple[str, ...] = ()  # answers from before this run (auto's first stage), counted as votes
     probe_slots: int = 0
     probe_cells: int = 0
     order: list[int] = field(default_factory=list)  # finished samples, in finish order
@@ -52,7 +53,7 @@ class AdaptiveController:
     def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None:
         for i in finished_naturally(gen, events):
             self.order.append(i)
-            answers = [book.value(gen.states[j]) for j in self.order]
+            answers = [*self.prior, *(book.value(gen.states[j]) for j in self.order)]
             if self._fires(answers):
                 cancel_live(gen)
                 return f"{self.rule}-confident"
@@ -65,6 +66,15 @@ class AdaptiveController:
         return None
 
     def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision:
-        out = vote(gen, book, self.order)
-        winner = out.winner if out.winner is not None else (self.order[0] if self.order else None)
+        if not self.prior:
+            out = vote(gen, book, self.order)
+            winner = out.winner if out.winner is not None else (self.order[0] if self.order else None)
+            return Decision(out.answer, winner, out.votes)
+        # prior answers vote too; they came first, so they rank first in ties (winner None)
+        ballots = [(-1 - j, a) for j, a in enumerate(self.prior)]
+        ballots += [(i, book.value(gen.states[i])) for i in self.order]
+        out = majority(ballots, lambda i: (-1, 0, i) if i < 0 else finish_order(gen.states[i]))
+        winner = out.winner if out.winner is not None and out.winner >= 0 else None
+        if winner is None and out.answer is not None:
+            winner = next((i for i in self.order if book.value(gen.states[i]) == out.answer), None)
         return Decision(out.answer, winner, out.votes)

@@ -9,9 +9,7 @@ with finish reason "deadline" and the query reports ``stop_reason="deadline"``.
 
 from __future__ import annotations
 
-import resource
 import statistics
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from typing import Any, Callable, Sequence
 from edgescale.errors import DecodeAborted
 from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import BatchGenerator, GenerationConfig, TokenEvent
+from edgescale.runtime.memory import peak_rss_bytes
 from edgescale.strategies.adaptive import AdaptiveController
 from edgescale.strategies.answers import extract_probe, is_hedge
 from edgescale.strategies.base import (
@@ -51,7 +50,7 @@ FORCED_PROBE_TOKENS = 8  # enough for a number or a letter and the closing brace
 StepCallback = Callable[[BatchGenerator, Sequence[TokenEvent]], None]
 
 
-def build_controller(strategy: Strategy, cue: list[int]) -> Controller:
+def build_controller(strategy: Strategy, cue: list[int], prior: tuple[str, ...] = ()) -> Controller:
     if isinstance(strategy, Single):
         return MajorityController(k=1)
     if isinstance(strategy, Majority):
@@ -65,7 +64,7 @@ def build_controller(strategy: Strategy, cue: list[int]) -> Controller:
     if isinstance(strategy, Adaptive):
         return AdaptiveController(
             k_max=strategy.max, threshold=strategy.conf, wave=strategy.wave, rule=strategy.rule,
-            window=strategy.window,
+            window=strategy.window, prior=prior,
         )
     if isinstance(strategy, EarlyExit):
         return EarlyExitController(
@@ -74,11 +73,6 @@ def build_controller(strategy: Strategy, cue: list[int]) -> Controller:
     if isinstance(strategy, Auto):
         raise TypeError("auto must be resolved to a concrete strategy by the planner first")
     raise TypeError(f"unknown strategy {strategy!r}")
-
-
-def peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 @dataclass(frozen=True)
@@ -91,6 +85,7 @@ class Query:
     deadline_s: float | None = None
     model_name: str = ""
     plan: dict[str, Any] | None = None
+    prior: tuple[str, ...] = ()  # answers already in hand (auto's first stage), counted as votes
 
 
 def run_query(
@@ -102,7 +97,7 @@ def run_query(
 ) -> Result:
     t0 = clock()
     cue = engine.tokenize(ANSWER_CUE, add_special=False, parse_special=False)
-    ctl = build_controller(query.strategy, cue)
+    ctl = build_controller(query.strategy, cue, query.prior)
     book = AnswerBook(query.answer_kind, query.choices)
     deadline = t0 + query.deadline_s if query.deadline_s is not None else None
     probe_slots, probe_cells = ctl.probe_slots, ctl.probe_cells

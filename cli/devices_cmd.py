@@ -1,0 +1,45 @@
+"""`edgescale devices`: what this machine has, where a model would run, and how fast."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from edgescale.cli import options as opt
+from edgescale.cli.common import print_json
+
+TYPICAL_CELLS = 2048  # KV cells assumed for the placement shown (a few samples of a few hundred tokens)
+
+
+def devices(
+    model: Optional[str] = opt.MODEL,
+    threads: Optional[int] = opt.THREADS,
+    calibrate: bool = typer.Option(False, "--calibrate", help="Measure the speed profile of --model now (cached)."),
+    as_json: bool = opt.JSON,
+) -> None:
+    """Describe the CPU, memory, GPUs and backends; with --calibrate, measure a speed profile."""
+    from edgescale.devices.facts import to_dict
+    from edgescale.devices.hardware import describe
+    from edgescale.devices.placement import place
+    from edgescale.devices.profile import profile_to_dict
+    from edgescale.devices.report import render_text
+    from edgescale.models.catalog import resolve_model
+    from edgescale.models.info import read_model_info
+
+    info = describe()
+    model_info = read_model_info(resolve_model(model))
+    placement = place(info, model_info, kv_bytes=model_info.kv_bytes(TYPICAL_CELLS), n_threads=threads)
+    profile = None
+    if calibrate:
+        from edgescale.api import Runtime
+
+        with Runtime.load(model, threads=threads or placement.n_threads) as rt:
+            rt.notify = lambda msg: typer.echo(msg, err=True)
+            profile = rt.profile(refresh=True)
+    if as_json:
+        out = {"device": to_dict(info), "model": str(model_info.path), "placement": placement.__dict__,
+               "profile": profile_to_dict(profile) if profile is not None else None}
+        print_json(out)
+        return
+    typer.echo(render_text(info, placement, profile))

@@ -1,0 +1,90 @@
+"""Process memory, measured: what the planner's memory model starts from.
+
+The budget covers the whole process (what `ps` shows as RSS): the interpreter
+and libraries, the memory-mapped weights (counted in full), llama.cpp's
+compute buffers, the logits rows and the KV cache. ``fixed_bytes`` is
+everything except the per-query context: the engine measures the process's
+non-weight RSS right after loading the model, before any context exists, and
+the file size is added. (Measuring later would count an idle context's
+buffers, only partly resident, and be wrong either way.)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgescale.runtime.engine import Engine
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Bytes the process needs at a given allocation (see the module docstring)."""
+
+    fixed_bytes: int
+    kv_bytes_per_cell: float
+    compute_bytes_per_batch_token: int  # compute buffer = this x n_batch
+    logits_bytes_per_seq: int  # n_vocab x 4
+
+    def peak(self, *, n_seqs: int, n_cells: int, n_batch: int) -> int:
+        return int(
+            self.fixed_bytes
+            + self.compute_bytes_per_batch_token * n_batch
+            + self.logits_bytes_per_seq * n_seqs
+            + self.kv_bytes_per_cell * n_cells
+        )
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak RSS so far.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this process's own
+    address space. (getrusage's ru_maxrss is not used there: at exec the kernel
+    folds the parent's peak into it, so a small command started from a big
+    process reports the parent's size.) Elsewhere: ru_maxrss.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def process_rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def mapped_file_rss(path: Path) -> int:
+    """Resident bytes of ``path``'s memory mappings in this process (0 if unknown)."""
+    import psutil
+
+    target = os.path.realpath(path)
+    try:
+        maps = psutil.Process().memory_maps(grouped=True)
+    except (psutil.Error, NotImplementedError, OSError):
+        return 0
+    return int(sum(getattr(m, "rss", 0) for m in maps if os.path.realpath(m.path) == target))
+
+
+def memory_model(engine: Engine) -> MemoryModel:
+    info = engine.info
+    baseline = getattr(engine, "baseline_anon_bytes", None)
+    if baseline is None:  # a backend that did not measure itself: measure now
+        baseline = process_rss() - mapped_file_rss(info.path)
+    return MemoryModel(
+        fixed_bytes=int(baseline) + info.file_size,
+        kv_bytes_per_cell=info.kv_bytes_per_cell(),
+        # llama.cpp's compute buffer per batch token (see devices.placement.estimate_compute_bytes)
+        compute_bytes_per_batch_token=4 * (info.n_vocab + 4 * info.n_embd),
+        logits_bytes_per_seq=4 * info.n_vocab,
+    )

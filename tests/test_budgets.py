@@ -1,0 +1,101 @@
+"""Deadlines and memory budgets on the real default model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgescale.api import Budget
+from edgescale.devices.profile import cache_path, calibrate, engine_identity, save_profile
+
+LONG = "Write a very long and detailed story about a lighthouse keeper and the sea."
+
+
+def quick_profile(engine):
+    """A real but short calibration (seconds): every k the planner asks about."""
+    return calibrate(engine, ks=(1, 2, 4, 8, 16), new_tokens=4, prompt_tokens=16, long_prompt_tokens=0, repeats=1)
+
+
+@pytest.fixture(scope="module")
+def planned(runtime):
+    runtime._profile = quick_profile(runtime.engine)
+    return runtime
+
+
+@pytest.mark.parametrize("spec", ["maj@4", "auto", "single"])
+def test_one_second_deadline_on_a_ten_second_query(planned, spec: str) -> None:
+    res = planned.ask(LONG, strategy=spec, budget=Budget(deadline_s=1.0), max_tokens=1500, answer="text")
+    assert res.stats.wall_s <= 1.1
+    assert res.stop_reason.endswith("deadline")
+    assert res.plan is not None
+    # an answer from a finished sample or a forced-answer probe, or none, said plainly
+    if res.answer is None:
+        assert all(s.answer is None for s in res.samples)
+    else:
+        assert res.samples[res.winner].answer == res.answer
+
+
+def test_auto_records_its_plan_and_stages(planned) -> None:
+    res = planned.ask("What is 2 + 3?", strategy="auto", budget=Budget(deadline_s=30), max_tokens=48,
+                      answer="number")
+    assert res.strategy == "auto"
+    assert res.plan["strategy"].startswith("early-exit")
+    assert res.plan["outcome"] in ("confident", "escalated", "no-escalation", "no-time-to-escalate")
+    if res.plan["outcome"] == "escalated":
+        assert len(res.samples) > 1 and res.stop_reason.startswith("escalated:")
+    assert res.stats.wall_s < 30 * 1.1
+
+
+@pytest.fixture(scope="module")
+def cached_profile_env(tmp_path_factory, model_path: Path) -> dict[str, str]:
+    """A profile cached where a subprocess with 1 thread will look for it."""
+    from edgescale.runtime.llama_engine import LlamaCppEngine
+
+    cache = tmp_path_factory.mktemp("xdg")
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    try:
+        with LlamaCppEngine.load(model_path, n_threads=1) as eng:
+            key, backend, _, threads, layers = engine_identity(eng)
+            save_profile(quick_profile(eng), cache_path(key, backend, threads, layers))
+    finally:
+        if old is None:
+            os.environ.pop("XDG_CACHE_HOME")
+        else:
+            os.environ["XDG_CACHE_HOME"] = old
+    return {**os.environ, "XDG_CACHE_HOME": str(cache), "EDGESCALE_THREADS": "1"}
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgescale.cli", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+@pytest.mark.parametrize("budget_mb,spec", [(300, "maj@8"), (300, "auto"), (220, "maj@8")])
+def test_measured_peak_rss_stays_within_the_memory_budget(cached_profile_env, budget_mb: int, spec: str) -> None:
+    proc = run_cli(cached_profile_env, "run", "--json", "--memory", f"{budget_mb}MB", "-s", spec, "-n", "96",
+                   "--seed", "3", "What is 6 times 7?")
+    assert proc.returncode == 0, proc.stderr
+    assert "measuring this device" not in proc.stderr  # the cached profile was used
+    res = json.loads(proc.stdout)
+    assert res["plan"]["predicted_peak_bytes"] <= budget_mb * 2**20
+    assert res["stats"]["peak_rss_bytes"] <= budget_mb * 2**20, (res["plan"], res["stats"], proc.stderr)
+
+
+def test_memory_budget_below_the_minimum_is_a_one_line_error(cached_profile_env) -> None:
+    proc = run_cli(cached_profile_env, "run", "--memory", "60MB", "hi")
+    assert proc.returncode == 7
+    assert proc.stderr.count("\n") == 1 and "needs at least" in proc.stderr
+
+
+def test_plan_command_json(cached_profile_env) -> None:
+    proc = run_cli(cached_profile_env, "plan", "--json", "--deadline", "2s", "--memory", "512MB", "What is 17*3?")
+    assert proc.returncode == 0, proc.stderr
+    p = json.loads(proc.stdout)
+    assert p["strategy"].startswith("early-exit") and p["predicted_s"] > 0
+    assert p["predicted_peak_bytes"] <= 512 * 2**20

@@ -1,0 +1,121 @@
+"""The planner as tables: budgets x device profiles -> plans (pure, no I/O)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from edgescale.devices.profile import DeviceProfile
+from edgescale.errors import BudgetInfeasible
+from edgescale.runtime.memory import MemoryModel
+from edgescale.strategies.planner import (
+    AUTO_MAX_SAMPLES,
+    MEMORY_SAFETY,
+    Budget,
+    QueryShape,
+    best_wave,
+    plan,
+)
+from edgescale.strategies.spec import parse_strategy
+
+MB = 2**20
+
+
+def profile(steps: dict[int, float], prefill_tok_s: float = 1000.0) -> DeviceProfile:
+    return DeviceProfile(model_key="m", backend="llama.cpp", backend_version="x", n_threads=2,
+                         prefill_tok_s=prefill_tok_s, step_s=steps, created="2026-11-28T00:00:00+00:00")
+
+
+# measured shapes: on this CPU batching helps little; on a GPU a lot
+CPU = profile({1: 0.0088, 2: 0.014, 4: 0.027, 8: 0.0515, 16: 0.103})
+GPU = profile({1: 0.010, 2: 0.0102, 4: 0.0104, 8: 0.0108, 16: 0.0115}, prefill_tok_s=20000.0)
+SMOL = MemoryModel(fixed_bytes=166 * MB, kv_bytes_per_cell=23040.0,
+                   compute_bytes_per_batch_token=4 * (49152 + 4 * 576), logits_bytes_per_seq=4 * 49152)
+
+
+def shape(spec: str, prompt: int = 60, new: int = 256) -> QueryShape:
+    return QueryShape(prompt_tokens=prompt, max_new_tokens=new, strategy=parse_strategy(spec))
+
+
+def test_best_wave_learns_batching_from_the_profile() -> None:
+    assert best_wave(GPU, 16) == 16
+    cpu = best_wave(CPU, 16)
+    rate = {w: w / CPU.step_time(w) for w in (1, 2, 4, 8, 16)}
+    assert rate[cpu] == max(rate.values()) or rate[cpu] * 1.05 >= max(rate.values())
+
+
+@pytest.mark.parametrize("prof,wave", [(CPU, None), (GPU, 16)])
+def test_auto_without_budget_escalates_to_adaptive(prof: DeviceProfile, wave: int | None) -> None:
+    p = plan(shape("auto"), prof, SMOL, Budget())
+    assert p.strategy.startswith("early-exit") and p.k == 1
+    esc = parse_strategy(p.escalate_to)
+    assert esc.max == AUTO_MAX_SAMPLES
+    assert esc.wave == (wave or best_wave(CPU, 16))
+    assert p.confidence == 0.8
+
+
+def test_auto_short_deadline_does_not_escalate() -> None:
+    p = plan(shape("auto"), CPU, SMOL, Budget(deadline_s=1.0))
+    assert p.escalate_to is None
+    assert any("no time to escalate" in n for n in p.notes)
+    assert p.predicted_s == pytest.approx(60 / 1000 + 256 * CPU.step_time(1, 60 + 128), rel=1e-9)
+
+
+def test_auto_deadline_sizes_k_max_to_the_time_left() -> None:
+    p = plan(shape("auto"), GPU, SMOL, Budget(deadline_s=8.0))
+    esc = parse_strategy(p.escalate_to)
+    t1 = p.predicted_s
+    per_wave = 256 * GPU.step_time(16)
+    one = GPU.predict(prompt_tokens=60, k=16, new_tokens=256)
+    assert t1 + one <= 8.0
+    assert esc.max == min(16, max(2, (1 + int((8.0 - t1 - one) // per_wave)) * 16))
+    assert p.escalate_predicted_s <= 8.0 - t1 + 1e-9
+
+
+def test_memory_budget_lowers_k_of_a_fixed_strategy() -> None:
+    budget = 200 * MB
+    p = plan(shape("maj@8"), CPU, SMOL, Budget(memory_bytes=budget))
+    k = p.k
+    assert 1 <= k < 8 and p.strategy == f"maj@{k}"
+    assert p.predicted_peak_bytes <= budget * MEMORY_SAFETY
+    assert any("memory budget allows" in n for n in p.notes)
+    bigger = plan(shape(f"maj@{k + 1}"), CPU, SMOL, Budget())
+    assert bigger.predicted_peak_bytes + 4 * 49152 > budget * MEMORY_SAFETY  # k+1 would not fit
+
+
+def test_memory_budget_too_small_names_the_minimum() -> None:
+    with pytest.raises(BudgetInfeasible) as err:
+        plan(shape("single"), CPU, SMOL, Budget(memory_bytes=150 * MB))
+    msg = str(err.value)
+    assert "too small" in msg and "needs at least" in msg
+    minimum = int(msg.split("needs at least ")[1].split(" MB")[0])
+    assert minimum * MB > 166 * MB
+    ok = plan(shape("single"), CPU, SMOL, Budget(memory_bytes=minimum * MB))
+    assert ok.k == 1
+
+
+def test_short_m_keeps_m_within_k() -> None:
+    p = plan(shape("short-3@8"), CPU, SMOL, Budget(memory_bytes=200 * MB))
+    s = parse_strategy(p.strategy)
+    assert s.m <= s.k
+
+
+def test_fixed_strategy_over_deadline_is_noted_not_changed() -> None:
+    p = plan(shape("maj@8"), CPU, SMOL, Budget(deadline_s=1.0))
+    assert p.strategy == "maj@8"
+    assert p.predicted_s > 1.0 and any("deadline will stop it" in n for n in p.notes)
+
+
+def test_prediction_uses_batch_width() -> None:
+    p8 = plan(shape("maj@8"), CPU, SMOL, Budget())
+    p1 = plan(shape("single"), CPU, SMOL, Budget())
+    assert p8.predicted_s / p1.predicted_s == pytest.approx(
+        CPU.step_time(8, 188) / CPU.step_time(1, 188), rel=0.05)
+    assert p8.n_cells >= 60 + 8 * 256 and p8.n_cells % 256 == 0
+
+
+def test_plan_is_pure() -> None:
+    a = plan(shape("auto"), CPU, SMOL, Budget(deadline_s=5.0, memory_bytes=300 * MB))
+    b = plan(shape("auto"), CPU, SMOL, Budget(deadline_s=5.0, memory_bytes=300 * MB))
+    assert a == b and math.isfinite(a.predicted_s)
