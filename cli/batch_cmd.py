@@ -36,6 +36,7 @@ def batch(
     max_tokens: int = opt.MAX_TOKENS,
     seed: int = opt.SEED,
     threads: Optional[int] = opt.THREADS,
+    gpu_layers: Optional[int] = opt.GPU_LAYERS,
     answer: str = opt.ANSWER,
     system: Optional[str] = opt.SYSTEM,
     raw: bool = opt.RAW,
@@ -52,7 +53,7 @@ def batch(
     )
     opt.ask_settings(**defaults)  # bad defaults fail before the model loads
     failures = 0
-    with Runtime.load(model, backend=backend, threads=threads) as rt:
+    with Runtime.load(model, backend=backend, threads=threads, n_gpu_layers=gpu_layers) as rt:
         rt.notify = lambda msg: typer.echo(msg, err=True)
         for n, line in enumerate(sys.stdin, start=1):
             if not line.strip():

@@ -28,6 +28,8 @@ MAX_TOKENS = typer.Option(256, "--max-tokens", "-n", min=1, max=32768, help="New
 SEED = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="Base seed; sample i uses seed + i.")
 THREADS = typer.Option(None, "--threads", min=1, max=1024, envvar="EDGESCALE_THREADS",
                        help="CPU threads (default: the cores free right now).")
+GPU_LAYERS = typer.Option(None, "--gpu-layers", min=0, max=10000,
+                          help="Layers to offload to the GPU (default: as many as fit; 0 on CPU-only builds).")
 ANSWER = typer.Option("auto", "--answer", help="Answer kind to extract and vote on: auto|number|choice|yesno|text.")
 STOP = typer.Option([], "--stop", help="Stop string (repeatable).")
 SYSTEM = typer.Option(None, "--system", help="System message.")

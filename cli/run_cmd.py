@@ -24,6 +24,7 @@ def run(
     max_tokens: int = opt.MAX_TOKENS,
     seed: int = opt.SEED,
     threads: Optional[int] = opt.THREADS,
+    gpu_layers: Optional[int] = opt.GPU_LAYERS,
     answer: str = opt.ANSWER,
     stop: list[str] = opt.STOP,
     system: Optional[str] = opt.SYSTEM,
@@ -42,7 +43,7 @@ def run(
         max_tokens=max_tokens, seed=seed, answer=answer, stop=stop, system=system, raw=raw,
         deadline=deadline, memory=memory,
     )
-    with Runtime.load(model, backend=backend, threads=threads) as rt:
+    with Runtime.load(model, backend=backend, threads=threads, n_gpu_layers=gpu_layers) as rt:
         rt.notify = lambda msg: typer.echo(msg, err=True)
         stream = not as_json and settings.streams
         on_step = _streamer() if stream else None

@@ -46,14 +46,30 @@ class AskOptions:
         return SamplingConfig(temperature=temp, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p)
 
 
+def auto_gpu_layers(path: Path) -> int:
+    """Layers to offload: 0 on a CPU-only llama.cpp build; otherwise as many as fit the
+    free VRAM with a KV cache of 4096 cells (devices.placement decides)."""
+    from edgescale.runtime import _llama_ffi
+
+    if not _llama_ffi.backend().supports_gpu_offload():
+        return 0
+    from edgescale.devices.hardware import describe
+    from edgescale.devices.placement import place
+    from edgescale.models.info import read_model_info
+
+    info = read_model_info(path)
+    return place(describe(measure_load=False), info, kv_bytes=info.kv_bytes(4096)).n_gpu_layers
+
+
 def load_engine(
     model: str | Path | None = None,
     *,
     backend: str = "llama.cpp",
     threads: int | None = None,
-    n_gpu_layers: int = 0,
+    n_gpu_layers: int | None = None,
 ) -> Engine:
-    """Resolve a model name or path and load it on the chosen backend."""
+    """Resolve a model name or path and load it on the chosen backend.
+    ``n_gpu_layers`` None: as many as fit the GPU (none on a CPU-only build)."""
     from edgescale.devices.cpu import default_threads
 
     n_threads = threads if threads is not None else default_threads()
@@ -61,7 +77,9 @@ def load_engine(
         from edgescale.models.catalog import resolve_model
         from edgescale.runtime.llama_engine import LlamaCppEngine
 
-        return LlamaCppEngine.load(resolve_model(model), n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+        path = resolve_model(model)
+        layers = auto_gpu_layers(path) if n_gpu_layers is None else n_gpu_layers
+        return LlamaCppEngine.load(path, n_threads=n_threads, n_gpu_layers=layers)
     if backend in ("onnx", "onnxruntime"):
         from edgescale.runtime.onnx_engine import OnnxEngine
 
@@ -91,7 +109,7 @@ class Runtime:
         *,
         backend: str = "llama.cpp",
         threads: int | None = None,
-        n_gpu_layers: int = 0,
+        n_gpu_layers: int | None = None,
     ) -> "Runtime":
         engine = load_engine(model, backend=backend, threads=threads, n_gpu_layers=n_gpu_layers)
         return cls(engine, str(model) if model else "")
