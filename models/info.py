@@ -46,7 +46,11 @@ class ModelInfo:
         )
 
     def kv_bytes(self, cells: int, type_k: str = "f16", type_v: str = "f16") -> int:
-        """n_layer x cells x n_kv_head x head_dim x (bytes_k + bytes_v)."""
+        """n_layer x cells x n_kv_head x head_dim x (bytes_k + bytes_v).
+
+        Exact for full-attention models. For models with sliding-window layers
+        (Gemma 3) llama.cpp gives those layers min(cells, window x sequences +
+        batch) cells, so this is an upper bound once the context exceeds that."""
         return int(round(cells * self.kv_bytes_per_cell(type_k, type_v)))
 
 

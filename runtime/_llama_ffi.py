@@ -69,9 +69,9 @@ class _Backend:
 
     def _take_line(self, line: str) -> None:
         m = _KV_SIZE_RE.search(line)
-        if m:
-            self.report["kv_mib"] = float(m.group(1))
-            self.report["kv_cells"] = float(m.group(2))
+        if m:  # models with sliding-window layers report two caches: add them up
+            self.report["kv_mib"] = self.report.get("kv_mib", 0.0) + float(m.group(1))
+            self.report["kv_cells"] = max(self.report.get("kv_cells", 0.0), float(m.group(2)))
         m = _COMPUTE_RE.search(line)
         if m:
             self.report["compute_mib"] = self.report.get("compute_mib", 0.0) + float(m.group(1))

@@ -152,3 +152,18 @@ def test_kv_bytes_formula_matches_llama_cpp(engine) -> None:
         assert info.kv_bytes_per_cell() == 30 * 3 * 64 * 4
     finally:
         session.close()
+
+
+def test_kv_bytes_formula_on_gemma3_sliding_window_model() -> None:
+    from edgescale.models.catalog import resolve_model
+    from edgescale.runtime.llama_engine import LlamaCppEngine
+
+    with LlamaCppEngine.load(resolve_model("gemma3-270m"), n_threads=1) as eng:
+        session = eng.session(n_seqs=4, n_cells=1024, max_batch=64)
+        try:
+            reported = session.ctx.reported
+            # window 512 x 4 sequences + batch > 1024 cells: every layer holds all cells
+            assert eng.info.sliding_window == 512
+            assert eng.info.kv_bytes(session.n_cells) == pytest.approx(reported["kv_mib"] * 2**20, rel=1e-3)
+        finally:
+            session.close()
