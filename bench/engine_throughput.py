@@ -18,12 +18,10 @@ sequence (EOS ignored) so every variant does the same work.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 
 PROMPT = "Write a short story about a robot who learns to paint."
 
@@ -147,7 +145,7 @@ def main() -> None:
     def record(name: str, k: int, value: float) -> None:
         results.setdefault((name, k), []).append(value)
 
-    for rep in range(args.reps):
+    for _ in range(args.reps):
         for k in ks:
             record("raw", k, raw_loop(lib, engine.model.ptr, engine.model.vocab, prompt, k, args.tokens, threads))
             tok_s, wall = engine_loop(engine, prompt, k, args.tokens)

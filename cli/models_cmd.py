@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import typer
 
 from edgescale.cli.common import print_json
 from edgescale.cli.options import JSON

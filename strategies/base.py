@@ -93,6 +93,33 @@ class Decision:
     votes: dict[str, int]
 
 
+@dataclass
+class OneBatch:
+    """Controllers that start all k samples at once and need no probe slots."""
+
+    k: int
+
+    @property
+    def n_seqs(self) -> int:
+        return self.k
+
+    @property
+    def n_initial(self) -> int:
+        return self.k
+
+    @property
+    def probe_slots(self) -> int:
+        return 0
+
+    @property
+    def probe_cells(self) -> int:
+        return 0
+
+    def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None:
+        """Run every sample to its end."""
+        return "all-finished" if not gen.live else None
+
+
 class Controller(Protocol):
     n_seqs: int  # sequences to allocate
     n_initial: int  # sequences started at once

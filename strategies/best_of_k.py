@@ -11,29 +11,13 @@ has an answer. Ties -> the lower index.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
-from edgescale.runtime.generate import BatchGenerator, SeqState, TokenEvent
-from edgescale.strategies.base import AnswerBook, Decision, mean_logprob, span_logprob
+from edgescale.runtime.generate import BatchGenerator, SeqState
+from edgescale.strategies.base import AnswerBook, Decision, OneBatch, mean_logprob, span_logprob
 
 
 @dataclass
-class BestOfKController:
-    k: int
-    probe_slots: int = 0
-    probe_cells: int = 0
-
-    @property
-    def n_seqs(self) -> int:
-        return self.k
-
-    @property
-    def n_initial(self) -> int:
-        return self.k
-
-    def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None:
-        return "all-finished" if not gen.live else None
-
+class BestOfKController(OneBatch):
     def score(self, st: SeqState, book: AnswerBook) -> tuple[int, float]:
         got = book.of(st)
         if got is not None:

@@ -18,24 +18,13 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from edgescale.runtime.generate import BatchGenerator, TokenEvent
-from edgescale.strategies.base import AnswerBook, Decision, cancel_live, finished_naturally, vote
+from edgescale.strategies.base import AnswerBook, Decision, OneBatch, cancel_live, finished_naturally, vote
 
 
 @dataclass
-class ShortMController:
-    m: int
-    k: int
-    probe_slots: int = 0
-    probe_cells: int = 0
+class ShortMController(OneBatch):
+    m: int = 1
     finishers: list[int] = field(default_factory=list)
-
-    @property
-    def n_seqs(self) -> int:
-        return self.k
-
-    @property
-    def n_initial(self) -> int:
-        return self.k
 
     def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None:
         for i in finished_naturally(gen, events):

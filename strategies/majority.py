@@ -10,30 +10,14 @@ first (then the shorter, then the lower index).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
-from edgescale.runtime.generate import BatchGenerator, TokenEvent
-from edgescale.strategies.base import AnswerBook, Decision, vote
+from edgescale.runtime.generate import BatchGenerator
+from edgescale.strategies.base import AnswerBook, Decision, OneBatch, vote
 
 
 @dataclass
-class MajorityController:
+class MajorityController(OneBatch):
     """k samples run to their end; majority vote. k=1 is ``single``."""
-
-    k: int
-    probe_slots: int = 0
-    probe_cells: int = 0
-
-    @property
-    def n_seqs(self) -> int:
-        return self.k
-
-    @property
-    def n_initial(self) -> int:
-        return self.k
-
-    def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None:
-        return "all-finished" if not gen.live else None
 
     def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision:
         out = vote(gen, book, [s.index for s in gen.states if s.finished])

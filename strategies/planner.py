@@ -45,7 +45,6 @@ from edgescale.strategies.spec import (
     FirstFinish,
     Majority,
     ShortM,
-    Single,
     Strategy,
 )
 
