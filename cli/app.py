@@ -16,6 +16,7 @@ from edgescale.cli.batch_cmd import batch
 from edgescale.cli.devices_cmd import devices
 from edgescale.cli.models_cmd import models
 from edgescale.cli.plan_cmd import plan
+from edgescale.cli.quant_cmd import convert, quant_report, quantize
 from edgescale.cli.run_cmd import run
 from edgescale.errors import EdgescaleError
 
@@ -35,6 +36,9 @@ def build_app() -> typer.Typer:
     app.command("models")(models)
     app.command("devices")(devices)
     app.command("plan")(plan)
+    app.command("convert")(convert)
+    app.command("quantize")(quantize)
+    app.command("quant-report")(quant_report)
     return app
 
 

@@ -319,10 +319,12 @@ class Context:
         self._be.lib.llama_memory_clear(self.mem, True)
 
 
-def quantize(src: Path, dst: Path, ftype: int, n_threads: int) -> int:
-    """llama.cpp's own quantiser; returns its status code (0 = success)."""
+def quantize(src: Path, dst: Path, ftype: int, n_threads: int, *, allow_requantize: bool = False) -> int:
+    """llama.cpp's own quantiser; returns its status code (0 = success).
+    ``allow_requantize``: accept an already-quantised source (llama.cpp dequantises it first)."""
     lib = backend().lib
     params = lib.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = n_threads
+    params.allow_requantize = allow_requantize
     return int(lib.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)))

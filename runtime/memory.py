@@ -26,6 +26,18 @@ class MemoryModel:
     kv_bytes_per_cell: float
     compute_bytes_per_batch_token: int  # compute buffer = this x n_batch
     logits_bytes_per_seq: int  # n_vocab x 4
+    prompt_per_sequence: bool = False  # KV layout: False = one shared prompt (llama.cpp unified cache)
+    cell_pad: int = 256  # the backend rounds the cache up to a multiple of this many cells
+
+    def kv_cells(self, *, prompt_tokens: int, n_seqs: int, new_tokens: int, probe_slots: int,
+                 probe_cells: int) -> int:
+        """Cells a query's cache holds: the prompt once (unified cache) or once per row
+        (a probe's row copies its parent's), every sample's tokens, the probes' own tokens."""
+        if self.prompt_per_sequence:
+            need = (n_seqs + probe_slots) * (prompt_tokens + new_tokens) + probe_slots * probe_cells
+        else:
+            need = prompt_tokens + n_seqs * new_tokens + probe_slots * probe_cells
+        return -(-need // self.cell_pad) * self.cell_pad
 
     def peak(self, *, n_seqs: int, n_cells: int, n_batch: int) -> int:
         return int(
@@ -81,9 +93,13 @@ def memory_model(engine: Engine) -> MemoryModel:
     baseline = getattr(engine, "baseline_anon_bytes", None)
     if baseline is None:  # a backend that did not measure itself: measure now
         baseline = process_rss() - mapped_file_rss(info.path)
+    kv_type = str(getattr(engine, "kv_type", "f16"))
+    rows = getattr(engine, "kv_layout", "unified") == "rows"
     return MemoryModel(
         fixed_bytes=int(baseline) + info.file_size,
-        kv_bytes_per_cell=info.kv_bytes_per_cell(),
+        kv_bytes_per_cell=info.kv_bytes_per_cell(kv_type, kv_type),
+        prompt_per_sequence=rows,
+        cell_pad=1 if rows else 256,
         # llama.cpp's compute buffer per batch token (see devices.placement.estimate_compute_bytes)
         compute_bytes_per_batch_token=4 * (info.n_vocab + 4 * info.n_embd),
         logits_bytes_per_seq=4 * info.n_vocab,

@@ -67,18 +67,22 @@ class OnnxModelConfig:
         return path
 
     @classmethod
-    def read(cls, model_dir: Path) -> "OnnxModelConfig":
+    def read(cls, model_dir: Path) -> OnnxModelConfig:
         path = model_dir / CONFIG_NAME
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise InvalidModelFile(f"{model_dir}: not an edgescale ONNX model dir (no {CONFIG_NAME})") from None
+            raise InvalidModelFile(
+                f"{model_dir}: not an edgescale ONNX model dir (no {CONFIG_NAME})"
+            ) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidModelFile(f"{path}: unreadable config ({exc})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise InvalidModelFile(f"{path}: not an {FORMAT} config")
         if data.get("format_version") != FORMAT_VERSION:
-            raise InvalidModelFile(f"{path}: config version {data.get('format_version')} is not supported")
+            raise InvalidModelFile(
+                f"{path}: config version {data.get('format_version')} is not supported"
+            )
         known = {f.name for f in fields(cls)}
         try:
             kwargs = {k: v for k, v in data.items() if k in known}
@@ -95,7 +99,11 @@ class OnnxModelConfig:
 
     def model_info(self, model_dir: Path) -> ModelInfo:
         model_path = model_dir / self.model_file
-        size = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file() and p.name.startswith(self.model_file))
+        size = sum(
+            p.stat().st_size
+            for p in model_dir.iterdir()
+            if p.is_file() and p.name.startswith(self.model_file)
+        )
         return ModelInfo(
             path=model_path,
             name=self.name,

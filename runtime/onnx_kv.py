@@ -19,7 +19,7 @@ when written).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -36,14 +36,18 @@ def _round_up(n: int, step: int = GROW_STEP) -> int:
 class KVRows:
     """Slot bookkeeping and the KV buffer of one decode session."""
 
-    def __init__(self, n_layer: int, n_kv_head: int, head_dim: int, n_slots: int, max_cells: int) -> None:
+    def __init__(
+        self, n_layer: int, n_kv_head: int, head_dim: int, n_slots: int, max_cells: int
+    ) -> None:
         self.n_layer = n_layer
         self.n_kv_head = n_kv_head
         self.head_dim = head_dim
         self.n_slots = n_slots
         self.max_cells = max_cells  # longest row the model supports (its rotary table)
         self.cap = 0
-        self.buf: npt.NDArray[np.float32] = np.zeros((n_layer, 2, n_slots, n_kv_head, 0, head_dim), np.float32)
+        self.buf: npt.NDArray[np.float32] = np.zeros(
+            (n_layer, 2, n_slots, n_kv_head, 0, head_dim), np.float32
+        )
         self.lengths = np.zeros(n_slots, dtype=np.int64)
         self.owner: list[int | None] = [None] * n_slots
         self.slot_of: dict[int, int] = {}
@@ -56,7 +60,9 @@ class KVRows:
         if cells <= self.cap:
             return
         if cells > self.max_cells:
-            raise ContextOverflow(f"a sequence of {cells} tokens exceeds the model's {self.max_cells} positions")
+            raise ContextOverflow(
+                f"a sequence of {cells} tokens exceeds the model's {self.max_cells} positions"
+            )
         new_cap = min(self.max_cells, max(_round_up(cells), _round_up(self.cap + self.cap // 2)))
         new = np.zeros(self.buf.shape[:4] + (new_cap, self.head_dim), np.float32)
         if self.cap:
@@ -75,7 +81,8 @@ class KVRows:
         return int(self.lengths[self.slot_of[seq]])
 
     def attach(self, seq: int) -> int:
-        """A free slot for ``seq`` (after the highest held slot when possible: keeps batches adjacent)."""
+        """A free slot for ``seq``: after the highest held slot when possible (keeps
+        batches adjacent)."""
         if seq in self.slot_of:
             raise KVCacheFull(f"sequence {seq} already holds a KV row")
         held = [s for s, o in enumerate(self.owner) if o is not None]
@@ -150,9 +157,13 @@ class KVRows:
             return lo, None
         return lo, rows
 
-    def views(self, start: int, stop: int) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]:
+    def views(
+        self, start: int, stop: int
+    ) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]:
         """Per layer (key, value) views of slots [start, stop): contiguous, shared with the buffer."""
-        return [(self.buf[i, 0, start:stop], self.buf[i, 1, start:stop]) for i in range(self.n_layer)]
+        return [
+            (self.buf[i, 0, start:stop], self.buf[i, 1, start:stop]) for i in range(self.n_layer)
+        ]
 
     # -- accounting ------------------------------------------------------------
     def cells_used(self) -> int:

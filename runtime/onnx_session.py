@@ -22,13 +22,15 @@ its context size: a decode that would exceed it raises ``KVCacheFull``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from edgescale.errors import ContextOverflow, DecodeAborted, DecodeError, KVCacheFull, UsageError
 from edgescale.runtime.engine import CellBook, Feed, Logits
+from edgescale.runtime.onnx_errors import first_line, ort_exceptions
 from edgescale.runtime.onnx_kv import KVRows
 
 if TYPE_CHECKING:
@@ -40,19 +42,25 @@ PREFILL_CHUNK = 512
 class OnnxSession:
     """KV rows for one query, driven by ``BatchGenerator`` like any DecodeSession."""
 
-    def __init__(self, engine: "OnnxEngine", *, n_seqs: int, n_cells: int) -> None:
+    def __init__(
+        self, engine: OnnxEngine, *, n_seqs: int, n_cells: int, batch_invariant: bool = False
+    ) -> None:
         self._engine = engine
         self.n_seq_max = n_seqs
         self.n_cells = n_cells
+        self._pad_single = batch_invariant
         cfg = engine.config
-        self.kv = KVRows(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, n_seqs, engine.info.n_ctx_train)
+        # One spare row when single rows are padded to two (see _run_padded).
+        slots = n_seqs + 1 if batch_invariant and n_seqs == 1 else n_seqs
+        self.kv = KVRows(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, slots, engine.info.n_ctx_train)
         self.book = CellBook()  # logical cells (shared prompt once), for the n_cells budget
         self._bytes_per_cell = engine.info.kv_bytes_per_cell("f32", "f32")
         self._peak_cells = 0
         self._abort: Callable[[], bool] | None = None
         self._io: Any = engine.ort_session.io_binding()
-        self._bound: tuple[int, int, int] | None = None  # (start, stop, kv generation) of the KV binding
-        self._logits = np.zeros((n_seqs, 1, cfg.n_vocab), np.float32)
+        # (start, stop, kv generation) of the slots whose KV views are bound now
+        self._bound: tuple[int, int, int] | None = None
+        self._logits = np.zeros((slots, 1, cfg.n_vocab), np.float32)
         self._closed = False
         from onnxruntime import OrtValue
 
@@ -76,11 +84,20 @@ class OnnxSession:
             io.bind_ortvalue_output(f"present.{i}.value", kv_v)
         self._bound = key
 
-    def _run(self, start: int, tokens: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -> Logits:
+    def _run(
+        self, start: int, tokens: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+    ) -> Logits:
         """Append ``tokens`` (n, S) to the rows of slots [start, start + n) whose current
         lengths are ``lengths``; returns the (n, V) logits of each row's last new token."""
         if self._abort is not None and self._abort():
             raise DecodeAborted("decode aborted")
+        if tokens.size == 1 and self._pad_single:
+            return self._run_padded(start, tokens, lengths)
+        return self._run_rows(start, tokens, lengths)
+
+    def _run_rows(
+        self, start: int, tokens: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+    ) -> Logits:
         n, s = tokens.shape
         ends = lengths + s
         self.kv.ensure_capacity(int(ends.max()))
@@ -96,9 +113,31 @@ class OnnxSession:
         io.bind_output("logits", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
         try:
             self._engine.ort_session.run_with_iobinding(io)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise DecodeError(f"onnxruntime run failed: {str(exc).splitlines()[0]}") from None
+        except ort_exceptions() as exc:
+            raise DecodeError(f"onnxruntime run failed: {first_line(exc)}") from None
         return out[:, 0, :]
+
+    def _run_padded(
+        self, slot: int, tokens: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+    ) -> Logits:
+        """One token of one row, run as two rows (the other a throw-away next to it).
+
+        ONNX Runtime's int8 matmul takes a different kernel for a single row than
+        for several; the last-bit difference flips an occasional activation
+        rounding, and a row's logits then differ from the same row decoded in a
+        batch. Two rows always take the batched kernel, so a sequence decodes the
+        same alone as in a k-batch. The other row's key and value are written one
+        cell past its valid length, where nothing reads them.
+        """
+        other = slot + 1 if slot + 1 < self.kv.n_slots else slot - 1
+        owner = self.kv.owner[other]
+        other_len = self.kv.length(owner) if owner is not None else 0
+        pair = np.array([[int(tokens[0, 0])], [0]], dtype=np.int64)
+        lens = np.array([int(lengths[0]), other_len], dtype=np.int64)
+        if other < slot:
+            pair, lens = pair[::-1].copy(), lens[::-1].copy()
+        out = self._run_rows(min(slot, other), pair, lens)
+        return out[:1] if other > slot else out[1:]
 
     def _check_budget(self, new_cells: int) -> None:
         if self.book.used + new_cells > self.n_cells:
@@ -114,7 +153,9 @@ class OnnxSession:
         if not tokens:
             raise UsageError("empty prompt")
         if len(tokens) >= self.n_cells:
-            raise ContextOverflow(f"prompt of {len(tokens)} tokens does not fit a context of {self.n_cells}")
+            raise ContextOverflow(
+                f"prompt of {len(tokens)} tokens does not fit a context of {self.n_cells}"
+            )
         ids = list(seq_ids)
         if not ids or len(ids) > self.n_seq_max:
             raise UsageError(f"prefill needs 1 to {self.n_seq_max} sequence ids, got {len(ids)}")
@@ -165,7 +206,11 @@ class OnnxSession:
             for seq, toks in feeds:
                 slot = self.kv.slot_of[seq]
                 arr = np.asarray(toks, dtype=np.int64)[None, :]
-                parts.append(np.array(self._run(slot, arr, np.array([self.kv.length(seq)], dtype=np.int64))[0]))
+                parts.append(
+                    np.array(
+                        self._run(slot, arr, np.array([self.kv.length(seq)], dtype=np.int64))[0]
+                    )
+                )
             result = np.stack(parts)
         for seq, toks in feeds:
             self.kv.advance(seq, len(toks))

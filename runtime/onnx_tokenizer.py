@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgescale.errors import InvalidModelFile
+from edgescale.runtime.onnx_errors import first_line
 
 _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
@@ -21,8 +22,11 @@ _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 def byte_level_alphabet() -> dict[str, int]:
     """GPT-2's byte-level alphabet, character -> byte: printable Latin-1 bytes stand
     for themselves, the other 68 bytes for the code points from 256 on, in order."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
-            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    keep = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\u00a1"), ord("\u00ac") + 1),
+        *range(ord("\u00ae"), ord("\u00ff") + 1),
+    ]
     kept = set(keep)
     table = {chr(b): b for b in keep}
     extra = 0
@@ -34,7 +38,11 @@ def byte_level_alphabet() -> dict[str, int]:
 
 
 class OnnxTokenizer:
-    def __init__(self, path: Path, *, bos_token_id: int | None, add_bos: bool, eog_ids: frozenset[int]) -> None:
+    """A ``tokenizer.json`` with the Engine protocol's tokenizing methods."""
+
+    def __init__(
+        self, path: Path, *, bos_token_id: int | None, add_bos: bool, eog_ids: frozenset[int]
+    ) -> None:
         from tokenizers import Tokenizer
 
         try:
@@ -42,8 +50,8 @@ class OnnxTokenizer:
             spec = json.loads(self._tok.to_str())
         except FileNotFoundError:
             raise InvalidModelFile(f"{path}: tokenizer file is missing") from None
-        except Exception as exc:  # tokenizers raises a plain Exception for bad files
-            raise InvalidModelFile(f"{path}: unreadable tokenizer ({str(exc).splitlines()[0]})") from None
+        except Exception as exc:  # noqa: BLE001  (tokenizers raises a plain Exception for bad files)
+            raise InvalidModelFile(f"{path}: unreadable tokenizer ({first_line(exc)})") from None
         self.bos_token_id = bos_token_id
         self.add_bos = add_bos
         self.eog_ids = eog_ids

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from edgescale.errors import BudgetInfeasible
-from edgescale.runtime.generate import batch_size, kv_cells
+from edgescale.runtime.generate import batch_size
 from edgescale.runtime.memory import MemoryModel
 from edgescale.strategies.spec import (
     Adaptive,
@@ -105,12 +105,9 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:.0f} MB"
 
 
-CELL_PAD = 256  # llama.cpp rounds the context up to a multiple of 256 cells
-
-
-def _cells(prompt: int, k: int, new: int, probe_slots: int) -> int:
-    need = kv_cells(prompt, k, new, probe_slots, CUE_TOKENS + PROBE_TOKENS)
-    return -(-need // CELL_PAD) * CELL_PAD
+def _cells(memory: MemoryModel, prompt: int, k: int, new: int, probe_slots: int) -> int:
+    return memory.kv_cells(prompt_tokens=prompt, n_seqs=k, new_tokens=new, probe_slots=probe_slots,
+                           probe_cells=CUE_TOKENS + PROBE_TOKENS)
 
 
 def _batch(prompt: int, k: int, probe_slots: int) -> int:
@@ -126,7 +123,7 @@ def max_samples_in_memory(shape: QueryShape, memory: MemoryModel, budget_bytes: 
     for k in range(1, limit + 1):
         need = memory.peak(
             n_seqs=k + probe_slots,
-            n_cells=_cells(shape.prompt_tokens, k, shape.max_new_tokens, probe_slots),
+            n_cells=_cells(memory, shape.prompt_tokens, k, shape.max_new_tokens, probe_slots),
             n_batch=_batch(shape.prompt_tokens, k, probe_slots),
         )
         if need > budget_bytes * MEMORY_SAFETY:
@@ -137,7 +134,7 @@ def max_samples_in_memory(shape: QueryShape, memory: MemoryModel, budget_bytes: 
 
 def _infeasible(shape: QueryShape, memory: MemoryModel, budget_bytes: int) -> BudgetInfeasible:
     need = memory.peak(
-        n_seqs=2, n_cells=_cells(shape.prompt_tokens, 1, shape.max_new_tokens, 1),
+        n_seqs=2, n_cells=_cells(memory, shape.prompt_tokens, 1, shape.max_new_tokens, 1),
         n_batch=_batch(shape.prompt_tokens, 1, 1),
     )
     minimum = math.ceil(need / MEMORY_SAFETY / 2**20)
@@ -224,7 +221,7 @@ def _plan_fixed(shape: QueryShape, profile: Timing, memory: MemoryModel, budget:
 
 def _finish(shape: QueryShape, strategy: Strategy, k: int, probes: int, predicted: float, memory: MemoryModel,
             mem_k: int, notes: list[str], **extra: Any) -> Plan:
-    cells = _cells(shape.prompt_tokens, k, shape.max_new_tokens, probes)
+    cells = _cells(memory, shape.prompt_tokens, k, shape.max_new_tokens, probes)
     n_batch = _batch(shape.prompt_tokens, k, probes)
     return Plan(
         strategy=strategy.spec(), k=k, max_new_tokens=shape.max_new_tokens, n_cells=cells, n_batch=n_batch,
@@ -265,7 +262,7 @@ def _plan_auto(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: 
         notes.append(f"escalates to {escalate.spec()} when the first answer's certainty is below "
                      f"{AUTO_CONFIDENCE:g} and its probes did not agree")
         k2 = _samples_of(escalate)
-        cells2 = _cells(shape.prompt_tokens, k2, shape.max_new_tokens, 1)
+        cells2 = _cells(memory, shape.prompt_tokens, k2, shape.max_new_tokens, 1)
         peak2 = memory.peak(n_seqs=k2 + 1, n_cells=cells2, n_batch=_batch(shape.prompt_tokens, k2, 1))
     first = _finish(
         shape, stage1, 1, 1, t1, memory, mem_k, notes,

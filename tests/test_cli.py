@@ -123,3 +123,21 @@ def test_error_prompt_longer_than_context() -> None:
 ])
 def test_error_invalid_options(args: list[str], needle: str) -> None:
     assert_one_line_error(cli("run", *args, "hi"), 2, needle)
+
+
+def test_quantize_and_convert_commands(tmp_path: Path) -> None:
+    q = cli("quantize", "smollm2-135m", str(tmp_path / "q4_0.gguf"), "--type", "Q4_0", "--json")
+    assert q.returncode == 0, q.stderr
+    rep = json.loads(q.stdout)["quantize"]
+    assert rep["dst_quant"] == "Q4_0" and rep["requantized"] and "already quantised" in rep["warning"]
+    c = cli("convert", str(tmp_path / "q4_0.gguf"), str(tmp_path / "onnx"))
+    assert c.returncode == 0, c.stderr
+    assert "carried over exactly" in c.stdout
+    r = cli("run", "--backend", "onnx", "-m", str(tmp_path / "onnx"), "--json", "-n", "8", "-k", "2", "hi")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["stats"]["backend"] == "onnxruntime"
+
+
+def test_quantize_rejects_unknown_type(tmp_path: Path) -> None:
+    assert_one_line_error(cli("quantize", "smollm2-135m", str(tmp_path / "x.gguf"), "--type", "Q3_X"), 2,
+                          "unknown quantisation type")
