@@ -9,7 +9,12 @@
 
 Each configuration runs ``--reps`` times, interleaved (a, b, c, a, b, c, ...)
 so that load from other processes hits all three alike; the median is
-reported. Generation is forced to exactly ``--tokens`` new tokens per
+reported. Because a shared machine makes decode times themselves noisy, the
+bench also times every step's ``llama_decode`` and reports the time each loop
+spends *outside* it per step (sampling, bookkeeping, Python). The decode work
+is identical in both loops, so ``(D + raw_outside) / (D + engine_outside)``,
+with D the median decode time per step, is the engine's throughput relative to
+the raw loop without the noise of the decode itself. Generation is forced to exactly ``--tokens`` new tokens per
 sequence (EOS ignored) so every variant does the same work.
 
     python bench/engine_throughput.py [--model smollm2-135m] [--tokens 64] [--reps 5]
@@ -26,8 +31,9 @@ from pathlib import Path
 PROMPT = "Write a short story about a robot who learns to paint."
 
 
-def raw_loop(lib, model, vocab, prompt: list[int], k: int, n_new: int, n_threads: int) -> float:
-    """Decode tokens/s of a bare batched loop (prefill excluded), llama.cpp samplers."""
+def raw_loop(lib, model, vocab, prompt: list[int], k: int, n_new: int, n_threads: int) -> tuple[float, float]:
+    """(decode tokens/s, seconds inside llama_decode) of a bare batched loop (prefill excluded),
+    llama.cpp's own samplers."""
     cp = lib.llama_context_default_params()
     cp.n_ctx = len(prompt) + k * n_new + 16
     cp.n_batch = max(len(prompt), k, 32)
@@ -57,6 +63,7 @@ def raw_loop(lib, model, vocab, prompt: list[int], k: int, n_new: int, n_threads
             batch.logits[j] = j == len(prompt) - 1
         assert lib.llama_decode(ctx, batch) == 0
         rows = [len(prompt) - 1] * k
+        in_decode = 0.0
         t0 = time.perf_counter()
         for step in range(n_new):
             toks = [lib.llama_sampler_sample(samplers[s], ctx, rows[s]) for s in range(k)]
@@ -70,34 +77,51 @@ def raw_loop(lib, model, vocab, prompt: list[int], k: int, n_new: int, n_threads
                 batch.seq_id[s][0] = s
                 batch.logits[s] = True
                 rows[s] = s
+            td = time.perf_counter()
             assert lib.llama_decode(ctx, batch) == 0
+            in_decode += time.perf_counter() - td
         dt = time.perf_counter() - t0
     finally:
         for ch in samplers:
             lib.llama_sampler_free(ch)
         lib.llama_batch_free(batch)
         lib.llama_free(ctx)
-    return k * n_new / dt
+    return k * n_new / dt, in_decode
 
 
-def engine_loop(engine, prompt: list[int], k: int, n_new: int) -> tuple[float, float]:
-    """(decode tokens/s, end-to-end seconds for the whole query: context, prefill, decode)."""
+def engine_loop(engine, prompt: list[int], k: int, n_new: int) -> tuple[float, float, float]:
+    """(decode tokens/s, seconds inside llama_decode during the steps, end-to-end seconds of the
+    whole query: context, prefill, decode)."""
+    from edgescale.runtime import _llama_ffi as ffi
     from edgescale.runtime.generate import BatchGenerator, GenerationConfig
+
+    lib = ffi.backend().lib
+    real = lib.llama_decode
+    in_decode = [0.0]
+
+    def timed(ctx, batch):  # type: ignore[no-untyped-def]
+        td = time.perf_counter()
+        rc = real(ctx, batch)
+        in_decode[0] += time.perf_counter() - td
+        return rc
 
     eog = engine.is_eog
     engine.is_eog = lambda tok: False  # force exactly n_new tokens, like the other two
     try:
         start = time.perf_counter()
         with BatchGenerator(engine, prompt, GenerationConfig(max_new_tokens=n_new, seed=1234), n_seqs=k) as g:
+            lib.llama_decode = timed  # the engine's ffi module calls through this attribute
             t0 = time.perf_counter()
             while g.live:
                 g.step()
             dt = time.perf_counter() - t0
+            lib.llama_decode = real
             assert g.generated_tokens == k * n_new
         wall = time.perf_counter() - start
     finally:
+        lib.llama_decode = real
         engine.is_eog = eog
-    return k * n_new / dt, wall
+    return k * n_new / dt, in_decode[0], wall
 
 
 def sequential_completions(llm, prompt: list[int], k: int, n_new: int) -> tuple[float, float]:
@@ -145,11 +169,17 @@ def main() -> None:
     def record(name: str, k: int, value: float) -> None:
         results.setdefault((name, k), []).append(value)
 
+    n = args.tokens
     for _ in range(args.reps):
         for k in ks:
-            record("raw", k, raw_loop(lib, engine.model.ptr, engine.model.vocab, prompt, k, args.tokens, threads))
-            tok_s, wall = engine_loop(engine, prompt, k, args.tokens)
+            tok_s, dec = raw_loop(lib, engine.model.ptr, engine.model.vocab, prompt, k, n, threads)
+            record("raw", k, tok_s)
+            record("raw_outside", k, (k * n / tok_s - dec) / n)
+            record("decode", k, dec / (n - 1))
+            tok_s, dec, wall = engine_loop(engine, prompt, k, n)
             record("engine", k, tok_s)
+            record("engine_outside", k, (k * n / tok_s - dec) / n)
+            record("decode", k, dec / (n - 1))
             record("engine_wall", k, wall)
             tok_s, wall = sequential_completions(llm, prompt, k, args.tokens)
             record("sequential", k, tok_s)
@@ -160,12 +190,17 @@ def main() -> None:
     for k in ks:
         raw, eng = med[("raw", k)], med[("engine", k)]
         print(f"{k:>3} {raw:>15.1f} {eng:>13.1f} {eng / raw:>11.2f}")
+    print("time per step outside llama_decode (sampling, bookkeeping), and the throughput ratio it implies:")
+    print(f"{'k':>3} {'decode ms':>10} {'raw outside ms':>15} {'engine outside ms':>18} {'implied engine/raw':>19}")
+    for k in ks:
+        d, ro, eo = med[("decode", k)], med[("raw_outside", k)], med[("engine_outside", k)]
+        print(f"{k:>3} {1e3 * d:>10.2f} {1e3 * ro:>15.3f} {1e3 * eo:>18.3f} {(d + ro) / (d + eo):>19.3f}")
     print("whole query, k samples of one prompt (context, prefill, decode):")
     print(f"{'k':>3} {'engine s':>9} {'k x Llama s':>12} {'speed-up':>9} {'k x Llama tok/s':>16}")
     for k in ks:
         ew, sw = med[("engine_wall", k)], med[("sequential_wall", k)]
         print(f"{k:>3} {ew:>9.2f} {sw:>12.2f} {sw / ew:>8.2f}x {med[('sequential', k)]:>16.1f}")
-    spread = {key: (min(v), max(v)) for key, v in results.items() if not key[0].endswith("wall")}
+    spread = {key: (min(v), max(v)) for key, v in results.items() if key[0] in ("raw", "engine", "sequential")}
     print("tok/s min-max per cell:", {f"{a}@{k}": f"{lo:.0f}-{hi:.0f}" for (a, k), (lo, hi) in spread.items()})
     engine.close()
 
