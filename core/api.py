@@ -196,6 +196,7 @@ class Runtime:
         query = Query(
             prompt_tokens=tokens, strategy=strat, config=config, answer_kind=opts.answer, choices=opts.choices,
             deadline_s=deadline, model_name=self.model_name, plan=plan_record,
+            step_time=self._profile.step_time if chosen is not None and self._profile is not None else None,
         )
         if isinstance(strat, Auto):
             assert chosen is not None

@@ -302,12 +302,15 @@ class BatchGenerator:
         *,
         max_tokens: int = 20,
         done: Callable[[str], bool] | None = None,
+        within_deadline: bool = True,
     ) -> list[ProbeResult]:
         """Ask live sequences for their answer so far without disturbing them.
 
         Each sequence is forked into a spare slot (sharing its cells), the cue is
         appended there, up to ``max_tokens`` greedy tokens are decoded for all
-        probes in one batch per step, and the forks are removed.
+        probes in one batch per step, and the forks are removed. With
+        ``within_deadline`` a probe stops early when the deadline passes (its text
+        so far is returned); a forced-answer probe at the deadline passes False.
         """
         indices = [i for i in indices if i in self._rows][: self.probe_slots]
         if not indices or not cue_tokens:
@@ -327,6 +330,8 @@ class BatchGenerator:
             rows = self.session.decode([(spares[i], list(cue_tokens)) for i in indices])
             active = list(indices)
             for _ in range(max_tokens):
+                if within_deadline and self.deadline is not None and self.clock() >= self.deadline:
+                    break
                 nxt: list[int] = []
                 feeds: list[tuple[int, list[int]]] = []
                 for n, i in enumerate(active):

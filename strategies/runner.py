@@ -86,6 +86,7 @@ class Query:
     model_name: str = ""
     plan: dict[str, Any] | None = None
     prior: tuple[str, ...] = ()  # answers already in hand (auto's first stage), counted as votes
+    step_time: Callable[[int], float] | None = None  # seconds per step at k live (device profile)
 
 
 def run_query(
@@ -112,13 +113,38 @@ def run_query(
     except DecodeAborted:
         return _empty_result(engine, query, clock() - t0)
     forced: list[ProbeRecord] = []
+    pace = _Pace(query.step_time)
     with gen:
-        rule = _loop(gen, ctl, book, deadline, on_step, clock)
+        rule = _loop(gen, ctl, book, deadline, on_step, clock, pace, len(cue))
         if rule == "deadline":
-            forced = _forced_answer(gen, ctl, book, cue)
+            assert deadline is not None
+            forced = _forced_answer(gen, ctl, book, cue, pace, deadline - clock())
             cancel_live(gen, "deadline")
         decision = ctl.decide(gen, book)
         return _result(engine, query, gen, ctl, book, decision, rule, forced, clock() - t0)
+
+
+class _Pace:
+    """Time estimates for the deadline checks: the device profile's step times (when the
+    planner gave them) and the steps observed in this query, whichever is slower."""
+
+    def __init__(self, step_time: Callable[[int], float] | None) -> None:
+        self.step_time = step_time
+        self.observed: deque[tuple[int, float]] = deque(maxlen=8)  # (live sequences, seconds)
+
+    def step(self, live: int) -> float:
+        seen = [t for k, t in self.observed if k == live] or [t * live / k for k, t in self.observed]
+        guess = statistics.median(seen) if seen else 0.0
+        return max(guess, self.step_time(live) if self.step_time else 0.0)
+
+    def probe(self, cue_tokens: int) -> float:
+        """A forced-answer probe: the cue in one decode, then up to FORCED_PROBE_TOKENS single steps."""
+        one = self.step(1)
+        return one * (FORCED_PROBE_TOKENS + 1 + cue_tokens / 16)
+
+
+def _has_answer(gen: BatchGenerator, book: AnswerBook) -> bool:
+    return any(book.value(s) is not None for s in gen.states if s.finished)
 
 
 def _loop(
@@ -128,17 +154,20 @@ def _loop(
     deadline: float | None,
     on_step: StepCallback | None,
     clock: Callable[[], float],
+    pace: _Pace,
+    cue_tokens: int,
 ) -> str:
-    steps: deque[float] = deque(maxlen=8)
     while True:
         if deadline is not None:
-            # Leave room for a forced-answer probe: about FORCED_PROBE_TOKENS steps.
-            reserve = FORCED_PROBE_TOKENS * statistics.median(steps) / max(len(gen.live), 1) if steps else 0.0
-            if clock() + reserve >= deadline:
+            # Stop before a step that would cross the deadline, leaving room for a
+            # forced-answer probe while no finished sample has an answer.
+            reserve = 0.0 if _has_answer(gen, book) else pace.probe(cue_tokens)
+            if clock() + pace.step(max(len(gen.live), 1)) + reserve >= deadline:
                 return "deadline"
+        live = len(gen.live)
         t = clock()
         events = gen.step()
-        steps.append(clock() - t)
+        pace.observed.append((max(live, 1), clock() - t))
         if on_step is not None and events:
             on_step(gen, events)
         if gen.expired:
@@ -150,13 +179,18 @@ def _loop(
             return "exhausted"
 
 
-def _forced_answer(gen: BatchGenerator, ctl: Controller, book: AnswerBook, cue: list[int]) -> list[ProbeRecord]:
-    """At the deadline with no answer yet: ask the most advanced live sample for one."""
+def _forced_answer(gen: BatchGenerator, ctl: Controller, book: AnswerBook, cue: list[int], pace: _Pace,
+                   time_left: float) -> list[ProbeRecord]:
+    """At the deadline with no answer yet: ask the most advanced live sample for one,
+    with as many tokens as the time left allows (at least 2)."""
     if ctl.decide(gen, book).answer is not None or not gen.live:
         return []
+    one = max(pace.step(1), 1e-6)
+    budget = int(time_left / one) - 1 - len(cue) // 16
+    max_tokens = max(2, min(FORCED_PROBE_TOKENS, budget))
     target = max(gen.live, key=lambda i: (len(gen.states[i].tokens), -i))
     records = []
-    for res in gen.probe([target], cue, max_tokens=FORCED_PROBE_TOKENS, done=probe_done):
+    for res in gen.probe([target], cue, max_tokens=max_tokens, done=probe_done, within_deadline=False):
         got = extract_probe(res.text, book.kind)  # type: ignore[arg-type]
         hedged = is_hedge(res.text)
         answer = got.value if got is not None else None
