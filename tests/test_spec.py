@@ -1,0 +1,100 @@
+"""The strategy spec syntax: tables of valid and invalid forms, and a property test."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgescale.errors import InvalidSpec
+from edgescale.strategies.spec import (
+    Adaptive,
+    Auto,
+    BestOfK,
+    EarlyExit,
+    FirstFinish,
+    Majority,
+    ShortM,
+    Single,
+    parse_strategy,
+    with_k,
+)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("single", Single()),
+    ("greedy", Single()),
+    ("maj@8", Majority(8)),
+    ("majority@3", Majority(3)),
+    (" MAJ@5 ", Majority(5)),
+    ("maj", Majority(6)),
+    ("ffs@8", FirstFinish(8)),
+    ("ffs", FirstFinish(6)),
+    ("short-3@8", ShortM(3, 8)),
+    ("short-2", ShortM(2, 6)),
+    ("best@4", BestOfK(4)),
+    ("adaptive", Adaptive()),
+    ("adaptive:max=16,conf=0.9", Adaptive(max=16, conf=0.9)),
+    ("adaptive:rule=esc,window=3,wave=3", Adaptive(rule="esc", window=3, wave=3)),
+    ("early-exit", EarlyExit()),
+    ("early-exit:every=32,window=2", EarlyExit(every=32, window=2)),
+    ("early-exit:every=16,window=3,k=4,probe=10", EarlyExit(every=16, window=3, k=4, probe=10)),
+    ("auto", Auto()),
+])
+def test_valid_forms(text: str, expected: object) -> None:
+    assert parse_strategy(text, default_k=6) == expected
+
+
+@pytest.mark.parametrize("spec", ["single", "maj@8", "ffs@3", "short-3@8", "best@2", "adaptive:max=8,wave=2",
+                                  "early-exit:every=16,window=3,k=2,probe=12", "auto"])
+def test_canonical_spec_round_trips(spec: str) -> None:
+    s = parse_strategy(spec)
+    assert parse_strategy(s.spec()) == s
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("", "unknown strategy"),
+    ("maj@", "unknown strategy"),
+    ("maj@0", "between 1 and 64"),
+    ("maj@65", "between 1 and 64"),
+    ("short-9@8", "m must not exceed k"),
+    ("adaptive:conf=2", "conf must be"),
+    ("adaptive:rule=vote", "rule must be"),
+    ("adaptive:max=abc", "max must be a int"),
+    ("adaptive:foo=1", "unknown parameter"),
+    ("early-exit:every=1", "every must be"),
+    ("maj@8:x=1", "unknown strategy"),
+    ("auto:fast", "unknown strategy"),
+    ("best@99999999999999999999999", "between 1 and 64"),
+])
+def test_invalid_forms_name_the_valid_ones(text: str, needle: str) -> None:
+    with pytest.raises(InvalidSpec) as err:
+        parse_strategy(text)
+    msg = str(err.value)
+    assert needle in msg and "valid forms" in msg and "\n" not in msg
+
+
+def test_with_k() -> None:
+    assert with_k(Majority(8), 3) == Majority(3)
+    assert with_k(Adaptive(max=16), 4).max == 4
+    assert with_k(Single(), 4) == Single()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=60))
+def test_parser_never_raises_anything_else(text: str) -> None:
+    try:
+        parse_strategy(text)
+    except InvalidSpec:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["maj@", "ffs@", "short-", "best@", "adaptive:", "early-exit:", "adaptive:max=",
+                        "early-exit:every="]), st.text(alphabet="0123456789-=,.:@abcmxkw", max_size=20))
+def test_parser_on_near_miss_specs(head: str, tail: str) -> None:
+    try:
+        s = parse_strategy(head + tail)
+    except InvalidSpec:
+        return
+    assert parse_strategy(s.spec()) == s
