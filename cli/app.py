@@ -13,6 +13,7 @@ import sys
 import typer
 
 from edgescale.cli.batch_cmd import batch
+from edgescale.cli.bench_cmd import bench
 from edgescale.cli.devices_cmd import devices
 from edgescale.cli.models_cmd import models
 from edgescale.cli.plan_cmd import plan
@@ -34,6 +35,7 @@ def build_app() -> typer.Typer:
     app.command("run")(run)
     app.command("batch")(batch)
     app.command("models")(models)
+    app.command("bench")(bench)
     app.command("devices")(devices)
     app.command("plan")(plan)
     app.command("convert")(convert)

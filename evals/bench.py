@@ -1,0 +1,321 @@
+"""``edgescale bench``'s engine: run strategies over benchmark questions, interleaved, resumably.
+
+For each question every strategy runs before the next question starts, so
+load from other processes hits all strategies alike; the strategy order is
+rotated by one per question so that none always runs first (first after the
+previous question's last strategy, with its caches) or last. Each finished
+query becomes one record (see :mod:`edgescale.evals.store`) holding the full
+``Result.to_dict()`` telemetry plus dataset, item id, gold answer, whether
+it is correct, model, seed, settings and the query's own peak RSS.
+
+Determinism: answers and token counts depend only on the settings and
+``seed`` (sample i of every question uses ``seed + i``); wall times and
+memory are measurements.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from edgescale.api import DEFAULT_TEMPERATURE, AskOptions, Budget, Runtime
+from edgescale.errors import UsageError
+from edgescale.evals import datasets
+from edgescale.evals.baseline import BaselineQuery, BaselineSpec, SequentialBaseline, parse_baseline
+from edgescale.evals.datasets import Item
+from edgescale.evals.rss import current_peak, reset_peak
+from edgescale.evals.store import RecordKey, ResultStore, settings_id
+from edgescale.strategies.result import Result
+from edgescale.strategies.spec import Strategy, parse_strategy
+
+PROMPT_FORMAT = 1  # bump when bench_prompt changes what the model sees (part of the settings id)
+RAW_CUE = "\nAnswer:"
+RAW_STOP = "\nQuestion:"
+
+
+@dataclass(frozen=True)
+class BenchStrategy:
+    """One row of the table: an edgescale strategy or the llama-cpp-python baseline."""
+
+    label: str  # as the user wrote it ("adaptive")
+    spec: str  # canonical ("adaptive:max=16,conf=0.95,...") - part of the record key
+    strategy: Strategy | None = None
+    baseline: BaselineSpec | None = None
+
+
+def parse_strategies(text: str, default_k: int = 8) -> tuple[BenchStrategy, ...]:
+    """``"single,maj@8,baseline@8"`` -> strategies; InvalidSpec / UsageError on a bad one.
+
+    Commas inside ``adaptive:max=8,conf=0.9`` belong to the spec: a part that
+    is ``key=value`` is glued to the part before it.
+    """
+    parts: list[str] = []
+    for raw in text.split(","):
+        piece = raw.strip()
+        if parts and "=" in piece and ":" not in piece and "@" not in piece:
+            parts[-1] = f"{parts[-1]},{piece}"
+        elif piece:
+            parts.append(piece)
+    if not parts:
+        raise UsageError("--strategies is empty; give e.g. single,maj@8,ffs@8")
+    out: list[BenchStrategy] = []
+    for part in parts:
+        base = parse_baseline(part, default_k)
+        if base is not None:
+            out.append(BenchStrategy(part, base.spec(), baseline=base))
+            continue
+        strategy = parse_strategy(part, default_k=default_k)
+        out.append(BenchStrategy(part, strategy.spec(), strategy=strategy))
+    specs = [s.spec for s in out]
+    dupes = sorted({s for s in specs if specs.count(s) > 1})
+    if dupes:
+        raise UsageError(f"--strategies names {', '.join(dupes)} more than once")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    dataset: str
+    strategies: tuple[BenchStrategy, ...]
+    limit: int | None = 200
+    offset: int = 0
+    model: str | None = None
+    backend: str = "llama.cpp"
+    threads: int | None = None
+    max_tokens: int = 256
+    seed: int = 0
+    prompt_style: str = "zero-shot"
+    shots: int | None = None  # few-shot examples per prompt; None = all the dataset has
+    raw: bool = False
+    stop: tuple[str, ...] = ()
+    deadline_s: float | None = None
+    memory_bytes: int | None = None
+    out: Path | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """Everything besides dataset, item, strategy, model and seed that shapes the output."""
+        defaults = AskOptions()
+        return {
+            "max_tokens": self.max_tokens, "prompt_style": self.prompt_style, "shots": self.shots,
+            "raw": self.raw, "stop": list(self.stop_strings()), "deadline_s": self.deadline_s,
+            "memory_bytes": self.memory_bytes, "backend": self.backend, "prompt_format": PROMPT_FORMAT,
+            "temperature": DEFAULT_TEMPERATURE, "top_k": defaults.top_k, "top_p": defaults.top_p,
+            "min_p": defaults.min_p,
+        }
+
+    def stop_strings(self) -> tuple[str, ...]:
+        extra = (RAW_STOP,) if self.raw and RAW_STOP not in self.stop else ()
+        return self.stop + extra
+
+    def options(self, item: Item) -> AskOptions:
+        return AskOptions(
+            max_tokens=self.max_tokens, seed=self.seed, stop=self.stop_strings(), chat=not self.raw,
+            answer=item.kind, choices=item.choices,
+        )
+
+
+def bench_prompt(item: Item, config: BenchConfig) -> str:
+    """``prompt_for`` with at most ``shots`` examples; a raw prompt ends with an ``Answer:`` cue
+    (the few-shot format a base model continues), and generation stops at the next ``Question:``."""
+    if config.shots is not None:
+        item = replace(item, fewshot=item.fewshot[: config.shots])
+    text = datasets.prompt_for(item, config.prompt_style)  # type: ignore[arg-type]
+    return text + RAW_CUE if config.raw else text
+
+
+def dataset_key(name: str) -> str:
+    lowered = name.strip().lower().replace("_", "-")
+    if lowered in datasets.dataset_names():
+        return lowered
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_file() else lowered
+
+
+def model_key(model: str | None, backend: str) -> str:
+    """The model as records name it: the file (or ONNX folder) name, whatever alias selected it."""
+    if backend.startswith("onnx"):
+        if model is None:
+            raise UsageError("the onnx backend needs a model directory (made by `edgescale convert`)")
+        return Path(model).expanduser().resolve().name
+    from edgescale.models.catalog import resolve_model
+
+    return resolve_model(model).name
+
+
+@dataclass(frozen=True)
+class Tally:
+    label: str
+    correct: int
+    done: int
+
+
+@dataclass(frozen=True)
+class BenchProgress:
+    done: int  # queries finished (run now or found in the store)
+    total: int
+    resumed: int  # of ``done``, found in the store
+    question: int  # index of the current question in the run
+    tallies: tuple[Tally, ...]
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    config: BenchConfig
+    model: str
+    items: tuple[Item, ...]
+    settings: dict[str, Any]
+    records: dict[str, tuple[dict[str, Any], ...]]  # strategy label -> records in question order
+    ran: int  # queries run now (the rest came from the store)
+    threads: tuple[int, ...]  # CPU thread counts the records were made with
+    wall_s: float = field(default=0.0)
+
+
+ProgressCallback = Callable[[BenchProgress], None]
+
+
+def _record(config: BenchConfig, run: dict[str, Any], item: Item, index: int, strat: BenchStrategy,
+            result: Result, rss: tuple[int, bool]) -> dict[str, Any]:
+    return {
+        **run, "item_id": item.id, "question_index": config.offset + index, "strategy": strat.label,
+        "strategy_spec": strat.spec, "kind": item.kind, "gold": item.answer, "answer": result.answer,
+        "correct": result.answer is not None and result.answer == item.answer,
+        "rss_peak_bytes": rss[0], "rss_per_query": rss[1], "finished_at": time.time(),
+        "result": result.to_dict(),
+    }
+
+
+class _Session:
+    """The loaded runtime and baseline, made on the first query that needs them."""
+
+    def __init__(self, config: BenchConfig, runtime: Runtime | None = None) -> None:
+        self.config = config
+        self.runtime: Runtime | None = runtime
+        self._owns_runtime = runtime is None
+        self.baseline: SequentialBaseline | None = None
+
+    def rt(self) -> Runtime:
+        if self.runtime is None:
+            self.runtime = Runtime.load(self.config.model, backend=self.config.backend, threads=self.config.threads)
+        return self.runtime
+
+    def base(self, longest_prompt: int) -> SequentialBaseline:
+        if self.baseline is None:
+            rt = self.rt()
+            if rt.engine.backend_name != "llama.cpp":
+                raise UsageError("baseline@k compares against llama-cpp-python; use --backend llama.cpp")
+            info = rt.engine.info
+            n_ctx = min(info.n_ctx_train, longest_prompt + self.config.max_tokens + 16)
+            self.baseline = SequentialBaseline(
+                info.path, n_ctx=n_ctx, n_threads=rt.engine.n_threads, kv_bytes_per_cell=info.kv_bytes_per_cell()
+            )
+        return self.baseline
+
+    def close(self) -> None:
+        if self.baseline is not None:
+            self.baseline.close()
+        if self.runtime is not None and self._owns_runtime:
+            self.runtime.close()
+
+
+def _ask(session: _Session, config: BenchConfig, strat: BenchStrategy, tokens: list[int], item: Item,
+         longest: int, model: str) -> Result:
+    options = config.options(item)
+    if strat.baseline is not None:
+        query = BaselineQuery(
+            prompt_tokens=tokens, k=strat.baseline.k, max_tokens=config.max_tokens, seed=config.seed,
+            temperature=DEFAULT_TEMPERATURE, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
+            stop=options.stop, answer_kind=item.kind, choices=item.choices, deadline_s=config.deadline_s,
+            model_name=model,
+        )
+        return session.base(longest).ask(query)
+    assert strat.strategy is not None
+    budget = Budget(deadline_s=config.deadline_s, memory_bytes=config.memory_bytes)
+    return session.rt().ask(bench_prompt(item, config), strategy=strat.strategy, budget=budget, options=options)
+
+
+def load_items(config: BenchConfig) -> tuple[Item, ...]:
+    items = tuple(datasets.load(config.dataset, limit=config.limit, offset=config.offset))
+    if not items:
+        raise UsageError(f"no questions in {config.dataset!r} at offset {config.offset}")
+    counts = Counter(item.id for item in items)
+    dupes = sorted(i for i, n in counts.items() if n > 1)
+    if dupes:
+        raise UsageError(f"{config.dataset}: question ids must be unique; repeated: {', '.join(dupes[:5])}")
+    return items
+
+
+def run_bench(config: BenchConfig, *, on_progress: ProgressCallback | None = None,
+              items: Sequence[Item] | None = None, runtime: Runtime | None = None) -> BenchRun:
+    """Run (or resume) every strategy on every question; return the records of this selection.
+
+    ``items`` (default: loaded from ``config``) and ``runtime`` (default: loaded
+    on the first query that needs it, closed at the end) may be given by the caller;
+    a given runtime is used as is and its ``model_name`` keys the records.
+    """
+    t0 = time.perf_counter()
+    items = tuple(items) if items is not None else load_items(config)
+    strategies = config.strategies
+    model = runtime.model_name if runtime is not None else model_key(config.model, config.backend)
+    settings = config.settings()
+    run_fields = {
+        "dataset": dataset_key(config.dataset), "model": model, "seed": config.seed,
+        "settings_id": settings_id(settings), "settings": settings,
+    }
+    store = ResultStore(config.out)
+    keys = {
+        (i, s.spec): (run_fields["dataset"], item.id, s.spec, model, config.seed, run_fields["settings_id"])
+        for i, item in enumerate(items) for s in strategies
+    }
+    found: dict[str, list[dict[str, Any]]] = {s.label: [] for s in strategies}
+    tallies = {s.label: [0, 0] for s in strategies}
+    total, done, resumed, ran = len(keys), 0, 0, 0
+    session = _Session(config, runtime)
+    longest = 0
+    try:
+        for i, item in enumerate(items):
+            shift = i % len(strategies)
+            tokens: list[int] | None = None
+            for strat in strategies[shift:] + strategies[:shift]:
+                key: RecordKey = keys[(i, strat.spec)]
+                record = store.get(key)
+                if record is None:
+                    if tokens is None and strat.baseline is not None:
+                        tokens = session.rt().prompt_tokens(bench_prompt(item, config), config.options(item))
+                        longest = max(longest, _longest_prompt(session, config, items, i))
+                    was_reset = reset_peak()
+                    result = _ask(session, config, strat, tokens or [], item, longest, model)
+                    peak = current_peak(was_reset)
+                    record = _record(config, run_fields, item, i, strat, result, (peak.bytes, peak.per_query))
+                    record = store.add(record)
+                    ran += 1
+                else:
+                    resumed += 1
+                found[strat.label].append(record)
+                tallies[strat.label][0] += bool(record["correct"])
+                tallies[strat.label][1] += 1
+                done += 1
+                if on_progress is not None:
+                    on_progress(BenchProgress(done, total, resumed, i, tuple(
+                        Tally(s.label, *tallies[s.label]) for s in strategies)))
+    finally:
+        session.close()
+    ordered = {s.label: _in_order(found[s.label], items) for s in strategies}
+    threads = tuple(sorted({int(r["result"]["stats"]["threads"]) for rs in ordered.values() for r in rs}))
+    return BenchRun(config, model, items, settings, ordered, ran, threads, time.perf_counter() - t0)
+
+
+def _longest_prompt(session: _Session, config: BenchConfig, items: Sequence[Item], start: int) -> int:
+    """Longest prompt from question ``start`` on: sizes the baseline's context once, when it loads."""
+    if session.baseline is not None:
+        return 0
+    rt = session.rt()
+    return max(len(rt.prompt_tokens(bench_prompt(it, config), config.options(it))) for it in items[start:])
+
+
+def _in_order(records: list[dict[str, Any]], items: Sequence[Item]) -> tuple[dict[str, Any], ...]:
+    rank = {item.id: i for i, item in enumerate(items)}
+    return tuple(sorted(records, key=lambda r: rank.get(str(r["item_id"]), len(rank))))
