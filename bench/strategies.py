@@ -117,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
 
                 def report(p: BenchProgress, name: str = f"{model}/{dataset}") -> None:
-                    if p.done == p.total or p.done % len(strategies) == 0:
+                    fresh = p.done - p.resumed  # stored records are read back silently
+                    if p.done == p.total or (fresh > 0 and p.done % len(strategies) == 0):
                         err.print(f"{name}: {p.done}/{p.total} queries ({p.resumed} from the store)")
 
                 run = run_bench(cfg, on_progress=report)

@@ -11,8 +11,10 @@ Why these (details and the measurements in docs/BENCHMARKS.md):
   vs 32), at accuracy that was the same within noise (ARC-Easy 3/10 vs 3-4/10,
   BoolQ 7/10 vs 4-5/10, GSM8K 0/10 vs 1/10).
 * Token caps: the answer is a letter (ARC) or yes/no (BoolQ), a handful of
-  tokens; GSM8K needs reasoning, capped at 96 tokens so that 200 questions
-  fit the compute budget of a shared 2-core machine.
+  tokens; GSM8K needs reasoning, capped at 96 tokens.
+* Gemma on BoolQ uses one example, not three: every example carries a whole
+  passage, and three of them made each query's prompt about four times longer
+  (about 60 s per question for the strategy set on this machine).
 """
 
 from __future__ import annotations
@@ -22,9 +24,6 @@ from typing import Any
 
 from edgescale.errors import UsageError
 
-FULL_RUN_QUESTIONS = 200
-CHOICE_STRATEGIES = "single,maj@8,ffs@8,short-3@8,adaptive:max=8,baseline@8"
-REASONING_STRATEGIES = "single,maj@8,ffs@8,short-3@8,early-exit,baseline@8"
 
 
 @dataclass(frozen=True)
@@ -55,12 +54,8 @@ def profile_for(model: str, dataset: str) -> Profile:
         raise UsageError(f"no documented settings for {dataset!r}; known: {', '.join(_MAX_TOKENS)}")
     cap = _MAX_TOKENS[dataset]
     if model.startswith("gemma3"):
-        return Profile(max_tokens=cap, prompt_style="few-shot", raw=True, shots=3)
+        return Profile(max_tokens=cap, prompt_style="few-shot", raw=True, shots=1 if dataset == "boolq" else 3)
     if model.startswith("smollm2"):
         return Profile(max_tokens=cap)
     raise UsageError(f"no documented settings for model {model!r}; known: smollm2-135m, gemma3-270m")
 
-
-def strategies_for(dataset: str) -> str:
-    """The full runs' strategies: early-exit only where answers are long enough to probe."""
-    return REASONING_STRATEGIES if dataset == "gsm8k" else CHOICE_STRATEGIES
