@@ -59,26 +59,21 @@ def _draw(plt: Any, summary: Summary, axis: str, xlabel: str, path: Path) -> Plo
     rows = {row.label: row for row in summary.rows}
     points = points_for(summary.rows, axis)
     frontier = pareto_frontier(points)
-    fig, ax = plt.subplots(figsize=(7.0, 4.6), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.2, 4.6), dpi=120)
     try:
-        labels: dict[tuple[float, float], list[str]] = {}  # coincident points share one label
-        for p in points:
-            labels.setdefault((round(p.cost, 6), round(p.accuracy, 6)), []).append(p.label)
-        for p in points:
+        for p in points:  # named in the legend: text labels next to points collide when costs are close
             row = rows[p.label]
             err = [[100 * max(0.0, p.accuracy - row.ci.low)], [100 * max(0.0, row.ci.high - p.accuracy)]]
-            ax.errorbar([max(p.cost, 1e-3)], [100 * p.accuracy], yerr=err, fmt="o", capsize=3, alpha=0.85)
-            group = labels[(round(p.cost, 6), round(p.accuracy, 6))]
-            if group[0] == p.label:
-                ax.annotate(" = ".join(group), (max(p.cost, 1e-3), 100 * p.accuracy), textcoords="offset points",
-                            xytext=(5, 5), fontsize=8)
+            ax.errorbar([max(p.cost, 1e-3)], [100 * p.accuracy], yerr=err, fmt="o", capsize=3, alpha=0.85,
+                        label=p.label)
         if frontier:
             right = max(max(p.cost for p in points), frontier[-1].cost) * 1.15
             xs = [max(p.cost, 1e-3) for p in frontier] + [right]
             ys = [100 * p.accuracy for p in frontier] + [100 * frontier[-1].accuracy]
             ax.step(xs, ys, where="post", color="black", linewidth=1.0, linestyle="--", label="Pareto frontier")
             ax.scatter(xs[:-1], ys[:-1], s=140, facecolors="none", edgecolors="black", linewidths=1.0)
-            ax.legend(loc="best", fontsize=8)
+        if points:
+            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
         ax.set_xscale("log")
         ticks = plt.FuncFormatter(lambda x, _pos: f"{x:g}")
         ax.xaxis.set_major_formatter(ticks)
