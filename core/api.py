@@ -159,7 +159,8 @@ class Runtime:
         from edgescale.runtime.memory import memory_model
         from edgescale.strategies.planner import QueryShape, plan
 
-        shape = QueryShape(prompt_tokens=len(tokens), max_new_tokens=opts.max_tokens, strategy=strat)
+        shape = QueryShape(prompt_tokens=len(tokens), max_new_tokens=opts.max_tokens, strategy=strat,
+                           context_cells=self.engine.info.n_ctx_train or None)
         return plan(shape, self.profile(), memory_model(self.engine), budget)
 
     def ask(

@@ -20,7 +20,14 @@ import numpy as np
 from edgescale.errors import DecodeAborted, UsageError
 from edgescale.runtime.detok import IncrementalText
 from edgescale.runtime.engine import DecodeSession, Engine, Logits
-from edgescale.runtime.sampling import GREEDY, SamplingConfig, make_sampler, row_logsumexp, sequence_rng
+from edgescale.runtime.sampling import (
+    GREEDY,
+    Sampler,
+    SamplingConfig,
+    make_sampler,
+    row_logsumexp,
+    sequence_rng,
+)
 
 FinishReason = Literal["stop", "length", "cancelled", "deadline", "early-exit"]
 
@@ -49,6 +56,12 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     sampling: SamplingConfig = SamplingConfig()
     seed: int = 0
+    # (sample index, sampling) pairs that replace ``sampling`` for those samples
+    # (auto: its first sample is greedy, the samples of its escalation are not)
+    sampling_overrides: tuple[tuple[int, SamplingConfig], ...] = ()
+
+    def sampling_of(self, index: int) -> SamplingConfig:
+        return next((cfg for i, cfg in self.sampling_overrides if i == index), self.sampling)
 
 
 @dataclass
@@ -134,7 +147,12 @@ class BatchGenerator:
         self.states = [SeqState(index=i, seed=config.seed + i) for i in range(n_seqs)]
         self.live: list[int] = []
         self.expired = False
-        self._sampler = make_sampler(config.sampling)
+        made: dict[SamplingConfig, Sampler] = {}
+        for i in range(n_seqs):
+            cfg = config.sampling_of(i)
+            if cfg not in made:
+                made[cfg] = make_sampler(cfg)
+        self._samplers = [made[config.sampling_of(i)] for i in range(n_seqs)]
         self._rngs = [sequence_rng(config.seed + i) for i in range(n_seqs)]
         self._stop = tuple(s for s in config.stop if s)
         self._hold = max((len(s) for s in self._stop), default=1) - 1
@@ -234,7 +252,7 @@ class BatchGenerator:
                 top = float(row.max())
                 cached = lse_cache[key] = (top, row_logsumexp(row, self._scratch, top))
             top, lse = cached
-            tok = self._sampler(row, self._rngs[i], top)
+            tok = self._samplers[i](row, self._rngs[i], top)
             lp = float(row[tok]) - lse
             reason: FinishReason | None = None
             if self.engine.is_eog(tok):

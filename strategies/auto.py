@@ -1,45 +1,145 @@
 """`auto`: run the planner's escalation (see strategies/planner.py for the policy).
 
-Stage 1 is cheap (one greedy sample with early-exit probes). If its answer is
-confident (the probes agreed, or the answer's tokens have a geometric-mean
-probability of at least ``plan.confidence``) the query ends there. Otherwise,
-when time is left for at least one wave, stage 2 runs adaptive sampling with
-stage 1's answer counted as a vote. Both stages share the query's deadline.
-The result merges both stages: every sample, every probe, summed tokens.
+Both stages run in one batch over one prefilled prompt (no second prefill):
+
+1. sample 0, greedy, with early-exit probes. If its answer is confident (the
+   probes agreed, or the answer's tokens have a geometric-mean probability of
+   at least ``plan.confidence``) the query ends there;
+2. otherwise, when the plan allows an escalation and the time left fits a wave
+   as long as sample 0 turned out to be (checked now, with the device
+   profile's step times and the steps observed so far; the plan's wave width
+   is halved until it fits, down to 2), adaptive sampling starts on samples
+   1..k with sample 0's answer counted as a vote.
+
+The deadline covers both stages; the result records the plan, the outcome
+(``confident``, ``escalated``, ``no-escalation``, ``no-time-to-escalate``) and
+stage 1's certainty.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
 
 from edgescale.runtime.engine import Engine
+from edgescale.runtime.generate import BatchGenerator, TokenEvent
 from edgescale.runtime.sampling import SamplingConfig
+from edgescale.strategies.adaptive import AdaptiveController
+from edgescale.strategies.base import AnswerBook, Decision, span_logprob
+from edgescale.strategies.early_exit import EarlyExitController
 from edgescale.strategies.planner import Plan
-from edgescale.strategies.result import ProbeRecord, Result, Sample, Stats
+from edgescale.strategies.result import ProbeRecord, Result
 from edgescale.strategies.runner import Query, StepCallback, run_query
-from edgescale.strategies.spec import parse_strategy
+from edgescale.strategies.spec import Adaptive, EarlyExit, parse_strategy
+
+ESCALATION_LENGTH_MARGIN = 1.25  # a wave is expected to run this much longer than sample 0 did
 
 
-def certainty(result: Result) -> float | None:
-    """Geometric-mean probability of the winning answer's tokens (self-certainty)."""
-    if result.winner is None:
+def certainty_of(gen: BatchGenerator, book: AnswerBook, index: int) -> float | None:
+    """Geometric-mean probability of the tokens of sample ``index``'s answer (self-certainty)."""
+    st = gen.states[index]
+    got = book.of(st) if st.finished else None
+    lp = span_logprob(st, got.span) if got is not None else None
+    return None if lp is None else math.exp(lp)
+
+
+@dataclass
+class AutoController:
+    """Stage 1 (one early-exit sample) then, if unsure and in time, adaptive waves in the same batch."""
+
+    stage1: EarlyExitController
+    escalation: Adaptive | None
+    confidence: float
+    max_new_tokens: int
+    step_time: Callable[[int], float] | None = None  # the device profile's seconds per step at k live
+    adaptive: AdaptiveController | None = None
+    first: Decision | None = None
+    outcome: str = "no-escalation"
+    certainty: float | None = None
+
+    @property
+    def n_seqs(self) -> int:
+        return 1 + (self.escalation.max if self.escalation is not None else 0)
+
+    @property
+    def n_initial(self) -> int:
+        return 1
+
+    @property
+    def probe_slots(self) -> int:
+        return self.stage1.probe_slots
+
+    @property
+    def probe_cells(self) -> int:
+        return self.stage1.probe_cells
+
+    @property
+    def records(self) -> list[ProbeRecord]:
+        return self.stage1.records
+
+    def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None:
+        if self.adaptive is not None:
+            return self.adaptive.on_step(gen, events, book)
+        rule = self.stage1.on_step(gen, events, book)
+        if rule is None:
+            return None
+        first = self.first = self.stage1.decide(gen, book)
+        self.certainty = certainty_of(gen, book, 0)
+        if first.answer is not None and (
+            rule == "probes-agreed" or (self.certainty is not None and self.certainty >= self.confidence)
+        ):
+            self.outcome = "confident"
+            return rule
+        esc = self.escalation
+        if esc is None:
+            return rule
+        wave = self._wave_that_fits(gen)
+        if wave < 2:
+            self.outcome = "no-time-to-escalate"
+            return rule
+        self.outcome = "escalated"
+        self.adaptive = AdaptiveController(
+            k_max=esc.max, threshold=esc.conf, wave=wave, rule=esc.rule, window=esc.window,
+            prior=(first.answer,) if first.answer is not None else (),
+        )
+        gen.activate(gen.pending()[: self.adaptive.n_initial])
         return None
-    sample = next((s for s in result.samples if s.index == result.winner), None)
-    if sample is None or sample.answer_logprob is None:
-        return None
-    return math.exp(sample.answer_logprob)
 
+    def _wave_that_fits(self, gen: BatchGenerator) -> int:
+        """The widest wave (the plan's width, halved until it fits, at least 2) whose samples,
+        as long as sample 0 was plus a margin, finish in the time left; 0 if none does."""
+        esc = self.escalation
+        if esc is None:
+            return 0
+        if gen.deadline is None:
+            return esc.wave
+        st = gen.states[0]
+        steps = self.max_new_tokens
+        if st.finish_reason in ("stop", "early-exit"):
+            steps = min(steps, math.ceil(ESCALATION_LENGTH_MARGIN * (len(st.tokens) + 1)))
+        observed = (gen.now() - gen.stats.prefill_s) / max(1, gen.stats.decode_steps)  # k=1, probes included
+        left = gen.deadline - gen.clock()
+        wave = esc.wave
+        while wave >= 2:
+            if self.step_time is not None:
+                per_step = max(self.step_time(wave), observed * self.step_time(wave) / self.step_time(1))
+            else:
+                per_step = observed * wave  # no profile: assume batching buys nothing (a CPU)
+            if steps * per_step <= left:
+                return wave
+            wave //= 2
+        return 0
 
-def is_confident(result: Result, threshold: float) -> bool:
-    if result.answer is None:
-        return False
-    if result.stop_reason == "probes-agreed":
-        return True
-    c = certainty(result)
-    return c is not None and c >= threshold
+    def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision:
+        if self.adaptive is None:
+            return self.stage1.decide(gen, book)
+        out = self.adaptive.decide(gen, book)
+        first = self.first
+        if out.winner is None and first is not None and out.answer is not None and out.answer == first.answer:
+            return Decision(out.answer, first.winner, out.votes)  # sample 0's answer won the vote
+        return out
 
 
 def run_auto(
@@ -51,67 +151,25 @@ def run_auto(
     on_step: StepCallback | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Result:
-    t0 = clock()
-    first = run_query(engine, replace(query, strategy=parse_strategy(plan.strategy), plan=None),
-                      on_step=on_step, clock=clock)
-    elapsed = clock() - t0
-    left = None if query.deadline_s is None else query.deadline_s - elapsed
-    confident = is_confident(first, plan.confidence or 1.0)
-    if confident or plan.escalate_to is None or first.stop_reason == "deadline":
-        why = "confident" if confident else "no-escalation"
-        return _merge(query, plan, first, None, why, clock() - t0)
-    spec = parse_strategy(plan.escalate_to)
-    if left is not None and left < (plan.escalate_wave_s or 0.0):
-        return _merge(query, plan, first, None, "no-time-to-escalate", clock() - t0)
-    prior = (first.answer,) if first.answer is not None else ()
-    second_query = replace(
-        query, strategy=spec, plan=None, prior=prior, deadline_s=left,
-        config=replace(query.config, sampling=stage2_sampling),
-    )
-    second = run_query(engine, second_query, clock=clock)
-    return _merge(query, plan, first, second, "escalated", clock() - t0)
+    """``query.config.sampling`` is sample 0's (greedy by default); ``stage2_sampling`` the waves'."""
+    stage1 = parse_strategy(plan.strategy)
+    assert isinstance(stage1, EarlyExit) and stage1.k == 1, plan.strategy
+    escalation = parse_strategy(plan.escalate_to) if plan.escalate_to else None
+    assert escalation is None or isinstance(escalation, Adaptive), plan.escalate_to
+    built: list[AutoController] = []
 
+    def build(cue: list[int]) -> AutoController:
+        ctl = AutoController(
+            stage1=EarlyExitController(cue=cue, every=stage1.every, window=stage1.window, k=1,
+                                       probe_tokens=stage1.probe),
+            escalation=escalation, confidence=plan.confidence or 1.0,
+            max_new_tokens=query.config.max_new_tokens, step_time=query.step_time,
+        )
+        built.append(ctl)
+        return ctl
 
-def _shift_sample(s: Sample, offset: int) -> Sample:
-    return replace(s, index=s.index + offset)
-
-
-def _shift_probe(p: ProbeRecord, offset: int) -> ProbeRecord:
-    return replace(p, sample=p.sample + offset)
-
-
-def _merge(query: Query, plan: Plan, first: Result, second: Result | None, how: str, wall_s: float) -> Result:
-    plan_dict = {**plan.to_dict(), "outcome": how, "stage1_certainty": certainty(first)}
-    if second is None:
-        return replace(first, strategy="auto", stop_reason=f"{how}:{first.stop_reason}", plan=plan_dict,
-                       stats=replace(first.stats, wall_s=wall_s))
-    offset = len(first.samples)
-    a, b = first.stats, second.stats
-    stats = Stats(
-        prompt_tokens=a.prompt_tokens,
-        generated_tokens=a.generated_tokens + b.generated_tokens,
-        probe_tokens=a.probe_tokens + b.probe_tokens,
-        decode_steps=a.decode_steps + b.decode_steps,
-        wall_s=wall_s,
-        prefill_s=a.prefill_s + b.prefill_s,
-        ttft_s=a.ttft_s,
-        peak_kv_bytes=max(a.peak_kv_bytes, b.peak_kv_bytes),
-        kv_bytes_allocated=max(a.kv_bytes_allocated, b.kv_bytes_allocated),
-        peak_rss_bytes=max(a.peak_rss_bytes, b.peak_rss_bytes),
-        threads=b.threads,
-        backend=b.backend,
-        samples_started=a.samples_started + b.samples_started,
-        cancelled_tokens=a.cancelled_tokens + b.cancelled_tokens,
-    )
-    answer = second.answer if second.answer is not None else first.answer
-    if second.winner is not None:
-        winner, text = second.winner + offset, second.text
-    else:
-        winner, text = first.winner, first.text
-    return Result(
-        answer=answer, text=text, winner=winner, strategy="auto",
-        stop_reason=f"{how}:{second.stop_reason}", votes=second.votes or first.votes,
-        samples=first.samples + tuple(_shift_sample(s, offset) for s in second.samples),
-        probes=first.probes + tuple(_shift_probe(p, offset) for p in second.probes),
-        stats=stats, model=first.model, answer_kind=first.answer_kind, plan=plan_dict,
-    )
+    config = replace(query.config, sampling=stage2_sampling, sampling_overrides=((0, query.config.sampling),))
+    res = run_query(engine, replace(query, config=config), on_step=on_step, clock=clock, controller=build)
+    ctl = built[0]
+    plan_dict = {**plan.to_dict(), "outcome": ctl.outcome, "stage1_certainty": ctl.certainty}
+    return replace(res, strategy="auto", stop_reason=f"{ctl.outcome}:{res.stop_reason}", plan=plan_dict)

@@ -22,10 +22,14 @@ says when the prediction exceeds it.
   2. read its confidence: an answer exists and either the probes agreed or the
      answer's tokens have a geometric-mean probability >= ``confidence`` (0.8);
   3. only when unsure, and when one more wave still fits the deadline, run
-     adaptive sampling (Beta rule) with the greedy answer counted as one vote;
+     adaptive sampling (Beta rule) with the greedy answer counted as one vote,
+     in the same batch (the prompt is not read again);
      its wave width is the batch size with the best measured throughput on this
      device (on a CPU that is small, on a GPU large), and k_max the most samples
-     that fit the memory and the time left (at most 16).
+     that fit the memory and the time left (at most 16). Whether a wave fits is
+     decided twice: here for the worst case (every sample runs to the token
+     cap), which sizes k_max, and at run time from how long the first sample
+     actually was, which decides whether to escalate at all.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class QueryShape:
     prompt_tokens: int
     max_new_tokens: int
     strategy: Strategy
+    context_cells: int | None = None  # the model's context (KV cells one batch may hold at most)
 
 
 @dataclass(frozen=True)
@@ -230,38 +235,54 @@ def _finish(shape: QueryShape, strategy: Strategy, k: int, probes: int, predicte
     )
 
 
+def _escalation(k_max: int, wave: int) -> Adaptive:
+    """auto's stage 2: the Beta rule at 0.95, waves and window no wider than k_max."""
+    return Adaptive(max=k_max, conf=0.95, wave=min(wave, k_max), window=min(4, k_max))
+
+
 def _plan_auto(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: Budget, mem_k: int) -> Plan:
     notes: list[str] = []
     stage1 = EarlyExit(every=AUTO_PROBE_EVERY, window=2, k=1, probe=PROBE_TOKENS)
     t1 = profile.predict(prompt_tokens=shape.prompt_tokens, k=1, new_tokens=shape.max_new_tokens)
-    k_cap = min(AUTO_MAX_SAMPLES, mem_k)
+    k_cap = min(AUTO_MAX_SAMPLES, mem_k - 1)  # stage 1's sample stays in the batch
+    if shape.context_cells is not None:
+        while k_cap >= 2 and _cells(memory, shape.prompt_tokens, k_cap + 1, shape.max_new_tokens, 1) > \
+                shape.context_cells:
+            k_cap -= 1
     wave = min(best_wave(profile, k_cap), k_cap)
     one_wave = profile.predict(prompt_tokens=shape.prompt_tokens, k=wave, new_tokens=shape.max_new_tokens)
     escalate: Strategy | None = None
     t2: float | None = None
     if k_cap < 2:
-        notes.append("memory allows one sample only: no escalation")
+        notes.append("memory or the model's context allows too few samples: no escalation")
     elif budget.deadline_s is None:
-        escalate = Adaptive(max=k_cap, conf=0.95, wave=wave)
+        escalate = _escalation(k_cap, wave)
         t2 = one_wave + (math.ceil(k_cap / wave) - 1) * shape.max_new_tokens * profile.step_time(wave)
     else:
         left = budget.deadline_s - t1
         if left < one_wave:
+            # Sized for the worst case (every sample runs to max_new_tokens) not even one wave
+            # fits; answers are usually much shorter, so the run decides once it has seen how
+            # long the first sample took.
+            escalate = _escalation(k_cap, wave)
+            t2 = one_wave
             notes.append(
-                f"no time to escalate: the first sample takes up to {t1:.1f}s, a wave of {wave} "
-                f"{one_wave:.1f}s, the deadline is {budget.deadline_s:g}s"
+                f"if every sample ran to {shape.max_new_tokens} tokens there would be no time to escalate (the "
+                f"first sample up to {t1:.1f}s, a wave of {wave} {one_wave:.1f}s, the deadline "
+                f"{budget.deadline_s:g}s): escalates only if the first answer comes early enough for a wave "
+                f"as long as it (checked at run time); the deadline stops the waves"
             )
         else:
             per_wave = shape.max_new_tokens * profile.step_time(wave)
             waves = 1 + int((left - one_wave) // per_wave) if per_wave > 0 else 1
             k_max = max(2, min(k_cap, waves * wave))
-            escalate = Adaptive(max=k_max, conf=0.95, wave=min(wave, k_max))
+            escalate = _escalation(k_max, wave)
             t2 = one_wave + (math.ceil(k_max / wave) - 1) * per_wave
     peak2 = 0
     if escalate is not None:
         notes.append(f"escalates to {escalate.spec()} when the first answer's certainty is below "
                      f"{AUTO_CONFIDENCE:g} and its probes did not agree")
-        k2 = _samples_of(escalate)
+        k2 = _samples_of(escalate) + 1  # the waves and stage 1's sample, in one batch
         cells2 = _cells(memory, shape.prompt_tokens, k2, shape.max_new_tokens, 1)
         peak2 = memory.peak(n_seqs=k2 + 1, n_cells=cells2, n_batch=_batch(shape.prompt_tokens, k2, 1))
     first = _finish(

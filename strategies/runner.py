@@ -95,10 +95,13 @@ def run_query(
     *,
     on_step: StepCallback | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    controller: Callable[[list[int]], Controller] | None = None,
 ) -> Result:
+    """Run one query to its end. ``controller`` builds a controller from the answer cue's
+    tokens in place of the strategy's own (auto's two stages in one batch)."""
     t0 = clock()
     cue = engine.tokenize(ANSWER_CUE, add_special=False, parse_special=False)
-    ctl = build_controller(query.strategy, cue, query.prior)
+    ctl = controller(cue) if controller is not None else build_controller(query.strategy, cue, query.prior)
     book = AnswerBook(query.answer_kind, query.choices)
     deadline = t0 + query.deadline_s if query.deadline_s is not None else None
     probe_slots, probe_cells = ctl.probe_slots, ctl.probe_cells

@@ -55,10 +55,11 @@ def test_auto_without_budget_escalates_to_adaptive(prof: DeviceProfile, wave: in
     assert p.confidence == 0.8
 
 
-def test_auto_short_deadline_does_not_escalate() -> None:
+def test_auto_short_deadline_leaves_escalation_to_run_time() -> None:
     p = plan(shape("auto"), CPU, SMOL, Budget(deadline_s=1.0))
-    assert p.escalate_to is None
-    assert any("no time to escalate" in n for n in p.notes)
+    esc = parse_strategy(p.escalate_to)
+    assert esc.wave == best_wave(CPU, 16) and esc.max == AUTO_MAX_SAMPLES
+    assert any("checked at run time" in n for n in p.notes)
     assert p.predicted_s == pytest.approx(60 / 1000 + 256 * CPU.step_time(1, 60 + 128), rel=1e-9)
 
 
@@ -119,3 +120,28 @@ def test_plan_is_pure() -> None:
     a = plan(shape("auto"), CPU, SMOL, Budget(deadline_s=5.0, memory_bytes=300 * MB))
     b = plan(shape("auto"), CPU, SMOL, Budget(deadline_s=5.0, memory_bytes=300 * MB))
     assert a == b and math.isfinite(a.predicted_s)
+
+
+@pytest.mark.parametrize("memory_mb", [203, 209, 215, 260])
+def test_auto_escalation_spec_is_valid_whatever_memory_allows(memory_mb: int) -> None:
+    """k_max below the default window (4) must still give a spec that parses."""
+    for prof in (CPU, GPU):
+        for deadline in (None, 1.0, 30.0):
+            p = plan(shape("auto"), prof, SMOL, Budget(memory_bytes=memory_mb * MB, deadline_s=deadline))
+            if p.escalate_to is not None:
+                esc = parse_strategy(p.escalate_to)
+                assert esc.window <= esc.max and esc.wave <= esc.max
+                assert esc.max + 1 <= p.max_k_memory  # stage 1's sample shares the batch
+                assert p.predicted_peak_bytes <= memory_mb * MB * MEMORY_SAFETY
+
+
+def test_auto_escalation_fits_the_model_context() -> None:
+    """Stage 1's sample and the waves share one batch: all of it must fit the context."""
+    long = QueryShape(prompt_tokens=60, max_new_tokens=1500, strategy=parse_strategy("auto"), context_cells=8192)
+    p = plan(long, CPU, SMOL, Budget())
+    esc = parse_strategy(p.escalate_to)
+    assert 2 <= esc.max < AUTO_MAX_SAMPLES
+    assert SMOL.kv_cells(prompt_tokens=60, n_seqs=esc.max + 1, new_tokens=1500, probe_slots=1,
+                         probe_cells=36) <= 8192
+    tiny = QueryShape(prompt_tokens=60, max_new_tokens=3000, strategy=parse_strategy("auto"), context_cells=4096)
+    assert plan(tiny, CPU, SMOL, Budget()).escalate_to is None

@@ -7,6 +7,8 @@ from scipy.special import betainc
 
 from edgescale.runtime.generate import GenerationConfig
 from edgescale.runtime.sampling import GREEDY
+from edgescale.strategies.auto import run_auto
+from edgescale.strategies.planner import Plan
 from edgescale.strategies.runner import Query, run_query
 from edgescale.strategies.spec import parse_strategy
 from edgescale.strategies.voting import beta_confidence, beta_rule, esc_rule
@@ -219,3 +221,72 @@ def test_same_inputs_same_result() -> None:
         for s in r["samples"]:
             s.pop("finished_at_s")
     assert a == b
+
+
+# -- auto: both stages in one batch ---------------------------------------------
+def auto_plan(escalate: str | None, confidence: float = 0.8) -> Plan:
+    return Plan(strategy="early-exit:every=32,window=2,k=1,probe=20", k=1, max_new_tokens=400, n_cells=0,
+                n_batch=0, predicted_s=0.0, predicted_peak_bytes=0, kv_bytes=0, escalate_to=escalate,
+                confidence=confidence)
+
+
+def ask_auto(engine: FakeEngine, escalate: str | None, *, deadline=None, clock=None, step_time=None):
+    q = Query(prompt_tokens=list(b"Q?"), strategy=parse_strategy("auto"), answer_kind="number",
+              config=GenerationConfig(max_new_tokens=400, sampling=GREEDY), deadline_s=deadline,
+              step_time=step_time)
+    sessions: list[int] = []
+    make = engine.session
+
+    def counted(**kw):
+        sessions.append(kw["n_seqs"])
+        return make(**kw)
+
+    engine.session = counted  # type: ignore[method-assign]
+    kw = {"clock": clock} if clock else {}
+    res = run_auto(engine, q, auto_plan(escalate), stage2_sampling=GREEDY, **kw)
+    return res, sessions
+
+
+def test_auto_stops_after_a_confident_first_answer() -> None:
+    eng = FakeEngine([pad("7", 30), pad("9", 20), pad("9", 20)])
+    res, sessions = ask_auto(eng, "adaptive:max=2,wave=2,window=2")
+    assert res.answer == "7" and res.plan["outcome"] == "confident"
+    assert res.stop_reason == "confident:all-finished" and len(res.samples) == 1
+    assert res.plan["stage1_certainty"] > 0.99
+
+
+def test_auto_escalates_in_the_same_batch_with_the_first_answer_as_a_vote() -> None:
+    # sample 0 is unsure (margin 5: p = e^5 / (e^5 + 256) = 0.37 per token); the wave outvotes it
+    eng = FakeEngine([pad("7", 30), pad("9", 20), pad("9", 22), pad("9", 24)], margins=[5.0, 30, 30, 30])
+    res, sessions = ask_auto(eng, "adaptive:max=3,wave=2,window=3")
+    assert sessions == [1 + 3 + 1]  # one session (one prefill): sample 0, three wave samples, a probe slot
+    assert res.plan["outcome"] == "escalated" and res.stop_reason.startswith("escalated:")
+    assert res.plan["stage1_certainty"] < 0.8
+    assert res.answer == "9" and res.winner in (1, 2, 3)
+    assert [s.index for s in res.samples] == [0, 1, 2, 3]
+    # Beta rule on [7, 9, 9]: P(p1 > p2) = 1 - I_0.5(3, 2) = 0.6875 < 0.95, so the third wave sample runs
+    assert res.votes == {"7": 1, "9": 3}
+
+
+def test_auto_first_answer_can_win_the_vote() -> None:
+    eng = FakeEngine([pad("7", 30), pad("9", 20), pad("8", 22)], margins=[5.0, 30, 30])
+    res, _ = ask_auto(eng, "adaptive:max=2,wave=2,window=2")
+    assert res.plan["outcome"] == "escalated"
+    assert res.answer == "7" and res.winner == 0  # a three-way tie goes to the answer given first
+    assert res.text == eng.scripts[0].strip() or res.text == eng.scripts[0]
+
+
+def test_auto_does_not_escalate_when_a_wave_would_miss_the_deadline() -> None:
+    # each read of the clock advances 10 ms; a step of 2 samples is said to take 50 ms, so a wave
+    # of ~38 steps needs ~1.9 s; the deadline leaves far less after sample 0's 30 steps
+    eng = FakeEngine([pad("7", 30), pad("9", 20), pad("9", 20)], margins=[5.0, 30, 30])
+    res, _ = ask_auto(eng, "adaptive:max=2,wave=2,window=2", deadline=2.0, clock=StepClock(),
+                      step_time=lambda k: 0.025 * k)
+    assert res.plan["outcome"] == "no-time-to-escalate"
+    assert len(res.samples) == 1 and res.answer == "7"
+
+
+def test_auto_without_escalation_target_stays_with_the_first_sample() -> None:
+    eng = FakeEngine([pad("7", 30), pad("9", 20)], margins=[5.0, 30])
+    res, _ = ask_auto(eng, None)
+    assert res.plan["outcome"] == "no-escalation" and len(res.samples) == 1 and res.answer == "7"
