@@ -167,3 +167,21 @@ def test_kv_bytes_formula_on_gemma3_sliding_window_model() -> None:
             assert eng.info.kv_bytes(session.n_cells) == pytest.approx(reported["kv_mib"] * 2**20, rel=1e-3)
         finally:
             session.close()
+
+
+def test_greedy_is_bitwise_identical_at_every_batch_size(engine) -> None:
+    """While every sequence of a batch is live, batch size changes nothing, not even rounding:
+    the same tokens and the same log-probabilities (README: the limit once cells are freed)."""
+    tokens = engine.format_prompt(PROMPT)
+
+    def logprobs(k: int) -> list[list[float]]:
+        cfg = GenerationConfig(max_new_tokens=24, sampling=GREEDY, seed=0)
+        with BatchGenerator(engine, tokens, cfg, n_seqs=k) as g:
+            while g.live:
+                g.step()
+            return [list(s.logprobs) for s in g.states]
+
+    ref = logprobs(1)[0]
+    for k in (2, 5, 8):
+        rows = logprobs(k)
+        assert rows[0] == ref and rows[-1] == ref, f"k={k}"

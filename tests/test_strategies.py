@@ -290,3 +290,18 @@ def test_auto_without_escalation_target_stays_with_the_first_sample() -> None:
     eng = FakeEngine([pad("7", 30), pad("9", 20)], margins=[5.0, 30])
     res, _ = ask_auto(eng, None)
     assert res.plan["outcome"] == "no-escalation" and len(res.samples) == 1 and res.answer == "7"
+
+
+def test_auto_narrows_the_wave_to_fit_the_time_left() -> None:
+    # a wave of 4 at 0.1 s/step needs ~3.9 s for 39 steps; a wave of 2 at 0.04 s/step ~1.6 s
+    eng = FakeEngine([pad("7", 30)] + [pad("9", 30)] * 4, margins=[5.0, 30, 30, 30, 30])
+    step = {1: 0.02, 2: 0.04, 4: 0.1}
+    clock = StepClock()
+    res, _ = ask_auto(eng, "adaptive:max=4,wave=4,window=4", deadline=6.0, clock=clock,
+                      step_time=lambda k: step.get(k, 0.1))
+    assert res.plan["outcome"] == "escalated"
+    by = {s.index: s for s in res.samples}
+    assert by[1].finish_reason == by[2].finish_reason == "stop"
+    assert abs(by[1].finished_at_s - by[2].finished_at_s) < 0.05  # same step (the clock ticks per read)
+    # a wave of 4 would have run samples 3 and 4 alongside 1 and 2; they start only as 1 and 2 end
+    assert 3 not in by or by[3].finished_at_s > by[1].finished_at_s + 0.2
