@@ -27,7 +27,7 @@ from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import BatchGenerator, TokenEvent
 from edgescale.runtime.sampling import SamplingConfig
 from edgescale.strategies.adaptive import AdaptiveController
-from edgescale.strategies.base import AnswerBook, Decision, span_logprob
+from edgescale.strategies.base import AnswerBook, Decision, answer_logprob
 from edgescale.strategies.early_exit import EarlyExitController
 from edgescale.strategies.planner import Plan
 from edgescale.strategies.result import ProbeRecord, Result
@@ -39,9 +39,7 @@ ESCALATION_LENGTH_MARGIN = 1.25  # a wave is expected to run this much longer th
 
 def certainty_of(gen: BatchGenerator, book: AnswerBook, index: int) -> float | None:
     """Geometric-mean probability of the tokens of sample ``index``'s answer (self-certainty)."""
-    st = gen.states[index]
-    got = book.of(st) if st.finished else None
-    lp = span_logprob(st, got.span) if got is not None else None
+    lp = answer_logprob(gen.states[index], book)
     return None if lp is None else math.exp(lp)
 
 

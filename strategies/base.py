@@ -82,6 +82,12 @@ def span_logprob(st: SeqState, span: tuple[int, int]) -> float | None:
     return sum(picked) / len(picked) if picked else None
 
 
+def answer_logprob(st: SeqState, book: AnswerBook) -> float | None:
+    """Mean logprob of the tokens of a finished sample's extracted answer (self-certainty)."""
+    got = book.of(st) if st.finished else None
+    return span_logprob(st, got.span) if got is not None else None
+
+
 def mean_logprob(st: SeqState) -> float | None:
     return sum(st.logprobs) / len(st.logprobs) if st.logprobs else None
 

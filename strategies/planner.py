@@ -237,7 +237,9 @@ def _finish(shape: QueryShape, strategy: Strategy, k: int, probes: int, predicte
 
 def _escalation(k_max: int, wave: int) -> Adaptive:
     """auto's stage 2: the Beta rule at 0.95, waves and window no wider than k_max."""
-    return Adaptive(max=k_max, conf=0.95, wave=min(wave, k_max), window=min(4, k_max))
+    escalation = _with_samples(Adaptive(conf=0.95, wave=wave), k_max)
+    assert isinstance(escalation, Adaptive)
+    return escalation
 
 
 def _plan_auto(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: Budget, mem_k: int) -> Plan:

@@ -25,9 +25,9 @@ from edgescale.strategies.base import (
     AnswerBook,
     Controller,
     Decision,
+    answer_logprob,
     cancel_live,
     mean_logprob,
-    span_logprob,
 )
 from edgescale.strategies.best_of_k import BestOfKController
 from edgescale.strategies.early_exit import ANSWER_CUE, EarlyExitController, probe_done
@@ -208,7 +208,6 @@ def _samples(gen: BatchGenerator, book: AnswerBook) -> tuple[Sample, ...]:
     for st in gen.states:
         if st.started_at is None:
             continue
-        got = book.of(st) if st.finished else None
         out.append(
             Sample(
                 index=st.index,
@@ -219,7 +218,7 @@ def _samples(gen: BatchGenerator, book: AnswerBook) -> tuple[Sample, ...]:
                 answer=book.value(st),
                 answer_source=book.source(st),
                 mean_logprob=mean_logprob(st),
-                answer_logprob=span_logprob(st, got.span) if got is not None else None,
+                answer_logprob=answer_logprob(st, book),
                 finished_at_s=st.finished_at,
             )
         )
