@@ -80,6 +80,12 @@ def quantize(
 def quant_report(
     candidate: str = typer.Argument(..., help="A .gguf file (llama.cpp) or a converted ONNX directory."),
     reference: Optional[str] = typer.Option(None, "--reference", "-r", help="The source to compare with."),
+    floor: bool = typer.Option(
+        True,
+        "--floor/--no-floor",
+        help="With a GGUF reference: also measure llama.cpp against itself (flash attention off vs on), "
+        "the agreement rounding alone allows.",
+    ),
     threads: Optional[int] = opt.THREADS,
     as_json: bool = opt.JSON,
 ) -> None:
@@ -92,7 +98,7 @@ def quant_report(
         return p if p.is_dir() else resolve_model(name)
 
     ref = path_of(reference) if reference else None
-    quality = quality_report(path_of(candidate), ref, n_threads=_threads(threads))
+    quality = quality_report(path_of(candidate), ref, n_threads=_threads(threads), noise_floor=floor)
     if as_json:
         print_json(asdict(quality))
     else:

@@ -179,6 +179,7 @@ class ContextParams:
     n_threads: int
     type_k: str = "f16"
     type_v: str = "f16"
+    flash_attn: bool | None = None  # None: llama.cpp decides (on where the backend supports it)
 
 
 class Batch:
@@ -234,6 +235,7 @@ class Context:
         cp.kv_unified = True
         cp.type_k = _GGML_TYPES[params.type_k]
         cp.type_v = _GGML_TYPES[params.type_v]
+        cp.flash_attn_type = {None: -1, False: 0, True: 1}[params.flash_attn]
         cp.no_perf = True
         self._abort_check: Callable[[], bool] | None = None
         self._logits_view: tuple[int, npt.NDArray[np.float32]] | None = None

@@ -127,11 +127,20 @@ class LlamaCppEngine:
 
     backend_name = "llama.cpp"
 
-    def __init__(self, path: Path, info: ModelInfo, *, n_threads: int, n_gpu_layers: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        info: ModelInfo,
+        *,
+        n_threads: int,
+        n_gpu_layers: int = 0,
+        flash_attn: bool | None = None,
+    ) -> None:
         self.path = path
         self.info = info
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers
+        self.flash_attn = flash_attn  # None: llama.cpp's "auto"
         self.model = ffi.Model(path, n_gpu_layers=n_gpu_layers)
         self._ctx: ffi.Context | None = None  # one idle context kept for reuse
         # Process memory besides the weights, before any context exists: the
@@ -141,11 +150,17 @@ class LlamaCppEngine:
         self._eos_text = self.model.token_text(info.eos_token_id) if info.eos_token_id is not None else ""
 
     @classmethod
-    def load(cls, path: str | Path, *, n_threads: int, n_gpu_layers: int = 0) -> "LlamaCppEngine":
-        """Validate the GGUF (header and sizes) before llama.cpp sees it, then load it."""
+    def load(
+        cls, path: str | Path, *, n_threads: int, n_gpu_layers: int = 0, flash_attn: bool | None = None
+    ) -> "LlamaCppEngine":
+        """Validate the GGUF (header and sizes) before llama.cpp sees it, then load it.
+
+        ``flash_attn`` forces llama.cpp's flash-attention kernel on or off (None: its
+        "auto", which turns it on for the CPU).
+        """
         p = Path(path)
         info = read_model_info(p)
-        return cls(p, info, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+        return cls(p, info, n_threads=n_threads, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn)
 
     @property
     def backend_version(self) -> str:
@@ -186,6 +201,7 @@ class LlamaCppEngine:
             n_batch=max(1, int(max_batch)),
             n_seq_max=n_seqs,
             n_threads=self.n_threads,
+            flash_attn=self.flash_attn,
         )
         ctx = self._ctx
         self._ctx = None

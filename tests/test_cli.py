@@ -141,3 +141,8 @@ def test_quantize_and_convert_commands(tmp_path: Path) -> None:
 def test_quantize_rejects_unknown_type(tmp_path: Path) -> None:
     assert_one_line_error(cli("quantize", "smollm2-135m", str(tmp_path / "x.gguf"), "--type", "Q3_X"), 2,
                           "unknown quantisation type")
+
+
+def test_quant_report_errors_are_one_line(tmp_path: Path) -> None:
+    assert_one_line_error(cli("quant-report", str(tmp_path / "none.gguf"), "--no-floor"), 3, "not found")
+    assert_one_line_error(cli("quant-report", "smollm2-135m", "--floor", "--bogus"), 2, "No such option")

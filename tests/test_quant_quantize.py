@@ -58,6 +58,9 @@ def test_quality_report_shows_what_q4_0_costs(q4_0: QuantizeReport, smollm2_gguf
     assert 0.9 < report.candidate_ppl.ppl / report.reference_ppl.ppl < 1.6
     assert 0.3 <= report.agreement.teacher_forced_top1 <= 1.0
     assert "perplexity" in report.summary() and "greedy agreement" in report.summary()
+    # The reference is a GGUF: the report says how far llama.cpp's two attention kernels drift apart.
+    assert report.floor is not None and report.floor.prompts == 2 and "noise floor" in report.summary()
+    assert 0.5 <= report.floor.teacher_forced_top1 <= 1.0
 
 
 def test_an_engine_agrees_with_itself(smollm2_gguf: Path) -> None:
