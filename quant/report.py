@@ -237,16 +237,12 @@ def kernel_noise_floor(
         return greedy_agreement(unfused, fused, prompts, n_tokens=n_tokens)
 
 
-def load_engine(path: str | Path, *, n_threads: int) -> Engine:
+def _load(path: str | Path, *, n_threads: int) -> Engine:
     """A ``.gguf`` file on llama.cpp, a converted directory on ONNX Runtime."""
-    p = Path(path)
-    if p.is_dir():
-        from edgescale.runtime.onnx_engine import OnnxEngine
+    from edgescale.api import load_engine
 
-        return OnnxEngine.load(p, n_threads=n_threads)
-    from edgescale.runtime.llama_engine import LlamaCppEngine
-
-    return LlamaCppEngine.load(p, n_threads=n_threads)
+    backend = "onnx" if Path(path).is_dir() else "llama.cpp"
+    return load_engine(path, backend=backend, threads=n_threads, n_gpu_layers=0)
 
 
 def quality_report(
@@ -262,8 +258,8 @@ def quality_report(
     """Perplexity of ``candidate`` (and of ``reference``), their greedy agreement and,
     for a GGUF reference, llama.cpp's own kernel noise floor (``noise_floor``)."""
     t0 = time.perf_counter()
-    cand = load_engine(candidate, n_threads=n_threads)
-    ref = load_engine(reference, n_threads=n_threads) if reference is not None else None
+    cand = _load(candidate, n_threads=n_threads)
+    ref = _load(reference, n_threads=n_threads) if reference is not None else None
     try:
         cand_ppl = perplexity(cand, max_tokens=max_tokens)
         ref_ppl = perplexity(ref, max_tokens=max_tokens) if ref is not None else None
