@@ -23,6 +23,7 @@ sequence (EOS ignored) so every variant does the same work.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -92,36 +93,21 @@ def raw_loop(lib, model, vocab, prompt: list[int], k: int, n_new: int, n_threads
 def engine_loop(engine, prompt: list[int], k: int, n_new: int) -> tuple[float, float, float]:
     """(decode tokens/s, seconds inside llama_decode during the steps, end-to-end seconds of the
     whole query: context, prefill, decode)."""
-    from edgescale.runtime import _llama_ffi as ffi
     from edgescale.runtime.generate import BatchGenerator, GenerationConfig
 
-    lib = ffi.backend().lib
-    real = lib.llama_decode
-    in_decode = [0.0]
-
-    def timed(ctx, batch):  # type: ignore[no-untyped-def]
-        td = time.perf_counter()
-        rc = real(ctx, batch)
-        in_decode[0] += time.perf_counter() - td
-        return rc
-
-    eog = engine.is_eog
-    engine.is_eog = lambda tok: False  # force exactly n_new tokens, like the other two
-    try:
-        start = time.perf_counter()
-        with BatchGenerator(engine, prompt, GenerationConfig(max_new_tokens=n_new, seed=1234), n_seqs=k) as g:
-            lib.llama_decode = timed  # the engine's ffi module calls through this attribute
-            t0 = time.perf_counter()
-            while g.live:
-                g.step()
-            dt = time.perf_counter() - t0
-            lib.llama_decode = real
-            assert g.generated_tokens == k * n_new
-        wall = time.perf_counter() - start
-    finally:
-        lib.llama_decode = real
-        engine.is_eog = eog
-    return k * n_new / dt, in_decode[0], wall
+    # exactly n_new tokens, like the other two
+    cfg = GenerationConfig(max_new_tokens=n_new, seed=1234, ignore_eos=True)
+    start = time.perf_counter()
+    with BatchGenerator(engine, prompt, cfg, n_seqs=k) as g:
+        before = g.session.decode_seconds  # the prefill's decodes are not steps
+        t0 = time.perf_counter()
+        while g.live:
+            g.step()
+        dt = time.perf_counter() - t0
+        in_decode = g.session.decode_seconds - before
+        assert g.generated_tokens == k * n_new
+    wall = time.perf_counter() - start
+    return k * n_new / dt, in_decode, wall
 
 
 def sequential_completions(llm, prompt: list[int], k: int, n_new: int) -> tuple[float, float]:
@@ -145,6 +131,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--ks", default="1,8")
+    ap.add_argument("--no-sequential", action="store_true", help="skip the k x Llama.create_completion runs")
+    ap.add_argument("--json", action="store_true", help="print one JSON object of medians (bench/builds.py)")
     args = ap.parse_args()
 
     from llama_cpp import Llama
@@ -162,8 +150,9 @@ def main() -> None:
     llm = Llama(str(path), n_ctx=len(prompt) + args.tokens + 16, n_threads=threads, n_threads_batch=threads,
                 verbose=False)
     ks = [int(x) for x in args.ks.split(",")]
-    print(f"model {Path(path).name}  threads {threads}  prompt {len(prompt)} tokens  {args.tokens} new tokens/seq  "
-          f"reps {args.reps} (median)")
+    if not args.json:
+        print(f"model {Path(path).name}  threads {threads}  prompt {len(prompt)} tokens  "
+              f"{args.tokens} new tokens/seq  reps {args.reps} (median)")
     results: dict[tuple[str, int], list[float]] = {}
 
     def record(name: str, k: int, value: float) -> None:
@@ -181,10 +170,19 @@ def main() -> None:
             record("engine_outside", k, (k * n / tok_s - dec) / n)
             record("decode", k, dec / (n - 1))
             record("engine_wall", k, wall)
-            tok_s, wall = sequential_completions(llm, prompt, k, args.tokens)
-            record("sequential", k, tok_s)
-            record("sequential_wall", k, wall)
+            if not args.no_sequential:
+                tok_s, wall = sequential_completions(llm, prompt, k, args.tokens)
+                record("sequential", k, tok_s)
+                record("sequential_wall", k, wall)
     med = {key: statistics.median(v) for key, v in results.items()}
+    engine.close()
+    if args.json:
+        out: dict[str, dict[str, float]] = {}
+        for (name, k), value in med.items():
+            out.setdefault(str(k), {})[name] = value
+        print(json.dumps({"threads": threads, "tokens": n, "system_info": ffi.backend().system_info(),
+                          "medians": out}))
+        return
     print("decode throughput (prefill excluded for raw loop and engine):")
     print(f"{'k':>3} {'raw loop tok/s':>15} {'engine tok/s':>13} {'engine/raw':>11}")
     for k in ks:
@@ -195,6 +193,8 @@ def main() -> None:
     for k in ks:
         d, ro, eo = med[("decode", k)], med[("raw_outside", k)], med[("engine_outside", k)]
         print(f"{k:>3} {1e3 * d:>10.2f} {1e3 * ro:>15.3f} {1e3 * eo:>18.3f} {(d + ro) / (d + eo):>19.3f}")
+    if args.no_sequential:
+        return
     print("whole query, k samples of one prompt (context, prefill, decode):")
     print(f"{'k':>3} {'engine s':>9} {'k x Llama s':>12} {'speed-up':>9} {'k x Llama tok/s':>16}")
     for k in ks:
@@ -202,7 +202,6 @@ def main() -> None:
         print(f"{k:>3} {ew:>9.2f} {sw:>12.2f} {sw / ew:>8.2f}x {med[('sequential', k)]:>16.1f}")
     spread = {key: (min(v), max(v)) for key, v in results.items() if key[0] in ("raw", "engine", "sequential")}
     print("tok/s min-max per cell:", {f"{a}@{k}": f"{lo:.0f}-{hi:.0f}" for (a, k), (lo, hi) in spread.items()})
-    engine.close()
 
 
 if __name__ == "__main__":

@@ -55,8 +55,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from edgescale.errors import UsageError
 from edgescale.models.catalog import cache_dir
-from edgescale.models.info import ModelInfo
-from edgescale.runtime.engine import DecodeSession, Engine
+from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import BatchGenerator, GenerationConfig
 
 log = logging.getLogger("edgescale.devices")
@@ -301,41 +300,6 @@ def load_or_calibrate(
 
 
 # -- measuring -------------------------------------------------------------------
-class _IgnoreEog:
-    """An engine view whose end-of-generation tokens do not end a sequence."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self.info: ModelInfo = engine.info
-        self.backend_name: str = engine.backend_name
-        self.n_threads: int = engine.n_threads
-
-    def tokenize(
-        self, text: str, *, add_special: bool = False, parse_special: bool = True
-    ) -> list[int]:
-        return self._engine.tokenize(text, add_special=add_special, parse_special=parse_special)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self._engine.token_bytes(token)
-
-    def is_eog(self, token: int) -> bool:
-        return False
-
-    def format_prompt(
-        self, prompt: str, *, chat: bool = True, system: str | None = None
-    ) -> list[int]:
-        return self._engine.format_prompt(prompt, chat=chat, system=system)
-
-    def session(self, *, n_seqs: int, n_cells: int, max_batch: int) -> DecodeSession:
-        return self._engine.session(n_seqs=n_seqs, n_cells=n_cells, max_batch=max_batch)
-
-    def weights_bytes(self) -> int:
-        return self._engine.weights_bytes()
-
-    def close(self) -> None:
-        """The view owns nothing; the wrapped engine stays open."""
-
-
 @dataclass(frozen=True)
 class _Run:
     prefill_s: float
@@ -355,7 +319,7 @@ def _prompt(engine: Engine, n: int) -> list[int]:
 def _run(
     engine: Engine, prompt: Sequence[int], k: int, steps: int, clock: Callable[[], float]
 ) -> _Run:
-    config = GenerationConfig(max_new_tokens=steps + 1, seed=1234)
+    config = GenerationConfig(max_new_tokens=steps + 1, seed=1234, ignore_eos=True)
     with BatchGenerator(engine, prompt, config, n_seqs=k, clock=clock) as gen:
         times: list[float] = []
         for _ in range(steps):
@@ -406,22 +370,21 @@ def calibrate(
             f"calibration needs more than the model's context of {limit} cells; lower ks or tokens"
         )
     long_p = min(long_prompt_tokens, limit - k_max * (new_tokens + 1) - 1)
-    view = _IgnoreEog(engine)
     base = _prompt(engine, max(prompt_tokens, long_p))
     short = base[:prompt_tokens]
-    _run(view, short, ks[0], min(new_tokens, 4), clock)  # warm-up: page in weights, size buffers
+    _run(engine, short, ks[0], min(new_tokens, 4), clock)  # warm-up: page in weights, size buffers
 
     prefills: list[float] = []
     step_s: dict[int, float] = {}
     for k in ks:
-        runs = [_run(view, short, k, new_tokens, clock) for _ in range(repeats)]
+        runs = [_run(engine, short, k, new_tokens, clock) for _ in range(repeats)]
         prefills.extend(r.prefill_s for r in runs)
         step_s[k] = statistics.median(r.step_s for r in runs)
     t0 = statistics.median(prefills)
     a, q, cell_s = t0 / prompt_tokens, 0.0, 0.0
     extra = {"prefill_s": t0}
     if long_p > prompt_tokens:
-        runs = [_run(view, base[:long_p], k_max, new_tokens, clock) for _ in range(repeats)]
+        runs = [_run(engine, base[:long_p], k_max, new_tokens, clock) for _ in range(repeats)]
         t1 = statistics.median(r.prefill_s for r in runs)
         s1 = statistics.median(r.step_s for r in runs)
         a, q = _fit_prefill(prompt_tokens, t0, long_p, t1)

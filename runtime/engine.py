@@ -114,12 +114,20 @@ class CellBook:
         self._cells[dst] = cells
         self._ref(cells)
 
-    def remove(self, seq_id: int) -> None:
+    def remove(self, seq_id: int) -> list[int]:
+        """Drop ``seq_id``; returns the cells no sequence references any more."""
         refs = self._refs
+        freed = []
         for c in self._cells.pop(seq_id, []):
             refs[c] -= 1
             if refs[c] == 0:
                 self._used -= 1
+                freed.append(c)
+        return freed
+
+    def last_cell(self) -> int:
+        """The latest cell any sequence holds (-1 when none)."""
+        return max((own[-1] for own in self._cells.values() if own), default=-1)
 
     def position(self, seq_id: int) -> int:
         """Next position of ``seq_id`` (its length so far)."""

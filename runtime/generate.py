@@ -59,6 +59,9 @@ class GenerationConfig:
     # (sample index, sampling) pairs that replace ``sampling`` for those samples
     # (auto: its first sample is greedy, the samples of its escalation are not)
     sampling_overrides: tuple[tuple[int, SamplingConfig], ...] = ()
+    # end-of-generation tokens do not end a sample (calibration and benches need
+    # exactly max_new_tokens per sample); they are kept as ordinary tokens
+    ignore_eos: bool = False
 
     def sampling_of(self, index: int) -> SamplingConfig:
         return next((cfg for i, cfg in self.sampling_overrides if i == index), self.sampling)
@@ -255,7 +258,7 @@ class BatchGenerator:
             tok = self._samplers[i](row, self._rngs[i], top)
             lp = float(row[tok]) - lse
             reason: FinishReason | None = None
-            if self.engine.is_eog(tok):
+            if not cfg.ignore_eos and self.engine.is_eog(tok):
                 reason = "stop"
             else:
                 st.tokens.append(tok)

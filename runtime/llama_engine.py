@@ -7,12 +7,13 @@ live sequences together, one token each per step.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from edgescale.errors import ContextOverflow, UsageError
+from edgescale.errors import ContextOverflow, KVCacheFull, UsageError
 from edgescale.models.info import ModelInfo, read_model_info
 from edgescale.runtime import _llama_ffi as ffi
 from edgescale.runtime.chat import render_chat, user_messages
@@ -20,7 +21,20 @@ from edgescale.runtime.engine import CellBook, Feed, Logits
 from edgescale.runtime.memory import mapped_file_rss, process_rss
 
 class LlamaSession:
-    """A context sized for one query. Reused across queries of the same shape."""
+    """A context sized for one query. Reused across queries of the same shape.
+
+    Cells of a sequence that ends are *parked*, not handed back to llama.cpp at
+    once: they count as free here (the book drops them), but llama.cpp keeps them
+    until a decode finds no room, and only then are all parked sequences removed
+    and the decode retried. The reason is exactness: llama.cpp fills freed cells
+    first, and a freed cell lies between the remaining sequences' earlier cells,
+    so their next tokens would be stored out of position order; attention then
+    sums the same terms in another order and the logits change at rounding level
+    (measured: up to 2.6 logits on SmolLM2, a third of sampled continuations
+    diverging from their single-sequence runs). Parked, every sequence's cells stay
+    in position order and a batch computes exactly what single runs compute, as
+    long as the context has room.
+    """
 
     def __init__(self, engine: "LlamaCppEngine", ctx: ffi.Context) -> None:
         self._engine = engine
@@ -28,6 +42,9 @@ class LlamaSession:
         self.n_seq_max = ctx.params.n_seq_max
         self.n_cells = ctx.n_ctx
         self.book = CellBook()
+        self.decode_seconds = 0.0  # wall time inside llama_decode (benches read it)
+        self._parked: dict[int, int] = {}  # ended sequence -> first cell only it held; llama.cpp still has them
+        self.reclaims = 0  # decodes that needed the parked cells back
         self._batch = ffi.Batch(ctx.n_batch, ctx.params.n_seq_max)
         self._kv_per_cell = engine.info.kv_bytes_per_cell(ctx.params.type_k, ctx.params.type_v)
 
@@ -86,16 +103,45 @@ class LlamaSession:
                 batch.add(tok, pos + j, (seq,), out)
                 n_out += out
             added[seq] = added.get(seq, 0) + len(toks)
-        self.ctx.decode(batch)  # on failure llama.cpp restores its memory; the book is untouched
+        t0 = time.perf_counter()
+        try:
+            self.ctx.decode(batch)  # on failure llama.cpp restores its memory; the book is untouched
+        except KVCacheFull:
+            if not self._parked:
+                raise
+            self._reclaim()
+            self.ctx.decode(batch)
+        finally:
+            self.decode_seconds += time.perf_counter() - t0
         for seq, n in added.items():
             book.append(seq, n)
         return self.ctx.logits(n_out)
 
     def remove(self, seq_id: int) -> None:
-        self.ctx.seq_rm(seq_id)
-        self.book.remove(seq_id)
+        """Drop a sequence. Its cells are free at once for the book; llama.cpp gets
+        them back at once when they lie after every other sequence's cells (a probe's
+        fork, removed before its parents go on), otherwise when that becomes true or a
+        decode needs the room (see the class notes)."""
+        freed = self.book.remove(seq_id)
+        if freed:
+            self._parked[seq_id] = freed[0]
+        elif seq_id not in self._parked:
+            self.ctx.seq_rm(seq_id)  # held nothing of its own (a fork that never grew)
+        last = self.book.last_cell()
+        for s, first in list(self._parked.items()):
+            if first > last:
+                self.ctx.seq_rm(s)
+                del self._parked[s]
+
+    def _reclaim(self) -> None:
+        for seq_id in self._parked:
+            self.ctx.seq_rm(seq_id)
+        self._parked.clear()
+        self.reclaims += 1
 
     def fork(self, src: int, dst: int) -> None:
+        if self._parked.pop(dst, None) is not None:  # a spare id used before: its old cells go first
+            self.ctx.seq_rm(dst)
         self.ctx.seq_cp(src, dst)
         self.book.fork(src, dst)
 
@@ -118,6 +164,7 @@ class LlamaSession:
         """End the query: clear the cache and hand the context back for reuse."""
         self.ctx.set_abort_check(None)
         self._batch.close()
+        self._parked.clear()
         self.ctx.clear()
         self._engine._release(self.ctx)
 
