@@ -19,27 +19,36 @@ def devices(
     as_json: bool = opt.JSON,
 ) -> None:
     """Describe the CPU, memory, GPUs and backends; with --calibrate, measure a speed profile."""
+    from dataclasses import asdict
+
+    from edgescale.devices.buildcheck import assess, installed_build, probe
     from edgescale.devices.facts import to_dict
     from edgescale.devices.hardware import describe
     from edgescale.devices.placement import place
     from edgescale.devices.profile import profile_to_dict
-    from edgescale.devices.report import render_text
+    from edgescale.devices.report import build_lines, render_text
     from edgescale.models.catalog import resolve_model
     from edgescale.models.info import read_model_info
 
+    model_path = resolve_model(model)
+    report = probe(model_path)  # in a subprocess: a build that crashes here is reported, not fatal
     info = describe()
-    model_info = read_model_info(resolve_model(model))
+    model_info = read_model_info(model_path)
     placement = place(info, model_info, kv_bytes=model_info.kv_bytes(TYPICAL_CELLS), n_threads=threads)
+    record = installed_build()
+    check = assess(report.system_info, info.cpu.features, info.cpu.arch) if report.system_info else None
     profile = None
-    if calibrate:
+    if calibrate and report.ok:
         from edgescale.api import Runtime
 
         with Runtime.load(model, threads=threads or placement.n_threads) as rt:
             rt.notify = lambda msg: typer.echo(msg, err=True)
             profile = rt.profile(refresh=True)
     if as_json:
+        build = {"record": record, "report": asdict(report),
+                 "assessment": {**asdict(check), "verdict": check.verdict} if check is not None else None}
         out = {"device": to_dict(info), "model": str(model_info.path), "placement": placement.__dict__,
-               "profile": profile_to_dict(profile) if profile is not None else None}
+               "llama_cpp_build": build, "profile": profile_to_dict(profile) if profile is not None else None}
         print_json(out)
         return
-    typer.echo(render_text(info, placement, profile))
+    typer.echo("\n".join([render_text(info, placement, profile), *build_lines(record, report, check)]))

@@ -77,7 +77,10 @@ def load_engine(
         from edgescale.models.catalog import resolve_model
         from edgescale.runtime.llama_engine import LlamaCppEngine
 
+        from edgescale.devices.buildcheck import ensure_runs
+
         path = resolve_model(model)
+        ensure_runs(path)  # before anything loads llama.cpp into this process
         layers = auto_gpu_layers(path) if n_gpu_layers is None else n_gpu_layers
         return LlamaCppEngine.load(path, n_threads=n_threads, n_gpu_layers=layers)
     if backend in ("onnx", "onnxruntime"):

@@ -13,7 +13,6 @@ import re
 from importlib import metadata
 
 from edgescale.devices.facts import BackendInfo
-from edgescale.errors import BackendUnavailable
 
 # ORT execution providers that run on a GPU / accelerator rather than the CPU.
 ORT_GPU_PROVIDERS = frozenset(
@@ -54,21 +53,22 @@ def parse_system_info_backends(text: str) -> tuple[str, ...]:
 
 
 def llama_cpp_backend() -> BackendInfo:
+    """llama.cpp as a subprocess sees it (devices.buildcheck, cached per build and CPU):
+    a build that dies on this CPU is reported, not allowed to take this process down."""
     version = _dist_version("llama_cpp_python", "llama-cpp-python")
     if importlib.util.find_spec("llama_cpp") is None:
         return BackendInfo("llama.cpp", version, False, False, ())
-    from edgescale.runtime._llama_ffi import backend
+    from edgescale.devices.buildcheck import probe
 
-    try:
-        be = backend()
-    except BackendUnavailable:
-        return BackendInfo("llama.cpp", version, False, False, ())
+    report = probe()
+    if not report.ok:
+        return BackendInfo("llama.cpp", version, False, False, (), note=report.crash or report.error)
     return BackendInfo(
         "llama.cpp",
-        be.version if be.version != "unknown" else version,
+        report.version or version,
         True,
-        be.supports_gpu_offload(),
-        parse_system_info_backends(be.system_info()),
+        report.gpu_offload,
+        parse_system_info_backends(report.system_info),
     )
 
 

@@ -51,6 +51,7 @@ class BackendInfo:
     installed: bool  # importable and its native library loads
     gpu_offload: bool
     providers: tuple[str, ...]  # ORT execution providers; llama.cpp: ggml backends ("CUDA", "CPU")
+    note: str = ""  # why an installed library does not load ("SIGILL (illegal instruction)")
 
 
 @dataclass(frozen=True)

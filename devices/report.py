@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
+from edgescale.devices.buildcheck import Assessment, BuildReport, kernel_summary
 from edgescale.devices.facts import BackendInfo, CpuInfo, DeviceInfo, human_bytes
 from edgescale.devices.placement import Placement
 from edgescale.devices.profile import DeviceProfile
@@ -36,7 +39,8 @@ def _cpu_lines(cpu: CpuInfo) -> list[str]:
 
 def _backend_text(b: BackendInfo) -> str:
     if not b.installed:
-        broken = f" ({b.version} present but does not load)" if b.version else ""
+        why = f": {b.note}" if b.note else ""
+        broken = f" ({b.version} present but does not load{why})" if b.version else ""
         return f"{b.name}: not installed{broken}"
     what = ", ".join(b.providers) if b.providers else "-"
     gpu = "GPU offload" if b.gpu_offload else "CPU only"
@@ -86,3 +90,26 @@ def render_text(
             per_cell = f"+{profile.cell_s * 1e6:.2f} us per sequence per KV cell in a step"
             lines.append(_line("context", per_cell))
     return "\n".join(lines)
+
+
+def build_lines(record: Mapping[str, Any] | None, report: BuildReport, assessment: Assessment | None) -> list[str]:
+    """The llama.cpp build: how it was made, the kernels it uses, the devices it loaded,
+    and whether it matches this CPU."""
+    if record is not None:
+        spec = record.get("spec", {})
+        made = f"built {record.get('built', '?')[:10]} in {record.get('build_s', 0):.0f} s by scripts/install.sh"
+        lines = [_line("build", f"llama.cpp {spec.get('version', '?')} {spec.get('target', '?')}: "
+                                f"{record.get('description', '')}; {made}")]
+        lines.append(_line("", f"CMAKE_ARGS={spec.get('cmake_args', '')!r} CFLAGS={spec.get('cflags', '')!r}"))
+    else:
+        lines = [_line("build", f"llama.cpp {report.version or '?'}: not built by scripts/install.sh "
+                                "(flags unknown)")]
+    if not report.ok:
+        lines.append(_line("check", f"does not run here: {report.crash or report.error}"))
+    if report.system_info:
+        lines.append(_line("kernels", kernel_summary(report.system_info)))
+    if report.devices:
+        lines.append(_line("loaded", "; ".join(report.devices)))
+    if assessment is not None:
+        lines.append(_line("match", assessment.verdict))
+    return lines

@@ -92,6 +92,29 @@ class _Backend:
     def max_parallel_sequences(self) -> int:
         return int(self.lib.llama_max_parallel_sequences())
 
+    def devices(self) -> list[str]:
+        """ggml's devices in this build, "NAME: description" ("CPU: AMD EPYC", "CUDA0: NVIDIA H200");
+        empty when this llama-cpp-python does not expose ggml's device registry."""
+        try:
+            from llama_cpp._ctypes_extensions import load_shared_library
+
+            ggml = load_shared_library("ggml", Path(self.lib.__file__).parent / "lib")
+            ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+            ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+            ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+            for fn in (ggml.ggml_backend_dev_name, ggml.ggml_backend_dev_description):
+                fn.argtypes = [ctypes.c_void_p]
+                fn.restype = ctypes.c_char_p
+        except (ImportError, OSError, AttributeError, RuntimeError):
+            return []
+        out = []
+        for i in range(int(ggml.ggml_backend_dev_count())):
+            dev = ggml.ggml_backend_dev_get(i)
+            name = (ggml.ggml_backend_dev_name(dev) or b"?").decode("utf-8", "replace")
+            desc = (ggml.ggml_backend_dev_description(dev) or b"").decode("utf-8", "replace").strip()
+            out.append(f"{name}: {desc}" if desc else name)
+        return out
+
 
 @lru_cache(maxsize=1)
 def backend() -> _Backend:
@@ -330,3 +353,29 @@ def quantize(src: Path, dst: Path, ftype: int, n_threads: int, *, allow_requanti
     params.nthread = n_threads
     params.allow_requantize = allow_requantize
     return int(lib.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)))
+
+
+def greedy_decode_check(path: Path, n_tokens: int, n_threads: int = 2) -> list[int]:
+    """Load ``path`` on the CPU, read a short prompt in one batch and decode ``n_tokens``
+    greedy tokens one at a time, on a worker thread as well as the main one (the paths a
+    build crashes in when it uses instructions the CPU lacks). Returns the tokens."""
+    threads = n_threads
+    with Model(path) as model:
+        prompt = model.tokenize("The capital of France is", add_special=True, parse_special=False)
+        params = ContextParams(n_ctx=len(prompt) + n_tokens + 8, n_batch=max(32, len(prompt)), n_seq_max=1,
+                               n_threads=threads)
+        with Context(model, params) as ctx:
+            batch = Batch(params.n_batch, 1)
+            try:
+                for i, tok in enumerate(prompt):
+                    batch.add(tok, i, (0,), i == len(prompt) - 1)
+                ctx.decode(batch)
+                out = []
+                for step in range(n_tokens):
+                    out.append(int(np.argmax(ctx.logits(1)[0])))
+                    batch.clear()
+                    batch.add(out[-1], len(prompt) + step, (0,), True)
+                    ctx.decode(batch)
+                return out
+            finally:
+                batch.close()

@@ -205,8 +205,11 @@ class LlamaCppEngine:
         ``flash_attn`` forces llama.cpp's flash-attention kernel on or off (None: its
         "auto", which turns it on for the CPU).
         """
+        from edgescale.devices.buildcheck import ensure_runs
+
         p = Path(path)
         info = read_model_info(p)
+        ensure_runs(p)  # a build that dies on this CPU becomes an error, not a SIGILL (cached)
         return cls(p, info, n_threads=n_threads, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn)
 
     @property

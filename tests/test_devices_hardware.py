@@ -81,7 +81,7 @@ def _load(name: str) -> DeviceInfo:
 def test_x86_cpuinfo_gives_model_and_normalised_features() -> None:
     facts = cpu_probe.linux_cpu_facts(X86_CPUINFO, "x86_64")
     assert facts.model == "Intel(R) Core(TM) i7-9700 CPU @ 3.00GHz"  # not the numeric "model" line
-    assert facts.features == ("avx", "avx2", "f16c", "fma", "sse3", "sse4_1", "sse4_2", "ssse3")
+    assert facts.features == ("avx", "avx2", "bmi2", "f16c", "fma", "sse3", "sse4_1", "sse4_2", "ssse3")
     assert facts.performance_cpus == () and facts.performance_cores == 0
 
 
