@@ -28,6 +28,7 @@ _SCALAR_FORMATS: dict[int, str] = {
     0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d",
 }
 _STRING, _ARRAY = 8, 9
+_MIN_KV_RECORD, _MIN_TENSOR_RECORD = 14, 25
 # Arrays longer than this are not materialised (vocabularies, merges, scores).
 _MAX_KEPT_ARRAY = 64
 
@@ -57,6 +58,12 @@ class GGUFHeader:
         return self.metadata.get(key, default)
 
 
+def shown(text: str, limit: int = 60) -> str:
+    """A name read from the file, fit for a one-line message: quoted with control
+    characters escaped (a corrupt length can make a "key" of megabytes of binary), cut short."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 class _Cursor:
     """Bounds-checked little-endian reader over a memory map."""
 
@@ -68,7 +75,7 @@ class _Cursor:
     def _need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > len(self.buf):
             raise InvalidModelFile(
-                f"{self.path}: truncated GGUF (ends inside {what} at byte {self.pos})"
+                f"{self.path}: truncated GGUF (ends inside {shown(what)} at byte {self.pos})"
             )
 
     def scalar(self, fmt: str, what: str) -> Any:
@@ -96,7 +103,7 @@ class _Cursor:
             pos += 8 + n
         if pos > end:
             self.pos = end
-            raise InvalidModelFile(f"{self.path}: truncated GGUF (ends inside {what})")
+            raise InvalidModelFile(f"{self.path}: truncated GGUF (ends inside {shown(what)})")
         self.pos = pos
 
 
@@ -107,18 +114,19 @@ def _read_value(cur: _Cursor, type_id: int, key: str) -> tuple[Any, int | None]:
     if type_id == _STRING:
         return cur.string(key), None
     if type_id != _ARRAY:
-        raise InvalidModelFile(f"{cur.path}: unknown GGUF value type {type_id} for key {key!r}")
+        raise InvalidModelFile(f"{cur.path}: unknown GGUF value type {type_id} for key {shown(key)}")
     item_type = cur.scalar("I", key)
     count = cur.scalar("Q", key)
     if item_type == _STRING:
+        cur._need(8 * count, key)  # every string has at least its 8-byte length
         if count <= _MAX_KEPT_ARRAY:
             return [cur.string(key) for _ in range(count)], count
         cur.skip_strings(count, key)
         return None, count
     if item_type == _ARRAY:
-        raise InvalidModelFile(f"{cur.path}: nested arrays are not supported (key {key!r})")
+        raise InvalidModelFile(f"{cur.path}: nested arrays are not supported (key {shown(key)})")
     if item_type not in _SCALAR_FORMATS:
-        raise InvalidModelFile(f"{cur.path}: unknown GGUF array type {item_type} for key {key!r}")
+        raise InvalidModelFile(f"{cur.path}: unknown GGUF array type {item_type} for key {shown(key)}")
     fmt = _SCALAR_FORMATS[item_type]
     size = struct.calcsize("<" + fmt) * count
     cur._need(size, key)
@@ -138,13 +146,13 @@ def _tensor_nbytes(path: Path, name: str, shape: tuple[int, ...], type_id: int) 
         block_size, type_size = GGML_QUANT_SIZES[qtype]
     except (ValueError, KeyError):
         raise InvalidModelFile(
-            f"{path}: tensor {name!r} has unknown type id {type_id} (newer GGUF than this gguf package?)"
+            f"{path}: tensor {shown(name)} has unknown type id {type_id} (newer GGUF than this gguf package?)"
         ) from None
     n_elements = 1
     for d in shape:
         n_elements *= d
     if shape and shape[0] % block_size:
-        raise InvalidModelFile(f"{path}: tensor {name!r} row size is not a multiple of its block")
+        raise InvalidModelFile(f"{path}: tensor {shown(name)} row size is not a multiple of its block")
     return qtype.name, n_elements // block_size * type_size
 
 
@@ -173,14 +181,17 @@ def _parse(buf: mmap.mmap, p: Path, size: int) -> GGUFHeader:
         raise InvalidModelFile(f"{p}: unsupported GGUF version {version}")
     n_tensors = cur.scalar("Q", "tensor count")
     n_kv = cur.scalar("Q", "metadata count")
-    # Each KV record and tensor record takes well over 8 bytes: bound the counts
-    # by the file size so a corrupt count cannot make us loop for hours.
-    if n_tensors > size // 8 or n_kv > size // 8:
+    # A KV record takes at least 14 bytes (key length, a 1-byte key, type, a 1-byte value),
+    # a tensor record 25: bound the counts by what the file could hold so a corrupt count
+    # cannot make the reader loop for hours.
+    if n_kv * _MIN_KV_RECORD + n_tensors * _MIN_TENSOR_RECORD > size - cur.pos:
         raise InvalidModelFile(f"{p}: corrupt GGUF header (impossible record counts)")
     metadata: dict[str, Any] = {}
     array_lengths: dict[str, int] = {}
     for _ in range(n_kv):
         key = cur.string("metadata key")
+        if not key or key in metadata or key in array_lengths:
+            raise InvalidModelFile(f"{p}: corrupt GGUF (an empty or repeated metadata key {shown(key)})")
         type_id = cur.scalar("I", key)
         value, length = _read_value(cur, type_id, key)
         if length is not None:
@@ -190,14 +201,18 @@ def _parse(buf: mmap.mmap, p: Path, size: int) -> GGUFHeader:
     raw_tensors = []
     for _ in range(n_tensors):
         name = cur.string("tensor name")
+        if not name:
+            raise InvalidModelFile(f"{p}: corrupt GGUF (a tensor without a name)")
         n_dims = cur.scalar("I", name)
-        if n_dims > 8:
-            raise InvalidModelFile(f"{p}: tensor {name!r} has {n_dims} dimensions")
+        if not 1 <= n_dims <= 8:
+            raise InvalidModelFile(f"{p}: tensor {shown(name)} has {n_dims} dimensions")
         shape = tuple(cur.scalar("Q", name) for _ in range(n_dims))
         type_id = cur.scalar("I", name)
         offset = cur.scalar("Q", name)
         raw_tensors.append((name, shape, type_id, offset))
-    alignment = int(metadata.get("general.alignment", 32)) or 32
+    alignment = metadata.get("general.alignment", 32)
+    if isinstance(alignment, bool) or not isinstance(alignment, int) or not 1 <= alignment <= 1 << 16:
+        raise InvalidModelFile(f"{p}: corrupt GGUF (general.alignment {alignment!r:.40})")
     data_start = (cur.pos + alignment - 1) // alignment * alignment
     tensors = []
     for name, shape, type_id, offset in raw_tensors:
@@ -205,7 +220,7 @@ def _parse(buf: mmap.mmap, p: Path, size: int) -> GGUFHeader:
         start = data_start + offset
         if start + n_bytes > size:
             raise InvalidModelFile(
-                f"{p}: truncated GGUF (tensor {name!r} needs bytes up to {start + n_bytes}, "
+                f"{p}: truncated GGUF (tensor {shown(name)} needs bytes up to {start + n_bytes}, "
                 f"file has {size})"
             )
         tensors.append(TensorRecord(name, shape, type_id, type_name, start, n_bytes))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgescale.errors import InvalidModelFile
-from edgescale.models.gguf_file import GGUFHeader, read_header
+from edgescale.models.gguf_file import GGUFHeader, read_header, shown
 
 # Bytes per element of the KV cache types llama.cpp offers for type_k / type_v.
 KV_TYPE_BYTES: dict[str, float] = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
@@ -54,29 +54,66 @@ class ModelInfo:
         return int(round(cells * self.kv_bytes_per_cell(type_k, type_v)))
 
 
-def _arch_key(header: GGUFHeader, arch: str, key: str, default: object = None) -> object:
-    return header.get(f"{arch}.{key}", default)
+# Sane ranges for the numbers a model file declares: a corrupt header must not make
+# edgescale plan, allocate or loop by a value no real model has.
+_LIMITS: dict[str, tuple[int, int]] = {
+    "block_count": (1, 4096),
+    "embedding_length": (1, 1 << 20),
+    "attention.head_count": (1, 4096),
+    "attention.head_count_kv": (0, 4096),
+    "attention.key_length": (1, 1 << 16),
+    "attention.value_length": (1, 1 << 16),
+    "context_length": (1, 1 << 26),
+    "vocab_size": (1, 1 << 26),
+    "attention.sliding_window": (0, 1 << 26),
+}
+
+
+def _number(header: GGUFHeader, value: object, what: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidModelFile(f"{header.path}: GGUF {shown(what)} is not an integer ({type(value).__name__})")
+    if not lo <= value <= hi:
+        raise InvalidModelFile(f"{header.path}: GGUF {shown(what)} = {value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _arch_int(header: GGUFHeader, arch: str, key: str, default: int | None = None) -> int:
+    """``<arch>.<key>`` as an integer in its sane range; ``default`` when absent (None: required)."""
+    value = header.get(f"{arch}.{key}")
+    if value is None:
+        if default is None:
+            raise InvalidModelFile(f"{header.path}: GGUF lacks {shown(arch + '.' + key)}")
+        return default
+    lo, hi = _LIMITS[key]
+    return _number(header, value, f"{arch}.{key}", lo, hi)
+
+
+def _token_id(header: GGUFHeader, key: str, n_vocab: int) -> int | None:
+    value = header.get(key)
+    if value is None:
+        return None
+    return _number(header, value, key, 0, max(0, n_vocab - 1))
 
 
 def model_info_from_header(header: GGUFHeader) -> ModelInfo:
     arch = header.get("general.architecture")
-    if not isinstance(arch, str):
+    if not isinstance(arch, str) or not arch:
         raise InvalidModelFile(f"{header.path}: GGUF has no general.architecture")
-    try:
-        n_layer = int(_arch_key(header, arch, "block_count"))  # type: ignore[arg-type]
-        n_embd = int(_arch_key(header, arch, "embedding_length"))  # type: ignore[arg-type]
-        n_head = int(_arch_key(header, arch, "attention.head_count"))  # type: ignore[arg-type]
-    except TypeError:
-        raise InvalidModelFile(
-            f"{header.path}: GGUF lacks {arch}.block_count / embedding_length / attention.head_count"
-        ) from None
-    raw_kv = _arch_key(header, arch, "attention.head_count_kv", n_head)
-    n_head_kv = tuple(int(h) for h in raw_kv) if isinstance(raw_kv, list) else (int(raw_kv),) * n_layer  # type: ignore[arg-type]
-    head_dim_k = int(_arch_key(header, arch, "attention.key_length", n_embd // max(n_head, 1)))  # type: ignore[arg-type]
-    head_dim_v = int(_arch_key(header, arch, "attention.value_length", head_dim_k))  # type: ignore[arg-type]
-    n_vocab = header.array_lengths.get("tokenizer.ggml.tokens") or int(
-        _arch_key(header, arch, "vocab_size", 0)  # type: ignore[arg-type]
-    )
+    n_layer = _arch_int(header, arch, "block_count")
+    n_embd = _arch_int(header, arch, "embedding_length")
+    n_head = _arch_int(header, arch, "attention.head_count")
+    raw_kv = header.get(f"{arch}.attention.head_count_kv", n_head)
+    lo, hi = _LIMITS["attention.head_count_kv"]
+    if isinstance(raw_kv, list):
+        if len(raw_kv) != n_layer:
+            raise InvalidModelFile(f"{header.path}: GGUF has {len(raw_kv)} KV head counts for {n_layer} layers")
+        n_head_kv = tuple(_number(header, h, f"{arch}.attention.head_count_kv", lo, hi) for h in raw_kv)
+    else:
+        n_head_kv = (_number(header, raw_kv, f"{arch}.attention.head_count_kv", lo, hi),) * n_layer
+    head_dim_k = _arch_int(header, arch, "attention.key_length", max(1, n_embd // n_head))
+    head_dim_v = _arch_int(header, arch, "attention.value_length", head_dim_k)
+    tokens = header.array_lengths.get("tokenizer.ggml.tokens")
+    n_vocab = tokens if tokens else _arch_int(header, arch, "vocab_size")
     counts = Counter(t.type_name for t in header.tensors if len(t.shape) >= 2)
     quant = _file_type_name(header.get("general.file_type"), counts)
     n_params = 0
@@ -85,11 +122,11 @@ def model_info_from_header(header: GGUFHeader) -> ModelInfo:
         for d in t.shape:
             n *= d
         n_params += n
-    bos = header.get("tokenizer.ggml.bos_token_id")
-    eos = header.get("tokenizer.ggml.eos_token_id")
+    template = header.get("tokenizer.chat_template")
+    name = header.get("general.name")
     return ModelInfo(
         path=header.path,
-        name=str(header.get("general.name") or header.path.stem),
+        name=name if isinstance(name, str) and name.strip() else header.path.stem,
         architecture=arch,
         quant=quant,
         file_size=header.file_size,
@@ -100,13 +137,13 @@ def model_info_from_header(header: GGUFHeader) -> ModelInfo:
         n_head_kv=n_head_kv,
         head_dim_k=head_dim_k,
         head_dim_v=head_dim_v,
-        n_ctx_train=int(_arch_key(header, arch, "context_length", 2048)),  # type: ignore[arg-type]
-        n_vocab=int(n_vocab),
-        sliding_window=int(_arch_key(header, arch, "attention.sliding_window", 0) or 0),  # type: ignore[arg-type]
-        chat_template=header.get("tokenizer.chat_template"),
-        bos_token_id=int(bos) if bos is not None else None,
-        eos_token_id=int(eos) if eos is not None else None,
-        add_bos=bool(header.get("tokenizer.ggml.add_bos_token", True)),
+        n_ctx_train=_arch_int(header, arch, "context_length", 2048),
+        n_vocab=n_vocab,
+        sliding_window=_arch_int(header, arch, "attention.sliding_window", 0),
+        chat_template=template if isinstance(template, str) else None,
+        bos_token_id=_token_id(header, "tokenizer.ggml.bos_token_id", n_vocab),
+        eos_token_id=_token_id(header, "tokenizer.ggml.eos_token_id", n_vocab),
+        add_bos=header.get("tokenizer.ggml.add_bos_token", True) is not False,
     )
 
 
