@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.table import Table
 
     from edgescale.api import Runtime
-    from edgescale.cli.common import parse_duration, parse_size
+    from edgescale.settings import parse_duration, parse_size
     from edgescale.evals.bench import BenchConfig, load_items, parse_strategies, run_bench
 
     strategies = parse_strategies(args.strategies)

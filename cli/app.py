@@ -20,6 +20,7 @@ from edgescale.cli.plan_cmd import plan
 from edgescale.cli.quant_cmd import convert, quant_report, quantize
 from edgescale.cli.run_cmd import run
 from edgescale.errors import EdgescaleError
+from edgescale.runtime.backends import BackendRegistry
 
 INTERNAL_ERROR = 70
 
@@ -44,10 +45,11 @@ def build_app() -> typer.Typer:
     return app
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, registry: BackendRegistry | None = None) -> int:
+    """Run the CLI; ``registry``: the backends commands load models with (default: built-in)."""
     app = build_app()
     try:
-        rc = app(args=argv, standalone_mode=False, prog_name="edgescale")
+        rc = app(args=argv, standalone_mode=False, prog_name="edgescale", obj=registry)
         return rc if isinstance(rc, int) else 0  # a typer.Exit inside a command returns its code
     except typer.Exit as exc:
         return int(exc.exit_code)

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from edgescale.cli import options as opt
-from edgescale.cli.common import parse_duration, parse_size, print_json
+from edgescale.cli.common import print_json
 from edgescale.errors import UsageError
+from edgescale.settings import parse_duration, parse_size
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgescale.evals.bench import BenchProgress, BenchRun

@@ -3,54 +3,18 @@
 from __future__ import annotations
 
 import json
-import re
+import signal
 import sys
-from typing import Any, NoReturn
+import threading
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 import typer
 
 from edgescale.errors import UsageError
 
-ANSWER_KINDS = ("auto", "number", "choice", "yesno", "text")
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|sec|m|min)?\s*$", re.IGNORECASE)
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-
-
-def parse_duration(text: str | None) -> float | None:
-    """'2s', '500ms', '1.5', '1m' -> seconds."""
-    if text is None:
-        return None
-    m = _DURATION.match(text)
-    if not m:
-        raise UsageError(f"bad duration {text!r}; use e.g. 2s, 500ms, 1.5")
-    value = float(m.group(1))
-    unit = (m.group(2) or "s").lower()
-    seconds = value / 1000 if unit == "ms" else value * 60 if unit in ("m", "min") else value
-    if seconds <= 0:
-        raise UsageError("the deadline must be positive")
-    return seconds
-
-
-def parse_size(text: str | None) -> int | None:
-    """'512MB', '1GB', '300M', '2GiB' -> bytes (K/M/G/T are powers of 1024)."""
-    if text is None:
-        return None
-    m = _SIZE.match(text)
-    if not m:
-        raise UsageError(f"bad memory size {text!r}; use e.g. 512MB, 1GB")
-    unit = (m.group(2) or "b").lower().rstrip("b").rstrip("i")
-    scale = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[unit]
-    size = int(float(m.group(1)) * scale)
-    if size <= 0:
-        raise UsageError("the memory budget must be positive")
-    return size
-
-
-def check_answer_kind(kind: str) -> str:
-    k = kind.strip().lower()
-    if k not in ANSWER_KINDS:
-        raise UsageError(f"bad --answer {kind!r}; choose one of: {', '.join(ANSWER_KINDS)}")
-    return k
+if TYPE_CHECKING:
+    from edgescale.runtime.backends import BackendRegistry
 
 
 def print_json(obj: Any) -> None:
@@ -58,12 +22,49 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def read_stdin_prompt() -> str:
     if sys.stdin is None or sys.stdin.isatty():
         raise UsageError("no prompt: pass one as an argument or pipe it on stdin")
-    return sys.stdin.read()
+    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8", "surrogateescape")
+    return decode_utf8(raw, "stdin")
+
+
+def decode_utf8(raw: bytes, where: str) -> str:
+    """Input bytes as text; anything but UTF-8 is a usage error naming the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 1].hex()
+        raise UsageError(f"{where} is not UTF-8 text (byte 0x{bad} at offset {exc.start})") from None
+
+
+def backends(ctx: typer.Context) -> BackendRegistry:
+    """The backend registry this command runs with: the one ``cli.app.main`` was given
+    (tests register a scripted engine there), else the built-in backends."""
+    from edgescale.runtime.backends import BackendRegistry, default_backends
+
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, BackendRegistry) else default_backends()
+
+
+def notify(message: str) -> None:
+    """A one-line notice on stderr (the API's ``notify`` hook)."""
+    typer.echo(message, err=True)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back while a record is written and counted, so an interrupted run never
+    reports one more or one fewer line than it wrote. (A Python-level handler: the signal may
+    land on any of llama.cpp's threads, but Python runs handlers in the main thread.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            raise KeyboardInterrupt

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from edgescale.cli import options as opt
-from edgescale.cli.common import print_json
+from edgescale.cli.common import notify, print_json
 
 TYPICAL_CELLS = 2048  # KV cells assumed for the placement shown (a few samples of a few hundred tokens)
 
@@ -41,9 +41,9 @@ def devices(
     if calibrate and report.ok:
         from edgescale.api import Runtime
 
-        with Runtime.load(model, threads=threads or placement.n_threads) as rt:
-            rt.notify = lambda msg: typer.echo(msg, err=True)
-            profile = rt.profile(refresh=True)
+        typer.echo("measuring this device's speed profile for the model (about a minute)", err=True)
+        with Runtime.load(model, threads=threads or placement.n_threads, notify=notify) as rt:
+            profile = rt.calibrate()
     if as_json:
         build = {"record": record, "report": asdict(report),
                  "assessment": {**asdict(check), "verdict": check.verdict} if check is not None else None}

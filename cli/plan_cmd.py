@@ -7,10 +7,11 @@ from typing import Optional
 import typer
 
 from edgescale.cli import options as opt
-from edgescale.cli.common import print_json, read_stdin_prompt
+from edgescale.cli.common import backends, notify, print_json, read_stdin_prompt
 
 
 def plan(
+    ctx: typer.Context,
     prompt: Optional[str] = typer.Argument(None, help="The prompt; read from stdin when omitted."),
     model: Optional[str] = opt.MODEL,
     backend: str = opt.BACKEND,
@@ -25,27 +26,27 @@ def plan(
 ) -> None:
     """Show the plan (strategy, samples, KV cells, predicted time and peak memory) for a prompt."""
     from edgescale.api import Runtime
-    from edgescale.cli.options import ask_settings
+    from edgescale.settings import CLI_NAMES, ask_settings
 
     text = prompt if prompt is not None else read_stdin_prompt()
-    settings = ask_settings(
-        strategy=strategy, samples=samples, temperature=None, top_k=40, top_p=0.95, min_p=0.05,
-        max_tokens=max_tokens, seed=0, answer="auto", stop=(), system=None, raw=raw, deadline=deadline,
-        memory=memory,
-    )
-    with Runtime.load(model, backend=backend, threads=threads) as rt:
-        rt.notify = lambda msg: typer.echo(msg, err=True)
+    settings = ask_settings(strategy=strategy, samples=samples, max_tokens=max_tokens, raw=raw, deadline=deadline,
+                            memory=memory, names=CLI_NAMES)
+    with Runtime.load(model, backend=backend, threads=threads, registry=backends(ctx), notify=notify) as rt:
         p = rt.plan(text, strategy=settings.strategy, budget=settings.budget, options=settings.options)
     if as_json:
         print_json(p.to_dict())
         return
     mb = 2**20
-    typer.echo(f"strategy      {p.strategy}" + (f"  (escalates to {p.escalate_to})" if p.escalate_to else ""))
+    esc = p.escalate_to
+    typer.echo(f"strategy      {p.first_stage.spec()}" + (f"  (escalates to {esc.spec()})" if esc else ""))
     typer.echo(f"samples       {p.k} (memory allows up to {p.max_k_memory})")
     typer.echo(f"max tokens    {p.max_new_tokens} per sample")
     typer.echo(f"KV cache      {p.n_cells} cells, {p.kv_bytes / mb:.1f} MB")
-    typer.echo(f"peak memory   {p.predicted_peak_bytes / mb:.0f} MB (predicted)")
-    extra = f"; stage 2 up to {p.escalate_predicted_s:.2f}s" if p.escalate_predicted_s is not None else ""
-    typer.echo(f"time          {p.predicted_s:.2f}s if every sample runs to max tokens{extra}")
+    if p.predicted_peak_bytes is not None:
+        typer.echo(f"peak memory   {p.predicted_peak_bytes / mb:.0f} MB (predicted)")
+    if p.predicted_s is not None:
+        extra = f"; stage 2 up to {p.escalate_predicted_s:.2f}s" if p.escalate_predicted_s is not None else ""
+        source = "measured device profile" if p.profile_measured else "estimated device profile"
+        typer.echo(f"time          {p.predicted_s:.2f}s if every sample runs to max tokens{extra} ({source})")
     for note in p.notes:
         typer.echo(f"note          {note}")

@@ -3,9 +3,10 @@ and what they cost in quality."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 
@@ -17,6 +18,17 @@ def _threads(threads: Optional[int]) -> int:
     from edgescale.devices.cpu import default_threads
 
     return threads or default_threads()
+
+
+@contextmanager
+def _overwrite_hint() -> Iterator[None]:
+    """The library says what exists; the CLI names its flag."""
+    from edgescale.errors import OutputExists, UsageError
+
+    try:
+        yield
+    except OutputExists as exc:
+        raise UsageError(f"{exc}; add --overwrite to replace it") from None
 
 
 def _jsonable(obj: Any) -> Any:
@@ -41,8 +53,9 @@ def convert(
 
     if int_bits not in (4, 8):
         raise UsageError("--int-bits must be 4 or 8")
-    report = run(resolve_model(model), out_dir, int_bits=int_bits, accuracy_level=0 if float_activations else 4,
-                 max_positions=max_positions, overwrite=overwrite)
+    with _overwrite_hint():
+        report = run(resolve_model(model), out_dir, int_bits=int_bits,
+                     accuracy_level=0 if float_activations else 4, max_positions=max_positions, overwrite=overwrite)
     if as_json:
         out = _jsonable(report)
         out["tensors"] = [asdict(t) for t in report.tensors]
@@ -67,7 +80,8 @@ def quantize(
 
     src = resolve_model(model)
     n = _threads(threads)
-    result = run(src, out, qtype, n_threads=n, overwrite=overwrite)
+    with _overwrite_hint():
+        result = run(src, out, qtype, n_threads=n, overwrite=overwrite)
     quality = quality_report(out, src, n_threads=n) if report else None
     if as_json:
         print_json({"quantize": _jsonable(result), "quality": asdict(quality) if quality else None})

@@ -8,10 +8,11 @@ from typing import Optional
 import typer
 
 from edgescale.cli import options as opt
-from edgescale.cli.common import print_json, read_stdin_prompt
+from edgescale.cli.common import backends, notify, print_json, read_stdin_prompt
 
 
 def run(
+    ctx: typer.Context,
     prompt: Optional[str] = typer.Argument(None, help="The prompt; read from stdin when omitted and stdin is not a TTY."),
     model: Optional[str] = opt.MODEL,
     backend: str = opt.BACKEND,
@@ -35,16 +36,16 @@ def run(
 ) -> None:
     """Answer one prompt with the chosen strategy; stream the text of a single sample."""
     from edgescale.api import Runtime
-    from edgescale.cli.options import ask_settings
+    from edgescale.settings import CLI_NAMES, ask_settings
 
     text = prompt if prompt is not None else read_stdin_prompt()
     settings = ask_settings(
         strategy=strategy, samples=samples, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         max_tokens=max_tokens, seed=seed, answer=answer, stop=stop, system=system, raw=raw,
-        deadline=deadline, memory=memory,
+        deadline=deadline, memory=memory, names=CLI_NAMES,
     )
-    with Runtime.load(model, backend=backend, threads=threads, n_gpu_layers=gpu_layers) as rt:
-        rt.notify = lambda msg: typer.echo(msg, err=True)
+    with Runtime.load(model, backend=backend, threads=threads, n_gpu_layers=gpu_layers, registry=backends(ctx),
+                      notify=notify) as rt:
         stream = not as_json and settings.streams
         on_step = _streamer() if stream else None
         result = rt.ask(text, strategy=settings.strategy, budget=settings.budget, options=settings.options,

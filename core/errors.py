@@ -1,7 +1,7 @@
 """Typed domain errors.
 
 Library code raises these; only the CLI edge turns them into a one-line
-message and an exit code (see ``edgescale.cli.errors``).
+message and an exit code (``edgescale.cli.app.main``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ class EmptyPrompt(UsageError):
 
 class InvalidSpec(UsageError):
     """A strategy spec string that does not parse."""
+
+
+class OutputExists(UsageError):
+    """A destination file or folder exists and replacing it was not asked for."""
 
 
 class ModelNotFound(EdgescaleError):

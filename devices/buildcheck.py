@@ -22,7 +22,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -167,7 +167,11 @@ def run_probe(model: Path | None, *, timeout_s: float = PROBE_TIMEOUT_S) -> Buil
     except subprocess.TimeoutExpired:
         return BuildReport(False, error=f"the llama.cpp probe did not finish in {timeout_s:.0f} s")
     if proc.returncode < 0:
-        return BuildReport(False, crash=signal_name(proc.returncode))
+        crash = signal_name(proc.returncode)
+        if model is not None:  # loading alone may work: then the report can name the kernels
+            loaded = run_probe(None, timeout_s=timeout_s)
+            return replace(loaded, ok=False, crash=crash, decoded=False)
+        return BuildReport(False, crash=crash)
     lines = (proc.stdout or "").strip().splitlines()
     try:
         return report_from_dict(json.loads(lines[-1]))
@@ -263,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(asdict(report)))
     else:
         decoded = f"decoded {CHECK_TOKENS} tokens; " if report.decoded else ""
-        print(f"{decoded}{report.system_info.strip()} ({time.perf_counter() - t0:.1f} s)")
+        print(f"{decoded}{kernel_summary(report.system_info)} ({time.perf_counter() - t0:.1f} s)")
     return 0 if report.ok else 1
 
 

@@ -28,6 +28,7 @@ from edgescale.devices.facts import BackendInfo, CpuInfo, DeviceInfo, GpuInfo, h
 from edgescale.devices.threads import candidate_cpus, choose_threads
 from edgescale.errors import BackendUnavailable, UsageError
 from edgescale.models.info import ModelInfo
+from edgescale.runtime.memory import llama_compute_bytes_per_token
 
 MiB = 1 << 20
 VRAM_MARGIN_MIN = 256 * MiB
@@ -86,13 +87,9 @@ def layer_bytes(model: ModelInfo) -> int:
 
 
 def estimate_compute_bytes(model: ModelInfo, *, n_batch: int = DEFAULT_N_BATCH) -> int:
-    """llama.cpp's compute buffer for a batch of ``n_batch`` tokens: f32 logits for
-    every token plus a few activations, ``4 x n_batch x (n_vocab + 4 x n_embd)``.
-    (llama-cpp-python 0.3.36 reported 98.25 MiB for SmolLM2-135M at n_batch 512;
-    this gives 100 MiB. llama.cpp caps n_batch at the context size.) It assumes
-    flash attention (llama.cpp's default "auto"), which never materialises the
-    n_head x n_cells score matrix."""
-    return 4 * n_batch * (model.n_vocab + 4 * model.n_embd)
+    """llama.cpp's compute buffer for a batch of ``n_batch`` tokens (runtime.memory's formula;
+    llama.cpp caps n_batch at the context size)."""
+    return llama_compute_bytes_per_token(model) * n_batch
 
 
 def _parse_prefer(prefer: str | None) -> tuple[str | None, int | None]:

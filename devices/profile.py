@@ -85,6 +85,7 @@ class DeviceProfile:
     ref_prompt_tokens: int = 0  # calibration prompt length
     ref_new_tokens: int = 0  # calibration tokens per sequence
     extra: dict[str, float] = field(default_factory=dict)  # raw measurements, for reports
+    measured: bool = True  # False: devices.estimate's conservative guess, not a measurement
 
     def __post_init__(self) -> None:
         steps = {int(k): float(v) for k, v in sorted(self.step_s.items())}
@@ -190,6 +191,7 @@ def profile_from_dict(data: Mapping[str, Any]) -> DeviceProfile:
             ref_prompt_tokens=int(data.get("ref_prompt_tokens", 0)),
             ref_new_tokens=int(data.get("ref_new_tokens", 0)),
             extra={str(k): float(v) for k, v in dict(data.get("extra") or {}).items()},
+            measured=bool(data.get("measured", True)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"not a device profile: {exc!r}") from None
@@ -244,13 +246,19 @@ def save_profile(profile: DeviceProfile, path: Path) -> None:
 
 def engine_identity(engine: Engine) -> tuple[str, str, str, int, int]:
     """(model key, backend, backend version, threads, GPU layers) of a loaded engine."""
-    return (
-        model_key(engine.info.path),
-        engine.backend_name,
-        str(getattr(engine, "backend_version", "") or ""),
-        int(engine.n_threads),
-        int(getattr(engine, "n_gpu_layers", 0) or 0),
-    )
+    return (model_key(engine.info.path), engine.backend_name, engine.backend_version, engine.n_threads,
+            engine.n_gpu_layers)
+
+
+def cached_profile(engine: Engine, ks: Sequence[int] = DEFAULT_KS) -> DeviceProfile | None:
+    """The measured profile cached for this engine, if it matches (model file, backend and
+    version, threads, GPU layers) and measured every k in ``ks``; None otherwise."""
+    key, backend, version, threads, layers = engine_identity(engine)
+    cached = load_profile(cache_path(key, backend, threads, layers))
+    if cached is None or not cached.matches(model_key=key, backend=backend, backend_version=version,
+                                            n_threads=threads, n_gpu_layers=layers):
+        return None
+    return cached if all(k in cached.step_s for k in ks) else None
 
 
 def load_or_calibrate(
@@ -263,27 +271,13 @@ def load_or_calibrate(
     long_prompt_tokens: int = 512,
     repeats: int = 3,
 ) -> DeviceProfile:
-    """The cached profile for this engine, else a fresh calibration (then cached).
-
-    A cached profile is used only when its model key, backend, backend version,
-    thread count and GPU layers equal the engine's and it measured every k in ``ks``.
-    """
+    """The cached profile for this engine (see :func:`cached_profile`), else a fresh
+    calibration (then cached). ``refresh``: measure again in any case."""
+    cached = None if refresh else cached_profile(engine, ks)
+    if cached is not None:
+        return cached
     key, backend, version, threads, layers = engine_identity(engine)
     path = cache_path(key, backend, threads, layers)
-    if not refresh:
-        cached = load_profile(path)
-        if (
-            cached is not None
-            and cached.matches(
-                model_key=key,
-                backend=backend,
-                backend_version=version,
-                n_threads=threads,
-                n_gpu_layers=layers,
-            )
-            and all(k in cached.step_s for k in ks)
-        ):
-            return cached
     prof = calibrate(
         engine,
         ks=ks,
@@ -393,12 +387,12 @@ def calibrate(
     return DeviceProfile(
         model_key=model_key(engine.info.path),
         backend=engine.backend_name,
-        backend_version=str(getattr(engine, "backend_version", "") or ""),
+        backend_version=engine.backend_version,
         n_threads=int(engine.n_threads),
         prefill_tok_s=1.0 / a,
         step_s=step_s,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        n_gpu_layers=int(getattr(engine, "n_gpu_layers", 0) or 0),
+        n_gpu_layers=engine.n_gpu_layers,
         prefill_cell_s=q,
         cell_s=cell_s,
         ref_prompt_tokens=prompt_tokens,

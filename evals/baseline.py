@@ -27,31 +27,31 @@ from pathlib import Path
 from typing import Any
 
 from edgescale.errors import BackendUnavailable, UsageError
+from edgescale import limits
 from edgescale.runtime.memory import peak_rss_bytes
 from edgescale.strategies.answers import extract
 from edgescale.strategies.result import Result, Sample, Stats
 from edgescale.strategies.voting import majority
 
 _SPEC = re.compile(r"^\s*baseline(?:@(\d+))?\s*$", re.IGNORECASE)
-MAX_K = 64
 
 
 @dataclass(frozen=True)
 class BaselineSpec:
-    k: int = 8
+    k: int = limits.DEFAULT_K
 
     def spec(self) -> str:
         return f"baseline@{self.k}"
 
 
-def parse_baseline(text: str, default_k: int = 8) -> BaselineSpec | None:
+def parse_baseline(text: str, default_k: int = limits.DEFAULT_K) -> BaselineSpec | None:
     """``baseline@K`` -> BaselineSpec; None when ``text`` is not a baseline spec."""
     m = _SPEC.match(text)
     if m is None:
         return None
     k = int(m.group(1)) if m.group(1) else default_k
-    if not 1 <= k <= MAX_K:
-        raise UsageError(f"bad strategy {text!r}: k must be between 1 and {MAX_K}")
+    if not 1 <= k <= limits.MAX_SAMPLES:
+        raise UsageError(f"bad strategy {text!r}: k must be between 1 and {limits.MAX_SAMPLES}")
     return BaselineSpec(k)
 
 

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgescale.api import DEFAULT_TEMPERATURE, AskOptions, Budget, Runtime
+from edgescale import limits
+from edgescale.api import Budget, Runtime
+from edgescale.settings import AskOptions
 from edgescale.errors import UsageError
 from edgescale.evals import datasets
 from edgescale.evals.baseline import BaselineQuery, BaselineSpec, SequentialBaseline, parse_baseline
@@ -86,8 +88,8 @@ class BenchConfig:
     model: str | None = None
     backend: str = "llama.cpp"
     threads: int | None = None
-    max_tokens: int = 256
-    seed: int = 0
+    max_tokens: int = limits.DEFAULT_MAX_TOKENS
+    seed: int = limits.DEFAULT_SEED
     prompt_style: str = "zero-shot"
     shots: int | None = None  # few-shot examples per prompt; None = all the dataset has
     raw: bool = False
@@ -103,7 +105,7 @@ class BenchConfig:
             "max_tokens": self.max_tokens, "prompt_style": self.prompt_style, "shots": self.shots,
             "raw": self.raw, "stop": list(self.stop_strings()), "deadline_s": self.deadline_s,
             "memory_bytes": self.memory_bytes, "backend": self.backend, "prompt_format": PROMPT_FORMAT,
-            "temperature": DEFAULT_TEMPERATURE, "top_k": defaults.top_k, "top_p": defaults.top_p,
+            "temperature": limits.MULTI_SAMPLE_TEMPERATURE, "top_k": defaults.top_k, "top_p": defaults.top_p,
             "min_p": defaults.min_p,
         }
 
@@ -137,13 +139,9 @@ def dataset_key(name: str) -> str:
 
 def model_key(model: str | None, backend: str) -> str:
     """The model as records name it: the file (or ONNX folder) name, whatever alias selected it."""
-    if backend.startswith("onnx"):
-        if model is None:
-            raise UsageError("the onnx backend needs a model directory (made by `edgescale convert`)")
-        return Path(model).expanduser().resolve().name
-    from edgescale.models.catalog import resolve_model
+    from edgescale.runtime.backends import default_backends
 
-    return resolve_model(model).name
+    return default_backends().get(backend).resolve(model).name
 
 
 @dataclass(frozen=True)
@@ -227,7 +225,7 @@ def _ask(session: _Session, config: BenchConfig, strat: BenchStrategy, tokens: l
     if strat.baseline is not None:
         query = BaselineQuery(
             prompt_tokens=tokens, k=strat.baseline.k, max_tokens=config.max_tokens, seed=config.seed,
-            temperature=DEFAULT_TEMPERATURE, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
+            temperature=limits.MULTI_SAMPLE_TEMPERATURE, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
             stop=options.stop, answer_kind=item.kind, choices=item.choices, deadline_s=config.deadline_s,
             model_name=model,
         )

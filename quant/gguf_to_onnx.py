@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from edgescale.errors import InvalidModelFile, UsageError
+from edgescale.errors import InvalidModelFile, OutputExists, UsageError
 from edgescale.models.info import model_info_from_header
 from edgescale.quant.gguf_blocks import (
     PackedWeight,
@@ -235,7 +235,7 @@ def convert(
         raise UsageError(f"accuracy_level must be 0, 1 or 4, not {accuracy_level}")
     src, out_dir = Path(src), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise UsageError(f"{out_dir} exists and is not empty (pass overwrite=True to replace it)")
+        raise OutputExists(f"{out_dir} exists and is not empty")
     source = GGUFSource(src)
     spec = _spec(source, accuracy_level, max_positions)
     tokenizer, vocab = build_tokenizer(source)

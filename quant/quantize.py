@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgescale.errors import BackendUnavailable, InvalidModelFile, UsageError
+from edgescale.errors import BackendUnavailable, InvalidModelFile, OutputExists, UsageError
 from edgescale.models.info import read_model_info
 
 # Target names -> llama_ftype values (llama.h; the same numbers as gguf.LlamaFileType).
@@ -85,7 +85,7 @@ def quantize(
     if src_p.resolve() == dst_p.resolve():
         raise UsageError("the destination must differ from the source")
     if dst_p.exists() and not overwrite:
-        raise UsageError(f"{dst_p} exists (pass overwrite=True to replace it)")
+        raise OutputExists(f"{dst_p} exists")
     info = read_model_info(src_p)  # validates the source before llama.cpp sees it
     src_quant = info.quant
     requant = src_quant.upper() not in _UNQUANTISED

@@ -238,11 +238,13 @@ def kernel_noise_floor(
 
 
 def _load(path: str | Path, *, n_threads: int) -> Engine:
-    """A ``.gguf`` file on llama.cpp, a converted directory on ONNX Runtime."""
+    """A ``.gguf`` file on llama.cpp, a converted directory on ONNX Runtime (the registry decides)."""
     from edgescale.api import load_engine
+    from edgescale.runtime.backends import default_backends
 
-    backend = "onnx" if Path(path).is_dir() else "llama.cpp"
-    return load_engine(path, backend=backend, threads=n_threads, n_gpu_layers=0)
+    registry = default_backends()
+    backend = registry.for_model(path).name
+    return load_engine(path, backend=backend, threads=n_threads, n_gpu_layers=0, registry=registry)
 
 
 def quality_report(

@@ -187,12 +187,6 @@ class Model:
     def is_eog(self, token: int) -> bool:
         return bool(self._be.lib.llama_vocab_is_eog(self.vocab, token))
 
-    def bos(self) -> int:
-        return int(self._be.lib.llama_vocab_bos(self.vocab))
-
-    def eos(self) -> int:
-        return int(self._be.lib.llama_vocab_eos(self.vocab))
-
 
 @dataclass(frozen=True)
 class ContextParams:
@@ -306,9 +300,6 @@ class Context:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def set_threads(self, n_threads: int) -> None:
-        self._be.lib.llama_set_n_threads(self.ptr, n_threads, n_threads)
 
     def decode(self, batch: Batch) -> None:
         rc = int(self._be.lib.llama_decode(self.ptr, batch.raw))

@@ -60,3 +60,20 @@ def user_messages(prompt: str, system: str | None = None) -> list[dict[str, str]
     msgs = [{"role": "system", "content": system}] if system else []
     msgs.append({"role": "user", "content": prompt})
     return msgs
+
+
+def prompt_text(
+    template: str | None, messages: Sequence[Message], *, chat: bool, bos_token: str, eos_token: str,
+) -> tuple[str, bool]:
+    """The text to tokenize for ``messages`` and whether the tokenizer should add BOS.
+
+    With ``chat`` and a template: the rendered template. Without: the messages'
+    contents, blank-line separated (a system message first). Templates often
+    write the BOS text themselves; BOS is added only when the text does not
+    start with it. Every backend formats prompts through this one function.
+    """
+    if chat and template:
+        text = render_chat(template, messages, bos_token=bos_token, eos_token=eos_token)
+    else:
+        text = "\n\n".join(m["content"] for m in messages if m.get("content"))
+    return text, not (bool(bos_token) and text.startswith(bos_token))

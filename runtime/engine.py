@@ -8,15 +8,34 @@ the generation layer and never see a backend.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
+from edgescale.errors import ContextOverflow, UsageError
 from edgescale.models.info import ModelInfo
 
 Logits = npt.NDArray[np.float32]
 Feed = tuple[int, Sequence[int]]  # (sequence id, tokens to append)
+
+
+@dataclass(frozen=True)
+class MemoryLayout:
+    """How a backend spends memory on a query: what the planner's memory model
+    (runtime.memory) needs to predict a query's peak before running it."""
+
+    kv_type: str = "f16"  # element type of keys and values (models.info.KV_TYPE_BYTES)
+    prompt_per_sequence: bool = False  # True: every sequence's row stores its own copy of the prompt
+    cell_pad: int = 1  # the cache is rounded up to a multiple of this many cells
+    # Scratch memory of one decode call of n_batch tokens:
+    # per_token x n_batch + per_token_sq x n_batch^2 (attention scores of a prompt chunk).
+    compute_per_token: int = 0
+    compute_per_token_sq: int = 0
+
+    def compute_bytes(self, n_batch: int) -> int:
+        return int(self.compute_per_token * n_batch + self.compute_per_token_sq * n_batch * n_batch)
 
 
 @runtime_checkable
@@ -43,6 +62,12 @@ class DecodeSession(Protocol):
 
     def kv_bytes_used(self) -> int: ...
 
+    def kv_bytes_peak(self) -> int:
+        """Most KV bytes the sequences of this session held at once."""
+
+    def kv_bytes_allocated(self) -> int:
+        """KV bytes the backend allocated for this session (what RSS pays)."""
+
     def set_abort_check(self, check: Callable[[], bool] | None) -> None:
         """Abort a running decode (raising DecodeAborted) when ``check()`` turns true."""
 
@@ -51,9 +76,15 @@ class DecodeSession(Protocol):
 
 @runtime_checkable
 class Engine(Protocol):
+    """A loaded model. Everything the planner and the strategies read is declared here."""
+
     info: ModelInfo
-    backend_name: str
+    backend_name: str  # the registry name: "llama.cpp", "onnx"
+    backend_version: str
     n_threads: int
+    n_gpu_layers: int
+    memory_layout: MemoryLayout
+    baseline_anon_bytes: int  # process memory besides the weights, measured right after loading
 
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]: ...
 
@@ -139,3 +170,22 @@ class CellBook:
     @property
     def used(self) -> int:
         return self._used
+
+
+def check_session_shape(info: ModelInfo, n_seqs: int, n_cells: int) -> None:
+    """What every backend refuses before allocating a session."""
+    if n_seqs < 1:
+        raise UsageError("a session needs at least one sequence")
+    if n_cells > info.n_ctx_train:
+        raise ContextOverflow(
+            f"the query needs {n_cells} KV cells but the model's context is {info.n_ctx_train}; "
+            "lower --max-tokens or -k"
+        )
+
+
+def check_prompt(tokens: Sequence[int], n_cells: int) -> None:
+    """What every session's prefill refuses."""
+    if not tokens:
+        raise UsageError("empty prompt")
+    if len(tokens) >= n_cells:
+        raise ContextOverflow(f"prompt of {len(tokens)} tokens does not fit a context of {n_cells}")

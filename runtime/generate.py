@@ -174,10 +174,7 @@ class BatchGenerator:
                 self.session.set_abort_check(lambda: clock() >= deadline)
             row = self.session.prefill(self.prompt, list(range(n_seqs)))
             self.session.set_abort_check(None)
-        except DecodeAborted:
-            self.session.close()
-            raise
-        except BaseException:
+        except BaseException:  # DecodeAborted at a deadline included: the caller answers from nothing
             self.session.close()
             raise
         self._prefill_row = np.array(row)  # kept: later waves start from it
@@ -198,9 +195,6 @@ class BatchGenerator:
     def now(self) -> float:
         """Seconds since the generator started."""
         return self.clock() - self._t0
-
-    def out_of_time(self) -> bool:
-        return self.expired or (self.deadline is not None and self.clock() >= self.deadline)
 
     # -- sequences -------------------------------------------------------------
     def pending(self) -> list[int]:
@@ -389,5 +383,4 @@ class BatchGenerator:
         return sum(len(s.tokens) for s in self.states)
 
     def kv_bytes_peak(self) -> int:
-        peak = getattr(self.session, "kv_bytes_peak", None)
-        return int(peak()) if callable(peak) else self.session.kv_bytes_used()
+        return self.session.kv_bytes_peak()

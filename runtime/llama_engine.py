@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from edgescale.errors import ContextOverflow, KVCacheFull, UsageError
+from edgescale.errors import KVCacheFull, UsageError
 from edgescale.models.info import ModelInfo, read_model_info
 from edgescale.runtime import _llama_ffi as ffi
-from edgescale.runtime.chat import render_chat, user_messages
-from edgescale.runtime.engine import CellBook, Feed, Logits
-from edgescale.runtime.memory import mapped_file_rss, process_rss
+from edgescale.runtime.chat import prompt_text, user_messages
+from edgescale.runtime.engine import CellBook, Feed, Logits, MemoryLayout, check_prompt, check_session_shape
+from edgescale.runtime.memory import llama_compute_bytes_per_token, mapped_file_rss, process_rss
+
+if TYPE_CHECKING:
+    from edgescale.runtime.backends import LoadRequest
+
+KV_TYPE = "f16"  # llama.cpp's default cache type, the one sessions use
+LLAMA_CELL_PAD = 256  # llama.cpp rounds a context up to a multiple of 256 cells
 
 class LlamaSession:
     """A context sized for one query. Reused across queries of the same shape.
@@ -49,10 +55,7 @@ class LlamaSession:
         self._kv_per_cell = engine.info.kv_bytes_per_cell(ctx.params.type_k, ctx.params.type_v)
 
     def prefill(self, tokens: Sequence[int], seq_ids: Sequence[int]) -> Logits:
-        if not tokens:
-            raise UsageError("empty prompt")
-        if len(tokens) >= self.n_cells:
-            raise ContextOverflow(f"prompt of {len(tokens)} tokens does not fit a context of {self.n_cells}")
+        check_prompt(tokens, self.n_cells)
         batch, step = self._batch, self.ctx.n_batch
         ids = list(seq_ids)
         for start in range(0, len(tokens), step):
@@ -190,6 +193,10 @@ class LlamaCppEngine:
         self.flash_attn = flash_attn  # None: llama.cpp's "auto"
         self.model = ffi.Model(path, n_gpu_layers=n_gpu_layers)
         self._ctx: ffi.Context | None = None  # one idle context kept for reuse
+        self.memory_layout = MemoryLayout(
+            kv_type=KV_TYPE, prompt_per_sequence=False, cell_pad=LLAMA_CELL_PAD,
+            compute_per_token=llama_compute_bytes_per_token(info),
+        )
         # Process memory besides the weights, before any context exists: the
         # planner's fixed cost (runtime.memory.memory_model).
         self.baseline_anon_bytes = process_rss() - mapped_file_rss(path)
@@ -200,11 +207,9 @@ class LlamaCppEngine:
     def load(
         cls, path: str | Path, *, n_threads: int, n_gpu_layers: int = 0, flash_attn: bool | None = None
     ) -> "LlamaCppEngine":
-        """Validate the GGUF (header and sizes) before llama.cpp sees it, then load it.
-
-        ``flash_attn`` forces llama.cpp's flash-attention kernel on or off (None: its
-        "auto", which turns it on for the CPU).
-        """
+        """Validate the GGUF (header and sizes) before llama.cpp sees it, check that the
+        build runs on this CPU, then load it. ``flash_attn`` forces llama.cpp's
+        flash-attention kernel on or off (None: its "auto", which turns it on for the CPU)."""
         from edgescale.devices.buildcheck import ensure_runs
 
         p = Path(path)
@@ -216,6 +221,11 @@ class LlamaCppEngine:
     def backend_version(self) -> str:
         return ffi.backend().version
 
+    @property
+    def kv_slots(self) -> int:
+        """Most sequences one context may hold (llama.cpp's limit)."""
+        return ffi.backend().max_parallel_sequences()
+
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         return self.model.tokenize(text, add_special=add_special, parse_special=parse_special)
 
@@ -226,26 +236,14 @@ class LlamaCppEngine:
         return self.model.is_eog(token)
 
     def format_prompt(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
-        template = self.info.chat_template
-        if chat and template:
-            text = render_chat(
-                template, user_messages(prompt, system), bos_token=self._bos_text, eos_token=self._eos_text
-            )
-        else:
-            text = prompt if not system else f"{system}\n\n{prompt}"
-        # Templates often write the BOS text themselves; add it only when they did not.
-        has_bos = bool(self._bos_text) and text.startswith(self._bos_text)
-        return self.tokenize(text, add_special=self.info.add_bos and not has_bos, parse_special=True)
+        text, add_bos = prompt_text(self.info.chat_template, user_messages(prompt, system), chat=chat,
+                                    bos_token=self._bos_text, eos_token=self._eos_text)
+        return self.tokenize(text, add_special=self.info.add_bos and add_bos, parse_special=True)
 
     def session(self, *, n_seqs: int, n_cells: int, max_batch: int) -> LlamaSession:
-        limit = ffi.backend().max_parallel_sequences()
-        if n_seqs > limit:
-            raise UsageError(f"{n_seqs} sequences exceed llama.cpp's limit of {limit}")
-        if n_cells > self.info.n_ctx_train:
-            raise ContextOverflow(
-                f"the query needs {n_cells} KV cells but the model's context is {self.info.n_ctx_train}; "
-                "lower --max-tokens or -k"
-            )
+        check_session_shape(self.info, n_seqs, n_cells)
+        if n_seqs > self.kv_slots:
+            raise UsageError(f"{n_seqs} sequences exceed llama.cpp's limit of {self.kv_slots}")
         params = ffi.ContextParams(
             n_ctx=n_cells,
             n_batch=max(1, int(max_batch)),
@@ -262,6 +260,11 @@ class LlamaCppEngine:
             ctx = ffi.Context(self.model, params)
         return LlamaSession(self, ctx)
 
+    @property
+    def holds_idle_context(self) -> bool:
+        """Whether a finished session's context is kept for the next query of its shape."""
+        return self._ctx is not None
+
     def _release(self, ctx: ffi.Context) -> None:
         if self._ctx is not None and self._ctx is not ctx:
             self._ctx.close()
@@ -269,7 +272,6 @@ class LlamaCppEngine:
 
     def weights_bytes(self) -> int:
         return self.model.size_bytes()
-
 
     def close(self) -> None:
         if self._ctx is not None:
@@ -282,3 +284,26 @@ class LlamaCppEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def auto_gpu_layers(path: Path, info: ModelInfo) -> int:
+    """Layers to offload: 0 on a CPU-only llama.cpp build; otherwise as many as fit the
+    free VRAM with a KV cache of 4096 cells (devices.placement decides)."""
+    if not ffi.backend().supports_gpu_offload():
+        return 0
+    from edgescale.devices.hardware import describe
+    from edgescale.devices.placement import place
+
+    return place(describe(measure_load=False), info, kv_bytes=info.kv_bytes(4096)).n_gpu_layers
+
+
+def load_llama(request: "LoadRequest") -> LlamaCppEngine:
+    """The registry's loader: a catalog name or GGUF path, GPU layers as many as fit."""
+    from edgescale.devices.buildcheck import ensure_runs
+    from edgescale.models.catalog import resolve_model
+
+    path = resolve_model(request.model)
+    info = read_model_info(path)
+    ensure_runs(path)  # before anything loads llama.cpp into this process
+    layers = auto_gpu_layers(path, info) if request.n_gpu_layers is None else request.n_gpu_layers
+    return LlamaCppEngine(path, info, n_threads=request.threads, n_gpu_layers=layers)

@@ -15,7 +15,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgescale.models.info import ModelInfo
 from edgescale.runtime.engine import Engine
+
+
+def llama_compute_bytes_per_token(info: ModelInfo) -> int:
+    """llama.cpp's compute buffer per token of the batch it is given: f32 logits for every
+    token plus a few activations, ``4 x (n_vocab + 4 x n_embd)``. (llama-cpp-python
+    0.3.36 reported 98.25 MiB for SmolLM2-135M at n_batch 512; this gives 100 MiB.)
+    It assumes flash attention (llama.cpp's default "auto" on the CPU), which never
+    materialises the n_head x n_cells score matrix."""
+    return 4 * (info.n_vocab + 4 * info.n_embd)
 
 
 @dataclass(frozen=True)
@@ -24,10 +34,11 @@ class MemoryModel:
 
     fixed_bytes: int
     kv_bytes_per_cell: float
-    compute_bytes_per_batch_token: int  # compute buffer = this x n_batch
+    compute_per_token: int  # scratch of one decode call: this x n_batch ...
     logits_bytes_per_seq: int  # n_vocab x 4
     prompt_per_sequence: bool = False  # KV layout: False = one shared prompt (llama.cpp unified cache)
     cell_pad: int = 256  # the backend rounds the cache up to a multiple of this many cells
+    compute_per_token_sq: int = 0  # ... + this x n_batch^2
 
     def kv_cells(self, *, prompt_tokens: int, n_seqs: int, new_tokens: int, probe_slots: int,
                  probe_cells: int) -> int:
@@ -42,7 +53,8 @@ class MemoryModel:
     def peak(self, *, n_seqs: int, n_cells: int, n_batch: int) -> int:
         return int(
             self.fixed_bytes
-            + self.compute_bytes_per_batch_token * n_batch
+            + self.compute_per_token * n_batch
+            + self.compute_per_token_sq * n_batch * n_batch
             + self.logits_bytes_per_seq * n_seqs
             + self.kv_bytes_per_cell * n_cells
         )
@@ -89,18 +101,14 @@ def mapped_file_rss(path: Path) -> int:
 
 
 def memory_model(engine: Engine) -> MemoryModel:
-    info = engine.info
-    baseline = getattr(engine, "baseline_anon_bytes", None)
-    if baseline is None:  # a backend that did not measure itself: measure now
-        baseline = process_rss() - mapped_file_rss(info.path)
-    kv_type = str(getattr(engine, "kv_type", "f16"))
-    rows = getattr(engine, "kv_layout", "unified") == "rows"
+    """The planner's memory model of a loaded engine, from what its protocol declares."""
+    info, layout = engine.info, engine.memory_layout
     return MemoryModel(
-        fixed_bytes=int(baseline) + info.file_size,
-        kv_bytes_per_cell=info.kv_bytes_per_cell(kv_type, kv_type),
-        prompt_per_sequence=rows,
-        cell_pad=1 if rows else 256,
-        # llama.cpp's compute buffer per batch token (see devices.placement.estimate_compute_bytes)
-        compute_bytes_per_batch_token=4 * (info.n_vocab + 4 * info.n_embd),
+        fixed_bytes=int(engine.baseline_anon_bytes) + info.file_size,
+        kv_bytes_per_cell=info.kv_bytes_per_cell(layout.kv_type, layout.kv_type),
+        prompt_per_sequence=layout.prompt_per_sequence,
+        cell_pad=layout.cell_pad,
+        compute_per_token=layout.compute_per_token,
+        compute_per_token_sq=layout.compute_per_token_sq,
         logits_bytes_per_seq=4 * info.n_vocab,
     )

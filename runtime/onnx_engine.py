@@ -16,15 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgescale.errors import BackendUnavailable, ContextOverflow, InvalidModelFile, UsageError
+from edgescale.errors import BackendUnavailable, InvalidModelFile, UsageError
 from edgescale.models.info import ModelInfo
-from edgescale.runtime.chat import render_chat, user_messages
+from edgescale.runtime.chat import prompt_text, user_messages
+from edgescale.runtime.engine import MemoryLayout, check_session_shape
 from edgescale.runtime.onnx_config import OnnxModelConfig
 from edgescale.runtime.onnx_errors import first_line, ort_exceptions
 from edgescale.runtime.onnx_session import OnnxSession
 from edgescale.runtime.onnx_tokenizer import OnnxTokenizer
+
+if TYPE_CHECKING:
+    from edgescale.runtime.backends import LoadRequest
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 _REQUIRED_INPUTS = ("input_ids", "attention_mask", "position_ids", "num_logits_to_keep")
@@ -54,7 +58,7 @@ def _session_options(ort: Any, n_threads: int, spin: bool) -> Any:
 class OnnxEngine:
     """A converted model loaded in ONNX Runtime."""
 
-    backend_name = "onnxruntime"
+    backend_name = "onnx"
 
     def __init__(
         self,
@@ -75,10 +79,17 @@ class OnnxEngine:
         self.n_threads = n_threads
         self.providers = providers
         self.batch_invariant = batch_invariant
-        # For the planner's memory model (runtime.memory): the KV cache is float32 and
-        # stores each sequence's row in full (a prompt shared by k rows is stored k times).
-        self.kv_type = "f32"
-        self.kv_layout = "rows"  # one KV row per sequence, the prompt copied into each
+        self.n_gpu_layers = 0  # an execution provider runs the whole graph; no layer split
+        # The KV cache is float32 and stores each sequence's row in full (a prompt shared by
+        # k rows is stored k times). ONNX Runtime's arena per decode call, measured on
+        # SmolLM2 (VmHWM after prefills of 32, 256 and 512 tokens, the KV cache taken
+        # off): about 60 KB per prompt token at 512 tokens: the attention scores of a chunk
+        # (n_head x chunk floats per token) and some 16 x n_embd floats of activations
+        # (logits only for each row's last token).
+        self.memory_layout = MemoryLayout(
+            kv_type="f32", prompt_per_sequence=True, cell_pad=1,
+            compute_per_token=4 * 16 * self.info.n_embd, compute_per_token_sq=4 * self.info.n_head,
+        )
         from edgescale.runtime.memory import process_rss
 
         # The process without the weights, measured right after loading (onnxruntime
@@ -172,52 +183,17 @@ class OnnxEngine:
     def is_eog(self, token: int) -> bool:
         return self.tokenizer.is_eog(token)
 
-    def format_prompt(
-        self, prompt: str, *, chat: bool = True, system: str | None = None
-    ) -> list[int]:
-        template = self.info.chat_template
-        bos, eos = self.config.bos_token, self.config.eos_token
-        if chat and template:
-            text = render_chat(
-                template, user_messages(prompt, system), bos_token=bos, eos_token=eos
-            )
-        else:
-            text = prompt if not system else f"{system}\n\n{prompt}"
-        # Templates often write the BOS text themselves; add it only when they did not.
-        has_bos = bool(bos) and text.startswith(bos)
-        return self.tokenize(
-            text, add_special=self.info.add_bos and not has_bos, parse_special=True
-        )
+    def format_prompt(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
+        text, add_bos = prompt_text(self.info.chat_template, user_messages(prompt, system), chat=chat,
+                                    bos_token=self.config.bos_token, eos_token=self.config.eos_token)
+        return self.tokenize(text, add_special=self.info.add_bos and add_bos, parse_special=True)
 
     def session(self, *, n_seqs: int, n_cells: int, max_batch: int) -> OnnxSession:
-        if n_seqs < 1:
-            raise UsageError("a session needs at least one sequence")
-        if n_cells > self.info.n_ctx_train:
-            raise ContextOverflow(
-                f"the query needs {n_cells} KV cells but the model's context is {self.info.n_ctx_train}; "
-                "lower --max-tokens or -k"
-            )
-        return OnnxSession(
-            self, n_seqs=n_seqs, n_cells=n_cells, batch_invariant=self.batch_invariant
-        )
+        check_session_shape(self.info, n_seqs, n_cells)
+        return OnnxSession(self, n_seqs=n_seqs, n_cells=n_cells, batch_invariant=self.batch_invariant)
 
     def weights_bytes(self) -> int:
         return self.info.file_size
-
-    def kv_bytes_needed(
-        self,
-        *,
-        n_seqs: int,
-        prompt_tokens: int,
-        max_new_tokens: int,
-        probe_slots: int = 0,
-        probe_tokens: int = 0,
-    ) -> int:
-        """Peak KV bytes of a query in this backend's layout: every row holds the whole
-        prompt, and a probe's fork copies its parent's row before adding its own tokens."""
-        row = prompt_tokens + max_new_tokens
-        cells = (n_seqs + probe_slots) * row + probe_slots * probe_tokens
-        return self.info.kv_bytes(cells, self.kv_type, self.kv_type)
 
     def close(self) -> None:
         self.ort_session = None
@@ -227,3 +203,15 @@ class OnnxEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def resolve_model_dir(model: str | Path | None) -> Path:
+    """An ONNX model reference is the directory ``edgescale convert`` wrote."""
+    if model is None:
+        raise UsageError("the onnx backend needs a model directory (made by `edgescale convert`)")
+    return Path(model).expanduser().resolve()
+
+
+def load_onnx(request: LoadRequest) -> OnnxEngine:
+    """The registry's loader: a directory made by ``edgescale convert``."""
+    return OnnxEngine.load(resolve_model_dir(request.model), n_threads=request.threads)

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from edgescale.errors import ContextOverflow, DecodeAborted, DecodeError, KVCacheFull, UsageError
-from edgescale.runtime.engine import CellBook, Feed, Logits
+from edgescale.errors import DecodeAborted, DecodeError, KVCacheFull, UsageError
+from edgescale.runtime.engine import CellBook, Feed, Logits, check_prompt
 from edgescale.runtime.onnx_errors import first_line, ort_exceptions
 from edgescale.runtime.onnx_kv import KVRows
 
@@ -150,12 +150,7 @@ class OnnxSession:
 
     # -- DecodeSession -----------------------------------------------------------
     def prefill(self, tokens: Sequence[int], seq_ids: Sequence[int]) -> Logits:
-        if not tokens:
-            raise UsageError("empty prompt")
-        if len(tokens) >= self.n_cells:
-            raise ContextOverflow(
-                f"prompt of {len(tokens)} tokens does not fit a context of {self.n_cells}"
-            )
+        check_prompt(tokens, self.n_cells)
         ids = list(seq_ids)
         if not ids or len(ids) > self.n_seq_max:
             raise UsageError(f"prefill needs 1 to {self.n_seq_max} sequence ids, got {len(ids)}")

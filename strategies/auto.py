@@ -11,28 +11,25 @@ Both stages run in one batch over one prefilled prompt (no second prefill):
    is halved until it fits, down to 2), adaptive sampling starts on samples
    1..k with sample 0's answer counted as a vote.
 
-The deadline covers both stages; the result records the plan, the outcome
+The deadline covers both stages; the result records the outcome
 (``confident``, ``escalated``, ``no-escalation``, ``no-time-to-escalate``) and
-stage 1's certainty.
+stage 1's certainty. The planner turns ``auto`` into an
+:class:`~edgescale.strategies.spec.Escalate`; ``runner.build_controller`` makes
+this controller from it.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import BatchGenerator, TokenEvent
-from edgescale.runtime.sampling import SamplingConfig
 from edgescale.strategies.adaptive import AdaptiveController
 from edgescale.strategies.base import AnswerBook, Decision, answer_logprob
 from edgescale.strategies.early_exit import EarlyExitController
-from edgescale.strategies.planner import Plan
-from edgescale.strategies.result import ProbeRecord, Result
-from edgescale.strategies.runner import Query, StepCallback, run_query
-from edgescale.strategies.spec import Adaptive, EarlyExit, parse_strategy
+from edgescale.strategies.result import Outcome, ProbeRecord
+from edgescale.strategies.spec import Adaptive
 
 ESCALATION_LENGTH_MARGIN = 1.25  # a wave is expected to run this much longer than sample 0 did
 
@@ -54,7 +51,7 @@ class AutoController:
     step_time: Callable[[int], float] | None = None  # the device profile's seconds per step at k live
     adaptive: AdaptiveController | None = None
     first: Decision | None = None
-    outcome: str = "no-escalation"
+    state: str = "no-escalation"
     certainty: float | None = None
 
     @property
@@ -77,6 +74,10 @@ class AutoController:
     def records(self) -> list[ProbeRecord]:
         return self.stage1.records
 
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome(self.state, self.certainty)
+
     def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None:
         if self.adaptive is not None:
             return self.adaptive.on_step(gen, events, book)
@@ -88,16 +89,16 @@ class AutoController:
         if first.answer is not None and (
             rule == "probes-agreed" or (self.certainty is not None and self.certainty >= self.confidence)
         ):
-            self.outcome = "confident"
+            self.state = "confident"
             return rule
         esc = self.escalation
         if esc is None:
             return rule
         wave = self._wave_that_fits(gen)
         if wave < 2:
-            self.outcome = "no-time-to-escalate"
+            self.state = "no-time-to-escalate"
             return rule
-        self.outcome = "escalated"
+        self.state = "escalated"
         self.adaptive = AdaptiveController(
             k_max=esc.max, threshold=esc.conf, wave=wave, rule=esc.rule, window=esc.window,
             prior=(first.answer,) if first.answer is not None else (),
@@ -138,36 +139,3 @@ class AutoController:
         if out.winner is None and first is not None and out.answer is not None and out.answer == first.answer:
             return Decision(out.answer, first.winner, out.votes)  # sample 0's answer won the vote
         return out
-
-
-def run_auto(
-    engine: Engine,
-    query: Query,
-    plan: Plan,
-    *,
-    stage2_sampling: SamplingConfig,
-    on_step: StepCallback | None = None,
-    clock: Callable[[], float] = time.perf_counter,
-) -> Result:
-    """``query.config.sampling`` is sample 0's (greedy by default); ``stage2_sampling`` the waves'."""
-    stage1 = parse_strategy(plan.strategy)
-    assert isinstance(stage1, EarlyExit) and stage1.k == 1, plan.strategy
-    escalation = parse_strategy(plan.escalate_to) if plan.escalate_to else None
-    assert escalation is None or isinstance(escalation, Adaptive), plan.escalate_to
-    built: list[AutoController] = []
-
-    def build(cue: list[int]) -> AutoController:
-        ctl = AutoController(
-            stage1=EarlyExitController(cue=cue, every=stage1.every, window=stage1.window, k=1,
-                                       probe_tokens=stage1.probe),
-            escalation=escalation, confidence=plan.confidence or 1.0,
-            max_new_tokens=query.config.max_new_tokens, step_time=query.step_time,
-        )
-        built.append(ctl)
-        return ctl
-
-    config = replace(query.config, sampling=stage2_sampling, sampling_overrides=((0, query.config.sampling),))
-    res = run_query(engine, replace(query, config=config), on_step=on_step, clock=clock, controller=build)
-    ctl = built[0]
-    plan_dict = {**plan.to_dict(), "outcome": ctl.outcome, "stage1_certainty": ctl.certainty}
-    return replace(res, strategy="auto", stop_reason=f"{ctl.outcome}:{res.stop_reason}", plan=plan_dict)

@@ -13,6 +13,7 @@ from typing import Hashable, Protocol, Sequence
 
 from edgescale.runtime.generate import BatchGenerator, SeqState, TokenEvent
 from edgescale.strategies.answers import Extracted, extract
+from edgescale.strategies.result import Outcome, ProbeRecord
 from edgescale.strategies.voting import VoteOutcome, majority
 
 # Finish reasons that mean the sample ran to its own end.
@@ -99,8 +100,20 @@ class Decision:
     votes: dict[str, int]
 
 
+class Unstaged:
+    """What a controller without probes or stages reports."""
+
+    @property
+    def records(self) -> Sequence[ProbeRecord]:
+        return ()
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return None
+
+
 @dataclass
-class OneBatch:
+class OneBatch(Unstaged):
     """Controllers that start all k samples at once and need no probe slots."""
 
     k: int
@@ -131,6 +144,14 @@ class Controller(Protocol):
     n_initial: int  # sequences started at once
     probe_slots: int  # spare sequence ids for probes
     probe_cells: int  # KV cells one probe needs
+
+    @property
+    def records(self) -> Sequence[ProbeRecord]:
+        """The probes this controller ran, in order."""
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """How a controller with stages ended (auto: confident, escalated, ...); None otherwise."""
 
     def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None: ...
 

@@ -21,7 +21,7 @@ from typing import Sequence
 from edgescale.runtime.generate import BatchGenerator, TokenEvent
 from edgescale.strategies.answers import extract_probe, is_hedge
 from edgescale.strategies.base import AnswerBook, Decision, vote
-from edgescale.strategies.result import ProbeRecord
+from edgescale.strategies.result import Outcome, ProbeRecord
 
 ANSWER_CUE = "\n\n**Final answer:** \\boxed{"
 
@@ -56,6 +56,10 @@ class EarlyExitController:
     @property
     def probe_cells(self) -> int:
         return len(self.cue) + self.probe_tokens
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return None
 
     def agreed(self, index: int) -> str | None:
         """The answer the last ``window`` probes of ``index`` agree on, if any."""

@@ -43,8 +43,3 @@ class ShortMController(OneBatch):
         out = vote(gen, book, self.finishers)
         winner = out.winner if out.winner is not None else (self.finishers[0] if self.finishers else None)
         return Decision(out.answer, winner, out.votes)
-
-
-def FirstFinishController(k: int) -> ShortMController:
-    """FFS@k is short-1@k."""
-    return ShortMController(m=1, k=k)

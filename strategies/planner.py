@@ -38,22 +38,23 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from edgescale import limits
 from edgescale.errors import BudgetInfeasible
 from edgescale.runtime.generate import batch_size
 from edgescale.runtime.memory import MemoryModel
 from edgescale.strategies.spec import (
     Adaptive,
     Auto,
-    BestOfK,
     EarlyExit,
-    FirstFinish,
-    Majority,
-    ShortM,
+    Escalate,
     Strategy,
+    samples_of,
+    with_samples,
 )
 
 AUTO_MAX_SAMPLES = 16
 AUTO_CONFIDENCE = 0.8
+AUTO_ESCALATION_CONF = 0.95
 AUTO_PROBE_EVERY = 32
 PROBE_TOKENS = 20
 CUE_TOKENS = 16  # room for the answer cue of a probe
@@ -80,6 +81,8 @@ class Budget:
 class Timing:
     """What the planner needs of a device profile (devices.profile.DeviceProfile fits)."""
 
+    measured: bool  # False: a conservative estimate (devices.estimate), not a measurement
+
     def predict(self, *, prompt_tokens: int, k: int, new_tokens: int) -> float: ...  # pragma: no cover
 
     def step_time(self, k: int, cells: float | None = None) -> float: ...  # pragma: no cover
@@ -87,23 +90,46 @@ class Timing:
 
 @dataclass(frozen=True)
 class Plan:
-    strategy: str  # what runs first (a concrete spec)
+    """What a query will run: a concrete strategy (auto's is an :class:`Escalate`), its
+    sample count and KV size, and what the planner predicts. Predictions are None for a
+    query planned without a budget (no device profile is read then)."""
+
+    strategy: Strategy
     k: int  # sequences the first stage allocates
     max_new_tokens: int
     n_cells: int
     n_batch: int
-    predicted_s: float
-    predicted_peak_bytes: int
+    predicted_s: float | None
+    predicted_peak_bytes: int | None
     kv_bytes: int
-    escalate_to: str | None = None  # auto: the spec of stage 2 when stage 1 is unsure
-    confidence: float | None = None  # auto: stage-1 certainty needed to stop
     escalate_predicted_s: float | None = None  # auto: stage 2 if every wave runs to max_new_tokens
     escalate_wave_s: float | None = None  # auto: one wave of stage 2 (needed time left to start it)
     max_k_memory: int = 0  # most samples the memory budget allows
     notes: tuple[str, ...] = ()
+    budget: Budget | None = None
+    profile_measured: bool | None = None  # the predictions come from a measured device profile
+
+    @property
+    def escalate_to(self) -> Adaptive | None:
+        return self.strategy.escalation if isinstance(self.strategy, Escalate) else None
+
+    @property
+    def confidence(self) -> float | None:
+        return self.strategy.confidence if isinstance(self.strategy, Escalate) else None
+
+    @property
+    def first_stage(self) -> Strategy:
+        """What runs first: auto's stage 1, else the strategy itself."""
+        return self.strategy.stage1 if isinstance(self.strategy, Escalate) else self.strategy
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["strategy"] = self.first_stage.spec()
+        esc = self.escalate_to
+        out["escalate_to"] = esc.spec() if esc is not None else None
+        out["confidence"] = self.confidence
+        out["notes"] = list(self.notes)
+        return out
 
 
 def _mb(n: float) -> str:
@@ -120,7 +146,7 @@ def _batch(prompt: int, k: int, probe_slots: int) -> int:
 
 
 def max_samples_in_memory(shape: QueryShape, memory: MemoryModel, budget_bytes: int | None,
-                          *, probe_slots: int = 1, limit: int = 64) -> int:
+                          *, probe_slots: int = 1, limit: int = limits.MAX_SAMPLES) -> int:
     """The most sequences of ``max_new_tokens`` that fit the memory budget (0 if none)."""
     if budget_bytes is None:
         return limit
@@ -150,33 +176,10 @@ def _infeasible(shape: QueryShape, memory: MemoryModel, budget_bytes: int) -> Bu
     )
 
 
-def _samples_of(strategy: Strategy) -> int:
-    if isinstance(strategy, Adaptive):
-        return strategy.max
-    return int(getattr(strategy, "k", 1))
-
-
-def _with_samples(strategy: Strategy, k: int) -> Strategy:
-    if isinstance(strategy, Majority):
-        return Majority(k)
-    if isinstance(strategy, FirstFinish):
-        return FirstFinish(k)
-    if isinstance(strategy, ShortM):
-        return ShortM(min(strategy.m, k), k)
-    if isinstance(strategy, BestOfK):
-        return BestOfK(k)
-    if isinstance(strategy, Adaptive):
-        return Adaptive(max=k, conf=strategy.conf, wave=min(strategy.wave, k), rule=strategy.rule,
-                        window=min(strategy.window, k))
-    if isinstance(strategy, EarlyExit):
-        return EarlyExit(every=strategy.every, window=strategy.window, k=k, probe=strategy.probe)
-    return strategy
-
-
 def _parallel_width(strategy: Strategy) -> int:
     if isinstance(strategy, Adaptive):
         return strategy.wave
-    return _samples_of(strategy)
+    return samples_of(strategy)
 
 
 def best_wave(profile: Timing, limit: int) -> int:
@@ -191,45 +194,94 @@ def best_wave(profile: Timing, limit: int) -> int:
     return best
 
 
-def plan(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: Budget) -> Plan:
-    """Choose strategy parameters, KV size and batch for one query within the budget."""
+def plan(shape: QueryShape, profile: Timing | None, memory: MemoryModel, budget: Budget) -> Plan:
+    """Choose strategy parameters, KV size and batch for one query within the budget and
+    the model's context. ``profile`` None: no time predictions (only for a fixed strategy
+    without a deadline)."""
     if shape.prompt_tokens < 1 or shape.max_new_tokens < 1:
         raise BudgetInfeasible("a query needs a prompt and at least one new token")
+    notes: list[str] = []
+    shape = _fit_context(shape, memory, notes)
     mem_k = max_samples_in_memory(shape, memory, budget.memory_bytes)
     if mem_k < 1:
         raise _infeasible(shape, memory, budget.memory_bytes or 0)
+    if profile is not None and not profile.measured:
+        notes.append("times predicted from a conservative estimate of this device's speed; "
+                     "`edgescale devices --calibrate` measures it")
     if isinstance(shape.strategy, Auto):
-        return _plan_auto(shape, profile, memory, budget, mem_k)
-    return _plan_fixed(shape, profile, memory, budget, mem_k)
+        if profile is None:
+            raise ValueError("auto needs a device profile")
+        chosen = _plan_auto(shape, profile, memory, budget, mem_k, notes)
+    else:
+        if profile is None and budget.deadline_s is not None:
+            raise ValueError("a deadline needs a device profile")
+        chosen = _plan_fixed(shape, profile, memory, budget, mem_k, notes)
+    return replace(chosen, profile_measured=profile.measured if profile is not None else None)
 
 
-def _plan_fixed(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: Budget, mem_k: int) -> Plan:
-    notes: list[str] = []
-    strategy = shape.strategy
-    want = _samples_of(strategy)
-    if want > mem_k:
-        strategy = _with_samples(strategy, mem_k)
-        notes.append(f"memory budget allows {mem_k} samples of {shape.max_new_tokens} tokens, not {want}")
-    k = _samples_of(strategy)
-    probes = k if isinstance(strategy, EarlyExit) else 1
-    width = _parallel_width(strategy)
-    waves = math.ceil(k / width) if isinstance(strategy, Adaptive) else 1
-    predicted = profile.predict(prompt_tokens=shape.prompt_tokens, k=width, new_tokens=shape.max_new_tokens)
-    predicted += (waves - 1) * shape.max_new_tokens * profile.step_time(width)
-    if budget.deadline_s is not None and predicted > budget.deadline_s:
-        notes.append(
-            f"predicted {predicted:.1f}s if every sample runs to {shape.max_new_tokens} tokens; the "
-            f"{budget.deadline_s:g}s deadline will stop it and answer from what has finished"
+def _fit_context(shape: QueryShape, memory: MemoryModel, notes: list[str]) -> QueryShape:
+    """Fewer samples, then fewer new tokens, until one batch fits the model's context;
+    BudgetInfeasible only when not even one sample of one token does."""
+    ctx = shape.context_cells
+    if ctx is None:
+        return shape
+    probes = 1
+
+    def fits(k: int, new: int) -> bool:
+        return _cells(memory, shape.prompt_tokens, k, new, probes) <= ctx
+
+    if fits(samples_of(shape.strategy), shape.max_new_tokens):
+        return shape
+    if not fits(1, 1):
+        raise BudgetInfeasible(
+            f"the prompt ({shape.prompt_tokens} tokens) leaves no room in the model's context of {ctx} cells"
         )
-    return _finish(shape, strategy, k, probes, predicted, memory, mem_k, notes)
+    want = samples_of(shape.strategy)
+    k = want
+    while k > 1 and not fits(k, shape.max_new_tokens):
+        k -= 1
+    new = shape.max_new_tokens
+    while new > 1 and not fits(k, new):
+        new = max(1, new * 7 // 8)
+    strategy = shape.strategy if k == want else with_samples(shape.strategy, k)
+    cut = []
+    if k < want:
+        cut.append(f"{k} samples, not {want}")
+    if new < shape.max_new_tokens:
+        cut.append(f"{new} new tokens each, not {shape.max_new_tokens}")
+    notes.append(f"the model's context ({ctx} cells) fits {' and '.join(cut)}")
+    return replace(shape, strategy=strategy, max_new_tokens=new)
 
 
-def _finish(shape: QueryShape, strategy: Strategy, k: int, probes: int, predicted: float, memory: MemoryModel,
-            mem_k: int, notes: list[str], **extra: Any) -> Plan:
+def _plan_fixed(shape: QueryShape, profile: Timing | None, memory: MemoryModel, budget: Budget, mem_k: int,
+                notes: list[str]) -> Plan:
+    strategy = shape.strategy
+    want = samples_of(strategy)
+    if want > mem_k:
+        strategy = with_samples(strategy, mem_k)
+        notes.append(f"memory budget allows {mem_k} samples of {shape.max_new_tokens} tokens, not {want}")
+    k = samples_of(strategy)
+    probes = k if isinstance(strategy, EarlyExit) else 1
+    predicted: float | None = None
+    if profile is not None:
+        width = _parallel_width(strategy)
+        waves = math.ceil(k / width) if isinstance(strategy, Adaptive) else 1
+        predicted = profile.predict(prompt_tokens=shape.prompt_tokens, k=width, new_tokens=shape.max_new_tokens)
+        predicted += (waves - 1) * shape.max_new_tokens * profile.step_time(width)
+        if budget.deadline_s is not None and predicted > budget.deadline_s:
+            notes.append(
+                f"predicted {predicted:.1f}s if every sample runs to {shape.max_new_tokens} tokens; the "
+                f"{budget.deadline_s:g}s deadline will stop it and answer from what has finished"
+            )
+    return _finish(shape, strategy, k, probes, predicted, memory, mem_k, notes, budget=budget)
+
+
+def _finish(shape: QueryShape, strategy: Strategy, k: int, probes: int, predicted: float | None,
+            memory: MemoryModel, mem_k: int, notes: list[str], **extra: Any) -> Plan:
     cells = _cells(memory, shape.prompt_tokens, k, shape.max_new_tokens, probes)
     n_batch = _batch(shape.prompt_tokens, k, probes)
     return Plan(
-        strategy=strategy.spec(), k=k, max_new_tokens=shape.max_new_tokens, n_cells=cells, n_batch=n_batch,
+        strategy=strategy, k=k, max_new_tokens=shape.max_new_tokens, n_cells=cells, n_batch=n_batch,
         predicted_s=predicted, predicted_peak_bytes=memory.peak(n_seqs=k + probes, n_cells=cells, n_batch=n_batch),
         kv_bytes=int(memory.kv_bytes_per_cell * cells), max_k_memory=mem_k, notes=tuple(notes), **extra,
     )
@@ -237,13 +289,13 @@ def _finish(shape: QueryShape, strategy: Strategy, k: int, probes: int, predicte
 
 def _escalation(k_max: int, wave: int) -> Adaptive:
     """auto's stage 2: the Beta rule at 0.95, waves and window no wider than k_max."""
-    escalation = _with_samples(Adaptive(conf=0.95, wave=wave), k_max)
+    escalation = with_samples(Adaptive(conf=AUTO_ESCALATION_CONF, wave=wave), k_max)
     assert isinstance(escalation, Adaptive)
     return escalation
 
 
-def _plan_auto(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: Budget, mem_k: int) -> Plan:
-    notes: list[str] = []
+def _plan_auto(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: Budget, mem_k: int,
+               notes: list[str]) -> Plan:
     stage1 = EarlyExit(every=AUTO_PROBE_EVERY, window=2, k=1, probe=PROBE_TOKENS)
     t1 = profile.predict(prompt_tokens=shape.prompt_tokens, k=1, new_tokens=shape.max_new_tokens)
     k_cap = min(AUTO_MAX_SAMPLES, mem_k - 1)  # stage 1's sample stays in the batch
@@ -253,7 +305,7 @@ def _plan_auto(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: 
             k_cap -= 1
     wave = min(best_wave(profile, k_cap), k_cap)
     one_wave = profile.predict(prompt_tokens=shape.prompt_tokens, k=wave, new_tokens=shape.max_new_tokens)
-    escalate: Strategy | None = None
+    escalate: Adaptive | None = None
     t2: float | None = None
     if k_cap < 2:
         notes.append("memory or the model's context allows too few samples: no escalation")
@@ -284,13 +336,12 @@ def _plan_auto(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: 
     if escalate is not None:
         notes.append(f"escalates to {escalate.spec()} when the first answer's certainty is below "
                      f"{AUTO_CONFIDENCE:g} and its probes did not agree")
-        k2 = _samples_of(escalate) + 1  # the waves and stage 1's sample, in one batch
+        k2 = samples_of(escalate) + 1  # the waves and stage 1's sample, in one batch
         cells2 = _cells(memory, shape.prompt_tokens, k2, shape.max_new_tokens, 1)
         peak2 = memory.peak(n_seqs=k2 + 1, n_cells=cells2, n_batch=_batch(shape.prompt_tokens, k2, 1))
+    chosen = Escalate(stage1=stage1, escalation=escalate, confidence=AUTO_CONFIDENCE)
     first = _finish(
-        shape, stage1, 1, 1, t1, memory, mem_k, notes,
-        escalate_to=escalate.spec() if escalate is not None else None,
-        confidence=AUTO_CONFIDENCE, escalate_predicted_s=t2,
+        shape, chosen, 1, 1, t1, memory, mem_k, notes, budget=budget, escalate_predicted_s=t2,
         escalate_wave_s=one_wave if escalate is not None else None,
     )
-    return replace(first, predicted_peak_bytes=max(first.predicted_peak_bytes, peak2))
+    return replace(first, predicted_peak_bytes=max(first.predicted_peak_bytes or 0, peak2))

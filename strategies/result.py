@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgescale.strategies.planner import Plan
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,14 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """How a staged strategy (auto) ended."""
+
+    name: str  # confident | escalated | no-escalation | no-time-to-escalate
+    stage1_certainty: float | None = None
+
+
+@dataclass(frozen=True)
 class Result:
     answer: str | None
     text: str  # the winning sample's text ("" when there is none)
@@ -66,9 +77,15 @@ class Result:
     stats: Stats
     model: str
     answer_kind: str
-    plan: dict[str, Any] | None = field(default=None)
+    plan: Plan | None = field(default=None)
+    outcome: Outcome | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["stats"]["total_tokens"] = self.stats.total_tokens
+        plan = self.plan.to_dict() if self.plan is not None else None
+        if plan is not None and self.outcome is not None:
+            plan.update(outcome=self.outcome.name, stage1_certainty=self.outcome.stage1_certainty)
+        d["plan"] = plan
+        d.pop("outcome")
         return d

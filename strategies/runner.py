@@ -13,11 +13,12 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from edgescale.errors import DecodeAborted
 from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import BatchGenerator, GenerationConfig, TokenEvent
+from edgescale.runtime.sampling import SamplingConfig
 from edgescale.runtime.memory import peak_rss_bytes
 from edgescale.strategies.adaptive import AdaptiveController
 from edgescale.strategies.answers import extract_probe, is_hedge
@@ -29,16 +30,19 @@ from edgescale.strategies.base import (
     cancel_live,
     mean_logprob,
 )
+from edgescale.strategies.auto import AutoController
 from edgescale.strategies.best_of_k import BestOfKController
 from edgescale.strategies.early_exit import ANSWER_CUE, EarlyExitController, probe_done
 from edgescale.strategies.first_finish import ShortMController
 from edgescale.strategies.majority import MajorityController
+from edgescale.strategies.planner import Plan
 from edgescale.strategies.result import ProbeRecord, Result, Sample, Stats
 from edgescale.strategies.spec import (
     Adaptive,
     Auto,
     BestOfK,
     EarlyExit,
+    Escalate,
     FirstFinish,
     Majority,
     ShortM,
@@ -46,11 +50,17 @@ from edgescale.strategies.spec import (
     Strategy,
 )
 
+if TYPE_CHECKING:
+    from edgescale.settings import AskOptions
+
 FORCED_PROBE_TOKENS = 8  # enough for a number or a letter and the closing brace
 StepCallback = Callable[[BatchGenerator, Sequence[TokenEvent]], None]
 
 
-def build_controller(strategy: Strategy, cue: list[int], prior: tuple[str, ...] = ()) -> Controller:
+def build_controller(
+    strategy: Strategy, cue: list[int], *, prior: tuple[str, ...] = (), max_new_tokens: int = 0,
+    step_time: Callable[[int], float] | None = None,
+) -> Controller:
     if isinstance(strategy, Single):
         return MajorityController(k=1)
     if isinstance(strategy, Majority):
@@ -70,23 +80,46 @@ def build_controller(strategy: Strategy, cue: list[int], prior: tuple[str, ...] 
         return EarlyExitController(
             cue=cue, every=strategy.every, window=strategy.window, k=strategy.k, probe_tokens=strategy.probe
         )
+    if isinstance(strategy, Escalate):
+        s1 = strategy.stage1
+        return AutoController(
+            stage1=EarlyExitController(cue=cue, every=s1.every, window=s1.window, k=1, probe_tokens=s1.probe),
+            escalation=strategy.escalation, confidence=strategy.confidence, max_new_tokens=max_new_tokens,
+            step_time=step_time,
+        )
     if isinstance(strategy, Auto):
         raise TypeError("auto must be resolved to a concrete strategy by the planner first")
     raise TypeError(f"unknown strategy {strategy!r}")
 
 
+def generation_config(strategy: Strategy, options: AskOptions, max_new_tokens: int) -> GenerationConfig:
+    """The samples' settings: auto's first sample is greedy (unless a temperature is
+    given), its escalation's samples are drawn at the multi-sample temperature."""
+    overrides: tuple[tuple[int, SamplingConfig], ...] = ()
+    sampling = options.sampling_for(strategy)
+    if isinstance(strategy, Escalate):
+        overrides = ((0, options.sampling_for(Single())),)
+    return GenerationConfig(max_new_tokens=max_new_tokens, stop=options.stop, sampling=sampling, seed=options.seed,
+                            sampling_overrides=overrides)
+
+
 @dataclass(frozen=True)
 class Query:
+    """One prompt and its plan, ready to run."""
+
     prompt_tokens: Sequence[int]
-    strategy: Strategy
+    plan: Plan
     config: GenerationConfig
     answer_kind: str = "auto"
     choices: tuple[str, ...] = ()
     deadline_s: float | None = None
     model_name: str = ""
-    plan: dict[str, Any] | None = None
-    prior: tuple[str, ...] = ()  # answers already in hand (auto's first stage), counted as votes
+    prior: tuple[str, ...] = ()  # answers already in hand, counted as votes (adaptive)
     step_time: Callable[[int], float] | None = None  # seconds per step at k live (device profile)
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.plan.strategy
 
 
 def run_query(
@@ -95,13 +128,12 @@ def run_query(
     *,
     on_step: StepCallback | None = None,
     clock: Callable[[], float] = time.perf_counter,
-    controller: Callable[[list[int]], Controller] | None = None,
 ) -> Result:
-    """Run one query to its end. ``controller`` builds a controller from the answer cue's
-    tokens in place of the strategy's own (auto's two stages in one batch)."""
+    """Run one query to its end: the plan's strategy as a controller over the step loop."""
     t0 = clock()
     cue = engine.tokenize(ANSWER_CUE, add_special=False, parse_special=False)
-    ctl = controller(cue) if controller is not None else build_controller(query.strategy, cue, query.prior)
+    ctl = build_controller(query.strategy, cue, prior=query.prior, max_new_tokens=query.config.max_new_tokens,
+                           step_time=query.step_time)
     book = AnswerBook(query.answer_kind, query.choices)
     deadline = t0 + query.deadline_s if query.deadline_s is not None else None
     probe_slots, probe_cells = ctl.probe_slots, ctl.probe_cells
@@ -237,9 +269,8 @@ def _result(
     wall_s: float,
 ) -> Result:
     samples = _samples(gen, book)
-    probes = tuple(getattr(ctl, "records", ())) + tuple(forced)
+    probes = tuple(ctl.records) + tuple(forced)
     cut = ("cancelled", "deadline", "early-exit")
-    alloc = getattr(gen.session, "kv_bytes_allocated", None)
     stats = Stats(
         prompt_tokens=len(query.prompt_tokens),
         generated_tokens=gen.generated_tokens,
@@ -249,7 +280,7 @@ def _result(
         prefill_s=gen.stats.prefill_s,
         ttft_s=gen.stats.first_token_s,
         peak_kv_bytes=gen.kv_bytes_peak(),
-        kv_bytes_allocated=int(alloc()) if callable(alloc) else 0,
+        kv_bytes_allocated=gen.session.kv_bytes_allocated(),
         peak_rss_bytes=peak_rss_bytes(),
         threads=engine.n_threads,
         backend=engine.backend_name,
@@ -258,12 +289,13 @@ def _result(
     )
     winner = decision.winner
     text = gen.states[winner].text if winner is not None else ""
+    outcome = ctl.outcome
     return Result(
         answer=decision.answer,
         text=text,
         winner=winner,
         strategy=query.strategy.spec(),
-        stop_reason=rule,
+        stop_reason=f"{outcome.name}:{rule}" if outcome is not None else rule,
         votes=decision.votes,
         samples=samples,
         probes=probes,
@@ -271,6 +303,7 @@ def _result(
         model=query.model_name,
         answer_kind=query.answer_kind,
         plan=query.plan,
+        outcome=outcome,
     )
 
 

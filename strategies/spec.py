@@ -15,9 +15,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Union
 
+from edgescale import limits
 from edgescale.errors import InvalidSpec
 
 VALID_FORMS = (
@@ -25,7 +26,7 @@ VALID_FORMS = (
     "adaptive[:max=16,conf=0.95,wave=4,rule=beta|esc,window=4], "
     "early-exit[:every=32,window=2,k=1,probe=20], auto"
 )
-MAX_SAMPLES = 64
+MAX_SAMPLES = limits.MAX_SAMPLES
 
 
 @dataclass(frozen=True)
@@ -103,13 +104,36 @@ class EarlyExit:
 
 @dataclass(frozen=True)
 class Auto:
+    """auto as asked for: the planner turns it into an :class:`Escalate`."""
+
     name = "auto"
 
     def spec(self) -> str:
         return "auto"
 
 
-Strategy = Union[Single, Majority, FirstFinish, ShortM, BestOfK, Adaptive, EarlyExit, Auto]
+@dataclass(frozen=True)
+class Escalate:
+    """auto as planned: stage 1 (one early-exit sample); when its answer is less certain
+    than ``confidence`` and the probes did not agree, ``escalation`` in the same batch."""
+
+    stage1: EarlyExit
+    escalation: Adaptive | None
+    confidence: float
+    name = "auto"
+
+    def spec(self) -> str:
+        return "auto"
+
+
+Strategy = Union[Single, Majority, FirstFinish, ShortM, BestOfK, Adaptive, EarlyExit, Auto, Escalate]
+
+
+def draws_one_sample(strategy: Strategy) -> bool:
+    """Whether the strategy's samples are one (greedy by default) rather than several."""
+    if isinstance(strategy, Single):
+        return True
+    return isinstance(strategy, (Majority, FirstFinish, ShortM, BestOfK, EarlyExit)) and strategy.k == 1
 
 _AT_K = re.compile(r"^(maj|majority|ffs|best|sc)(?:@(\d+))?$")
 _SHORT = re.compile(r"^short-(\d+)(?:@(\d+))?$")
@@ -167,7 +191,7 @@ def _check_early_exit(spec: str, s: EarlyExit) -> EarlyExit:
     return s
 
 
-def parse_strategy(spec: str, *, default_k: int = 8) -> Strategy:
+def parse_strategy(spec: str, *, default_k: int = limits.DEFAULT_K) -> Strategy:
     """Parse a spec string; raise InvalidSpec (one line, naming the valid forms) if it is bad."""
     if not isinstance(spec, str):
         raise _fail(repr(spec), "not a string")
@@ -203,11 +227,21 @@ def parse_strategy(spec: str, *, default_k: int = 8) -> Strategy:
     raise _fail(spec, "unknown strategy")
 
 
-def with_k(strategy: Strategy, k: int) -> Strategy:
-    """The same strategy with its sample count set to k (where it has one)."""
-    names = {f.name for f in fields(strategy)}  # type: ignore[arg-type]
-    if "k" in names:
-        return replace(strategy, k=k)  # type: ignore[type-var]
-    if "max" in names:
-        return replace(strategy, max=k)  # type: ignore[type-var]
+def samples_of(strategy: Strategy) -> int:
+    """How many samples a strategy draws at most."""
+    if isinstance(strategy, Adaptive):
+        return strategy.max
+    if isinstance(strategy, (Majority, FirstFinish, ShortM, BestOfK, EarlyExit)):
+        return strategy.k
+    return 1
+
+
+def with_samples(strategy: Strategy, k: int) -> Strategy:
+    """The same strategy drawing k samples (an adaptive one's waves and window capped at k)."""
+    if isinstance(strategy, ShortM):
+        return ShortM(min(strategy.m, k), k)
+    if isinstance(strategy, Adaptive):
+        return replace(strategy, max=k, wave=min(strategy.wave, k), window=min(strategy.window, k))
+    if isinstance(strategy, (Majority, FirstFinish, BestOfK, EarlyExit)):
+        return replace(strategy, k=k)
     return strategy

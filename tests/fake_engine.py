@@ -16,15 +16,16 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgescale.models.info import ModelInfo
-from edgescale.runtime.engine import CellBook
+from edgescale.runtime.backends import Backend, LoadRequest
+from edgescale.runtime.engine import CellBook, MemoryLayout
 
 EOS = 256
 VOCAB = 257
 
 
-def _info() -> ModelInfo:
+def _info(path: Path) -> ModelInfo:
     return ModelInfo(
-        path=Path("fake.gguf"), name="fake", architecture="fake", quant="F32", file_size=0, n_params=0,
+        path=path, name="fake", architecture="fake", quant="F32", file_size=0, n_params=0,
         n_layer=1, n_embd=8, n_head=1, n_head_kv=(1,), head_dim_k=4, head_dim_v=4, n_ctx_train=1 << 20,
         n_vocab=VOCAB, sliding_window=0, chat_template=None, bos_token_id=None, eos_token_id=EOS, add_bos=False,
     )
@@ -90,6 +91,9 @@ class FakeSession:
     def kv_bytes_peak(self) -> int:
         return self.book.peak
 
+    def kv_bytes_allocated(self) -> int:
+        return self.n_cells
+
     def set_abort_check(self, check: Callable[[], bool] | None) -> None:
         pass
 
@@ -99,13 +103,18 @@ class FakeSession:
 
 class FakeEngine:
     backend_name = "fake"
+    backend_version = "0"
     n_threads = 1
+    n_gpu_layers = 0
+    memory_layout = MemoryLayout()
+    baseline_anon_bytes = 0
 
     def __init__(self, scripts: Sequence[str], probe: Callable[[int, int], str] | None = None,
-                 margins: Sequence[float] | None = None) -> None:
+                 margins: Sequence[float] | None = None, path: Path = Path("fake.gguf")) -> None:
         from edgescale.strategies.early_exit import ANSWER_CUE
 
-        self.info = _info()
+        self.info = _info(path)
+        self.sessions: list[int] = []  # n_seqs of every session opened
         self.scripts = list(scripts)
         self.probe = probe or (lambda seq, n: "")
         self.cue_len = len(ANSWER_CUE.encode())
@@ -127,6 +136,7 @@ class FakeEngine:
         return self.tokenize(prompt)
 
     def session(self, *, n_seqs: int, n_cells: int, max_batch: int) -> FakeSession:
+        self.sessions.append(n_seqs)
         return FakeSession(self, n_seqs, n_cells)
 
     def weights_bytes(self) -> int:
@@ -134,3 +144,13 @@ class FakeEngine:
 
     def close(self) -> None:
         pass
+
+
+def fake_backend(scripts: Sequence[str], path: Path, **kw: object) -> Backend:
+    """A registry entry loading a FakeEngine (CLI behaviour without a real model);
+    ``path`` is a real file standing in for the model (the device profile keys on it)."""
+
+    def load(request: LoadRequest) -> FakeEngine:
+        return FakeEngine(scripts, path=path, **kw)  # type: ignore[arg-type]
+
+    return Backend("fake", load, resolve=lambda model: path, summary="scripted engine for tests")

@@ -135,7 +135,7 @@ def test_quantize_and_convert_commands(tmp_path: Path) -> None:
     assert "carried over exactly" in c.stdout
     r = cli("run", "--backend", "onnx", "-m", str(tmp_path / "onnx"), "--json", "-n", "8", "-k", "2", "hi")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["stats"]["backend"] == "onnxruntime"
+    assert json.loads(r.stdout)["stats"]["backend"] == "onnx"
 
 
 def test_quantize_rejects_unknown_type(tmp_path: Path) -> None:
@@ -146,3 +146,21 @@ def test_quantize_rejects_unknown_type(tmp_path: Path) -> None:
 def test_quant_report_errors_are_one_line(tmp_path: Path) -> None:
     assert_one_line_error(cli("quant-report", str(tmp_path / "none.gguf"), "--no-floor"), 3, "not found")
     assert_one_line_error(cli("quant-report", "smollm2-135m", "--floor", "--bogus"), 2, "No such option")
+
+
+def test_batch_interrupted_says_how_many_lines_and_how_to_resume() -> None:
+    import signal
+
+    env = {**os.environ, "EDGESCALE_THREADS": "2"}
+    proc = subprocess.Popen([*CLI, "batch", "-n", "8"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write('{"id": 1, "prompt": "What is 2+2?"}\n')
+    proc.stdin.flush()
+    first = json.loads(proc.stdout.readline())  # the first result is out; the second line never comes
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert first["id"] == 1 and first["ok"]
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("interrupted: 1 result line(s) written")
+    assert "--resume" in err and "Traceback" not in err

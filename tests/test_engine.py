@@ -64,20 +64,29 @@ def _samples_with_early_ends(engine, tokens, n=48):
     return seqs
 
 
+def _against_single_runs(engine, tokens, seqs, rows, max_new):
+    """Each sequence's batched rows against the same tokens replayed alone: the RowDiffs."""
+    from edgescale.runtime.replay import compare_rows, replay
+
+    diffs = []
+    for i, seq in enumerate(seqs):
+        alone, s = replay(engine, tokens, [seq], max_new=max_new)
+        s.close()
+        diffs.append(compare_rows(rows[i], alone[0]))
+    return diffs
+
+
 def test_batch_rows_are_bitwise_single_rows_while_the_context_has_room(engine) -> None:
     """The determinism contract, part 1: ended samples do not disturb the others."""
-    from edgescale.runtime.replay import compare_rows, replay
+    from edgescale.runtime.replay import replay
 
     tokens = engine.format_prompt(PROMPT)
     seqs = _samples_with_early_ends(engine, tokens)
     rows, session = replay(engine, tokens, seqs, max_new=48)
     assert session.reclaims == 0
     session.close()
-    for i in range(8):
-        alone, s = replay(engine, tokens, [seqs[i]], max_new=48)
-        s.close()
-        diff = compare_rows(rows[i], alone[0])
-        assert diff.steps >= len(seqs[i]) and diff.identical == diff.steps, f"sequence {i}: {diff}"
+    for seq, diff in zip(seqs, _against_single_runs(engine, tokens, seqs, rows, 48)):
+        assert diff.steps >= len(seq) and diff.identical == diff.steps, diff
 
 
 def test_reused_cells_change_logits_within_the_measured_bound(engine) -> None:
@@ -85,23 +94,17 @@ def test_reused_cells_change_logits_within_the_measured_bound(engine) -> None:
     the others' attention then sums in another order. Measured (bench/determinism.py):
     max |logit difference| 1.3 with parking, 2.6 when every ended sample's cells were
     reused at once (AVX2 and AVX-512 builds alike), top-1 agreement >= 99.5%."""
-    from edgescale.runtime.replay import compare_rows, replay
+    from edgescale.runtime.replay import replay
 
     tokens = engine.format_prompt(PROMPT)
     seqs = _samples_with_early_ends(engine, tokens)
     rows, session = replay(engine, tokens, seqs, max_new=48, tight=True)
     assert session.reclaims >= 1
     session.close()
-    steps = agree = 0
-    worst = 0.0
-    for i in range(8):
-        alone, s = replay(engine, tokens, [seqs[i]], max_new=48)
-        s.close()
-        diff = compare_rows(rows[i], alone[0])
-        assert diff.first_diff is None or diff.first_diff >= 10  # exact until the first sample ended
-        steps, agree, worst = steps + diff.steps, agree + diff.top1_agree, max(worst, diff.max_abs)
-    assert agree / steps >= 0.95
-    assert worst < 4.0
+    diffs = _against_single_runs(engine, tokens, seqs, rows, 48)
+    assert all(d.first_diff is None or d.first_diff >= 10 for d in diffs)  # exact until the first sample ended
+    assert sum(d.top1_agree for d in diffs) / sum(d.steps for d in diffs) >= 0.95
+    assert max(d.max_abs for d in diffs) < 4.0
 
 
 def test_generation_is_deterministic(engine) -> None:
@@ -253,3 +256,22 @@ def test_greedy_is_bitwise_identical_at_every_batch_size(engine) -> None:
     for k in (2, 5, 8):
         rows = logprobs(k)
         assert rows[0] == ref and rows[-1] == ref, f"k={k}"
+
+
+@pytest.mark.slow
+def test_batch_width_dependent_kernels_stay_within_the_measured_bound() -> None:
+    """Part 3: Gemma 3 270M Q4_K_M's kernels round differently at batch width 8 than
+    at 1, so its rows are not bitwise equal; measured (bench/determinism.py): top-1
+    agreement 97.9%, max |logit difference| 2.9."""
+    from edgescale.models.catalog import resolve_model
+    from edgescale.runtime.llama_engine import LlamaCppEngine
+    from edgescale.runtime.replay import replay
+
+    with LlamaCppEngine.load(resolve_model("gemma3-270m"), n_threads=2) as eng:
+        tokens = eng.format_prompt(PROMPT)
+        seqs, _ = _run(eng, tokens, k=8, sampling=SamplingConfig(temperature=0.8), seed=5, max_new=32)
+        rows, session = replay(eng, tokens, seqs, max_new=32)
+        session.close()
+        diffs = _against_single_runs(eng, tokens, seqs, rows, 32)
+    assert sum(d.top1_agree for d in diffs) / sum(d.steps for d in diffs) >= 0.95
+    assert max(d.max_abs for d in diffs) < 4.5

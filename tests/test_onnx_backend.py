@@ -117,7 +117,7 @@ def test_conversion_is_exact_and_describes_the_model(
     ):
         assert getattr(info, field) == getattr(src, field), field
     assert isinstance(onnx_engine, Engine)
-    assert onnx_engine.backend_name == "onnxruntime"
+    assert onnx_engine.backend_name == "onnx"
     assert onnx_engine.weights_bytes() > 0.5 * src.file_size
 
 

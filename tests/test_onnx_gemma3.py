@@ -91,7 +91,13 @@ def test_gemma3_logits_and_tokens_follow_llama_cpp(
             s.close()
         diff = rows[0] - rows[1]
         assert np.abs(diff - np.median(diff)).max() < 3.0, text
-        assert set(np.argsort(-rows[0])[:3]) == set(np.argsort(-rows[1])[:3]), text
+        assert np.argmax(rows[0]) == np.argmax(rows[1]), text
+        # The top 3 agree up to near-ties: each engine's top 3 are within 0.5 logits of
+        # the other's third. (Measured: candidates 3 and 4 of "The capital of France is"
+        # lie 0.04 apart in ONNX, and their order flips between CPU kernels.)
+        for a, b in ((rows[0], rows[1]), (rows[1], rows[0])):
+            third = np.sort(b)[-3]
+            assert all(b[t] >= third - 0.5 for t in np.argsort(-a)[:3]), text
     agreement = greedy_agreement(ours, ref, prompts, n_tokens=16)
     print(agreement)
     assert agreement.teacher_forced_top1 >= 0.8

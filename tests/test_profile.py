@@ -170,6 +170,9 @@ class EngineAt:
         self.backend_name: str = engine.backend_name
         self.n_threads: int = engine.n_threads
         self.backend_version: str = engine.backend_version
+        self.n_gpu_layers: int = engine.n_gpu_layers
+        self.memory_layout = engine.memory_layout
+        self.baseline_anon_bytes: int = engine.baseline_anon_bytes
 
     def tokenize(
         self, text: str, *, add_special: bool = False, parse_special: bool = True

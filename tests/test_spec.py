@@ -16,8 +16,10 @@ from edgescale.strategies.spec import (
     Majority,
     ShortM,
     Single,
+    draws_one_sample,
     parse_strategy,
-    with_k,
+    samples_of,
+    with_samples,
 )
 
 
@@ -74,19 +76,29 @@ def test_invalid_forms_name_the_valid_ones(text: str, needle: str) -> None:
     assert needle in msg and "valid forms" in msg and "\n" not in msg
 
 
-def test_with_k() -> None:
-    assert with_k(Majority(8), 3) == Majority(3)
-    assert with_k(Adaptive(max=16), 4).max == 4
-    assert with_k(Single(), 4) == Single()
+def test_with_samples_and_samples_of() -> None:
+    assert with_samples(Majority(8), 3) == Majority(3)
+    assert with_samples(ShortM(3, 8), 2) == ShortM(2, 2)
+    capped = with_samples(Adaptive(max=16, wave=8, window=6), 4)
+    assert (capped.max, capped.wave, capped.window) == (4, 4, 4)
+    assert with_samples(Single(), 4) == Single()
+    assert [samples_of(s) for s in (Single(), Majority(5), Adaptive(max=12), EarlyExit(k=3))] == [1, 5, 12, 3]
+    assert draws_one_sample(Single()) and draws_one_sample(Majority(1)) and draws_one_sample(EarlyExit())
+    assert not draws_one_sample(Majority(2)) and not draws_one_sample(Adaptive(max=16))
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.text(max_size=60))
-def test_parser_never_raises_anything_else(text: str) -> None:
+def test_parser_accepts_a_spec_or_names_the_valid_forms(text: str) -> None:
+    """Any text either parses to a strategy that prints back to an equal one, or raises
+    InvalidSpec with one line naming the valid forms; never another exception."""
     try:
-        parse_strategy(text)
-    except InvalidSpec:
-        pass
+        parsed = parse_strategy(text)
+    except InvalidSpec as exc:
+        msg = str(exc)
+        assert "valid forms" in msg and "\n" not in msg
+        return
+    assert parse_strategy(parsed.spec()) == parsed
 
 
 @settings(max_examples=300, deadline=None)

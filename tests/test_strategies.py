@@ -7,16 +7,21 @@ from scipy.special import betainc
 
 from edgescale.runtime.generate import GenerationConfig
 from edgescale.runtime.sampling import GREEDY
-from edgescale.strategies.auto import run_auto
 from edgescale.strategies.planner import Plan
 from edgescale.strategies.runner import Query, run_query
-from edgescale.strategies.spec import parse_strategy
+from edgescale.strategies.spec import Adaptive, EarlyExit, Escalate, Strategy, parse_strategy, samples_of
 from edgescale.strategies.voting import beta_confidence, beta_rule, esc_rule
 from tests.fake_engine import FakeEngine
 
 
+def plan_of(strategy: Strategy, max_new: int) -> Plan:
+    """A plan without a budget: the strategy as written, nothing predicted."""
+    return Plan(strategy=strategy, k=samples_of(strategy), max_new_tokens=max_new, n_cells=0, n_batch=0,
+                predicted_s=None, predicted_peak_bytes=None, kv_bytes=0)
+
+
 def ask(engine: FakeEngine, spec: str, *, kind: str = "number", max_new: int = 400, deadline=None, clock=None):
-    q = Query(prompt_tokens=list(b"Q?"), strategy=parse_strategy(spec), answer_kind=kind,
+    q = Query(prompt_tokens=list(b"Q?"), plan=plan_of(parse_strategy(spec), max_new), answer_kind=kind,
               config=GenerationConfig(max_new_tokens=max_new, sampling=GREEDY), deadline_s=deadline)
     return run_query(engine, q, clock=clock) if clock else run_query(engine, q)
 
@@ -225,34 +230,26 @@ def test_same_inputs_same_result() -> None:
 
 # -- auto: both stages in one batch ---------------------------------------------
 def auto_plan(escalate: str | None, confidence: float = 0.8) -> Plan:
-    return Plan(strategy="early-exit:every=32,window=2,k=1,probe=20", k=1, max_new_tokens=400, n_cells=0,
-                n_batch=0, predicted_s=0.0, predicted_peak_bytes=0, kv_bytes=0, escalate_to=escalate,
-                confidence=confidence)
+    esc = parse_strategy(escalate) if escalate is not None else None
+    assert esc is None or isinstance(esc, Adaptive)
+    return plan_of(Escalate(stage1=EarlyExit(every=32, window=2, k=1, probe=20), escalation=esc,
+                            confidence=confidence), 400)
 
 
 def ask_auto(engine: FakeEngine, escalate: str | None, *, deadline=None, clock=None, step_time=None):
-    q = Query(prompt_tokens=list(b"Q?"), strategy=parse_strategy("auto"), answer_kind="number",
+    q = Query(prompt_tokens=list(b"Q?"), plan=auto_plan(escalate), answer_kind="number",
               config=GenerationConfig(max_new_tokens=400, sampling=GREEDY), deadline_s=deadline,
               step_time=step_time)
-    sessions: list[int] = []
-    make = engine.session
-
-    def counted(**kw):
-        sessions.append(kw["n_seqs"])
-        return make(**kw)
-
-    engine.session = counted  # type: ignore[method-assign]
-    kw = {"clock": clock} if clock else {}
-    res = run_auto(engine, q, auto_plan(escalate), stage2_sampling=GREEDY, **kw)
-    return res, sessions
+    res = run_query(engine, q, clock=clock) if clock else run_query(engine, q)
+    return res, engine.sessions
 
 
 def test_auto_stops_after_a_confident_first_answer() -> None:
     eng = FakeEngine([pad("7", 30), pad("9", 20), pad("9", 20)])
     res, sessions = ask_auto(eng, "adaptive:max=2,wave=2,window=2")
-    assert res.answer == "7" and res.plan["outcome"] == "confident"
+    assert res.answer == "7" and res.outcome.name == "confident"
     assert res.stop_reason == "confident:all-finished" and len(res.samples) == 1
-    assert res.plan["stage1_certainty"] > 0.99
+    assert res.outcome.stage1_certainty > 0.99
 
 
 def test_auto_escalates_in_the_same_batch_with_the_first_answer_as_a_vote() -> None:
@@ -260,8 +257,8 @@ def test_auto_escalates_in_the_same_batch_with_the_first_answer_as_a_vote() -> N
     eng = FakeEngine([pad("7", 30), pad("9", 20), pad("9", 22), pad("9", 24)], margins=[5.0, 30, 30, 30])
     res, sessions = ask_auto(eng, "adaptive:max=3,wave=2,window=3")
     assert sessions == [1 + 3 + 1]  # one session (one prefill): sample 0, three wave samples, a probe slot
-    assert res.plan["outcome"] == "escalated" and res.stop_reason.startswith("escalated:")
-    assert res.plan["stage1_certainty"] < 0.8
+    assert res.outcome.name == "escalated" and res.stop_reason.startswith("escalated:")
+    assert res.outcome.stage1_certainty < 0.8
     assert res.answer == "9" and res.winner in (1, 2, 3)
     assert [s.index for s in res.samples] == [0, 1, 2, 3]
     # Beta rule on [7, 9, 9]: P(p1 > p2) = 1 - I_0.5(3, 2) = 0.6875 < 0.95, so the third wave sample runs
@@ -271,7 +268,7 @@ def test_auto_escalates_in_the_same_batch_with_the_first_answer_as_a_vote() -> N
 def test_auto_first_answer_can_win_the_vote() -> None:
     eng = FakeEngine([pad("7", 30), pad("9", 20), pad("8", 22)], margins=[5.0, 30, 30])
     res, _ = ask_auto(eng, "adaptive:max=2,wave=2,window=2")
-    assert res.plan["outcome"] == "escalated"
+    assert res.outcome.name == "escalated"
     assert res.answer == "7" and res.winner == 0  # a three-way tie goes to the answer given first
     assert res.text == eng.scripts[0].strip() or res.text == eng.scripts[0]
 
@@ -282,14 +279,14 @@ def test_auto_does_not_escalate_when_a_wave_would_miss_the_deadline() -> None:
     eng = FakeEngine([pad("7", 30), pad("9", 20), pad("9", 20)], margins=[5.0, 30, 30])
     res, _ = ask_auto(eng, "adaptive:max=2,wave=2,window=2", deadline=2.0, clock=StepClock(),
                       step_time=lambda k: 0.025 * k)
-    assert res.plan["outcome"] == "no-time-to-escalate"
+    assert res.outcome.name == "no-time-to-escalate"
     assert len(res.samples) == 1 and res.answer == "7"
 
 
 def test_auto_without_escalation_target_stays_with_the_first_sample() -> None:
     eng = FakeEngine([pad("7", 30), pad("9", 20)], margins=[5.0, 30])
     res, _ = ask_auto(eng, None)
-    assert res.plan["outcome"] == "no-escalation" and len(res.samples) == 1 and res.answer == "7"
+    assert res.outcome.name == "no-escalation" and len(res.samples) == 1 and res.answer == "7"
 
 
 def test_auto_narrows_the_wave_to_fit_the_time_left() -> None:
@@ -299,7 +296,7 @@ def test_auto_narrows_the_wave_to_fit_the_time_left() -> None:
     clock = StepClock()
     res, _ = ask_auto(eng, "adaptive:max=4,wave=4,window=4", deadline=6.0, clock=clock,
                       step_time=lambda k: step.get(k, 0.1))
-    assert res.plan["outcome"] == "escalated"
+    assert res.outcome.name == "escalated"
     by = {s.index: s for s in res.samples}
     assert by[1].finish_reason == by[2].finish_reason == "stop"
     assert abs(by[1].finished_at_s - by[2].finished_at_s) < 0.05  # same step (the clock ticks per read)

@@ -1,0 +1,213 @@
+"""What a query asks for, validated once: the one boundary every front end goes through.
+
+``ask_settings`` takes the values of CLI flags; ``settings_from_record`` a JSON
+object (a batch line, later a server request body) over defaults. Both check
+every field against ``edgescale.limits`` and raise ``UsageError`` with one
+line; what they return (:class:`AskSettings`: the strategy, the budget and the
+generation options) is trusted from there on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Sequence
+
+from edgescale import limits
+from edgescale.errors import UsageError
+from edgescale.runtime.sampling import SamplingConfig
+from edgescale.strategies.planner import Budget
+from edgescale.strategies.spec import Auto, Majority, Single, Strategy, draws_one_sample, parse_strategy
+
+ANSWER_KINDS = ("auto", "number", "choice", "yesno", "text")
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|sec|m|min)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class AskOptions:
+    """Per-query generation options (validated by ``ask_settings``)."""
+
+    max_tokens: int = limits.DEFAULT_MAX_TOKENS
+    temperature: float | None = None  # None: greedy for one sample, MULTI_SAMPLE_TEMPERATURE otherwise
+    top_k: int = limits.DEFAULT_TOP_K
+    top_p: float = limits.DEFAULT_TOP_P
+    min_p: float = limits.DEFAULT_MIN_P
+    seed: int = limits.DEFAULT_SEED
+    stop: tuple[str, ...] = ()
+    system: str | None = None
+    chat: bool = True
+    answer: str = "auto"
+    choices: tuple[str, ...] = ()
+
+    def sampling_for(self, strategy: Strategy) -> SamplingConfig:
+        temp = self.temperature
+        if temp is None:  # one sample: greedy; several: they must differ
+            temp = 0.0 if draws_one_sample(strategy) else limits.MULTI_SAMPLE_TEMPERATURE
+        return SamplingConfig(temperature=temp, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p)
+
+
+@dataclass(frozen=True)
+class AskSettings:
+    strategy: Strategy
+    budget: Budget
+    options: AskOptions
+
+    @property
+    def streams(self) -> bool:
+        return isinstance(self.strategy, Single)
+
+
+def parse_duration(text: str | float | None) -> float | None:
+    """'2s', '500ms', '1.5', '1m' (or a number of seconds) -> seconds."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        m = _DURATION.match(str(text))
+        if not m:
+            raise UsageError(f"bad duration {text!r}; use e.g. 2s, 500ms, 1.5")
+        value = float(m.group(1))
+        unit = (m.group(2) or "s").lower()
+        seconds = value / 1000 if unit == "ms" else value * 60 if unit in ("m", "min") else value
+    if not seconds > 0:
+        raise UsageError("the deadline must be positive")
+    return seconds
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'512MB', '1GB', '300M', '2GiB' (or a number of bytes) -> bytes (K/M/G/T are powers of 1024)."""
+    if text is None:
+        return None
+    if isinstance(text, int) and not isinstance(text, bool):
+        size = text
+    else:
+        m = _SIZE.match(str(text))
+        if not m:
+            raise UsageError(f"bad memory size {text!r}; use e.g. 512MB, 1GB")
+        unit = (m.group(2) or "b").lower().rstrip("b").rstrip("i")
+        scale = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[unit]
+        size = int(float(m.group(1)) * scale)
+    if size <= 0:
+        raise UsageError("the memory budget must be positive")
+    return size
+
+
+def resolve_strategy(spec: str | Strategy | None, samples: int | None, *, budgeted: bool) -> Strategy:
+    """No spec: k alone means maj@k; a budget alone means auto; nothing means single."""
+    if not isinstance(spec, str) and spec is not None:
+        return spec
+    if spec is None or not spec.strip():
+        if samples is not None and samples > 1:
+            return Majority(samples)
+        return Auto() if budgeted and samples is None else Single()
+    return parse_strategy(spec, default_k=samples or limits.DEFAULT_K)
+
+
+# What each value is called where it came from (the rules are the same everywhere).
+API_NAMES = {k: k for k in ("samples", "max_tokens", "temperature", "seed", "top_k", "top_p", "min_p", "answer")}
+CLI_NAMES = {"samples": "--samples", "max_tokens": "--max-tokens", "temperature": "--temperature",
+             "seed": "--seed", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p", "answer": "--answer"}
+RECORD_NAMES = {**{k: f"field {k!r}" for k in API_NAMES}, "samples": "field 'k'"}
+
+
+def _check_range(name: str, value: float | None, lo: float, hi: float) -> None:
+    if value is not None and not lo <= value <= hi:
+        raise UsageError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
+
+
+def ask_settings(
+    *,
+    strategy: str | Strategy | None = None,
+    samples: int | None = None,
+    temperature: float | None = None,
+    top_k: int = limits.DEFAULT_TOP_K,
+    top_p: float = limits.DEFAULT_TOP_P,
+    min_p: float = limits.DEFAULT_MIN_P,
+    max_tokens: int = limits.DEFAULT_MAX_TOKENS,
+    seed: int = limits.DEFAULT_SEED,
+    answer: str = "auto",
+    stop: Sequence[str] = (),
+    system: str | None = None,
+    raw: bool = False,
+    deadline: str | float | None = None,
+    memory: str | int | None = None,
+    choices: Sequence[str] = (),
+    names: Mapping[str, str] = API_NAMES,
+) -> AskSettings:
+    """Validate every value and build the API objects. ``names``: what the values are
+    called in the error messages (CLI flags, JSON fields or API arguments)."""
+    _check_range(names["samples"], samples, 1, limits.MAX_SAMPLES)
+    _check_range(names["max_tokens"], max_tokens, 1, limits.MAX_NEW_TOKENS)
+    _check_range(names["temperature"], temperature, 0.0, limits.MAX_TEMPERATURE)
+    _check_range(names["seed"], seed, 0, limits.MAX_SEED)
+    _check_range(names["top_k"], top_k, 0, 1 << 30)
+    _check_range(names["min_p"], min_p, 0.0, 1.0)
+    if not 0.0 < top_p <= 1.0:
+        raise UsageError(f"{names['top_p']} must be greater than 0 and at most 1, got {top_p:g}")
+    kind = answer.strip().lower()
+    if kind not in ANSWER_KINDS:
+        raise UsageError(f"bad {names['answer']} {answer!r}; choose one of: {', '.join(ANSWER_KINDS)}")
+    options = AskOptions(
+        max_tokens=int(max_tokens), temperature=temperature, top_k=int(top_k), top_p=top_p, min_p=min_p,
+        seed=int(seed), stop=tuple(stop), system=system, chat=not raw, answer=kind, choices=tuple(choices),
+    )
+    budget = Budget(deadline_s=parse_duration(deadline), memory_bytes=parse_size(memory))
+    budgeted = budget.deadline_s is not None or budget.memory_bytes is not None
+    return AskSettings(resolve_strategy(strategy, samples, budgeted=budgeted), budget, options)
+
+
+# -- JSON records: a batch line or a request body over defaults --------------------------
+RECORD_FIELDS = ("id", "prompt", "question", "strategy", "k", "max_tokens", "temperature", "seed", "answer",
+                 "choices", "stop", "system", "deadline")
+
+
+def _typed(record: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    if key not in record or record[key] is None:
+        return default
+    value = record[key]
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        raise UsageError(f"field {key!r} has the wrong type")
+    return value
+
+
+def _strings(record: Mapping[str, Any], key: str) -> list[str]:
+    value = _typed(record, key, (list, str), [])
+    items = [value] if isinstance(value, str) else value
+    if not all(isinstance(x, str) for x in items):
+        raise UsageError(f"field {key!r} must hold strings")
+    return items
+
+
+def settings_from_record(record: Mapping[str, Any], defaults: Mapping[str, Any]) -> AskSettings:
+    """A JSON object's fields over ``defaults`` (``ask_settings`` keyword arguments)."""
+    unknown = sorted(set(record) - set(RECORD_FIELDS))
+    if unknown:
+        raise UsageError(f"unknown field(s) {', '.join(unknown)}")
+    fields = dict(defaults)
+    fields["strategy"] = _typed(record, "strategy", str, defaults.get("strategy"))
+    fields["samples"] = _typed(record, "k", int, defaults.get("samples"))
+    fields["max_tokens"] = _typed(record, "max_tokens", int, defaults.get("max_tokens", limits.DEFAULT_MAX_TOKENS))
+    fields["temperature"] = _typed(record, "temperature", (int, float), defaults.get("temperature"))
+    fields["seed"] = _typed(record, "seed", int, defaults.get("seed", limits.DEFAULT_SEED))
+    fields["answer"] = _typed(record, "answer", str, defaults.get("answer", "auto"))
+    fields["system"] = _typed(record, "system", str, defaults.get("system"))
+    fields["deadline"] = _typed(record, "deadline", (str, int, float), defaults.get("deadline"))
+    if "stop" in record:
+        fields["stop"] = _strings(record, "stop")
+    if "choices" in record:
+        fields["choices"] = _strings(record, "choices")
+    fields["names"] = RECORD_NAMES
+    return ask_settings(**fields)
+
+
+def record_prompt(record: Mapping[str, Any]) -> str:
+    prompt = record.get("prompt", record.get("question"))
+    if not isinstance(prompt, str):
+        raise UsageError('needs a string "prompt"')
+    return prompt
+
+
+def with_options(settings: AskSettings, **changes: Any) -> AskSettings:
+    return replace(settings, options=replace(settings.options, **changes))
