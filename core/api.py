@@ -1,10 +1,13 @@
 """The Python API: ``Runtime.load(model)`` then ``runtime.ask(prompt, strategy=..., budget=...)``.
 
-One path for every query: the prompt becomes tokens, the planner makes a
-:class:`~edgescale.strategies.planner.Plan` (strategy objects, KV size,
-predictions), and ``strategies.runner.run_query`` runs it. Strategy and budget
-defaults are the CLI's: no strategy and no budget is ``single``; a budget
-alone is ``auto`` (``edgescale.settings.resolve_strategy``).
+One path for every query: the prompt becomes tokens (in the caller's thread), and
+the runtime's :class:`~edgescale.strategies.scheduler.Scheduler` plans it when it
+reaches the head of the queue (a :class:`~edgescale.strategies.planner.Plan` of
+strategy objects, KV size and predictions, made from the load of the moment) and
+runs it in the shared decode loop with whatever else is running. ``ask`` is safe to
+call from several threads at once; ``ask_async`` awaits in an asyncio task.
+Strategy and budget defaults are the CLI's: no strategy and no budget is
+``single``; a budget alone is ``auto`` (``edgescale.settings.resolve_strategy``).
 
 Planning never measures the device: without a cached speed profile the planner
 uses a conservative estimate (``devices.estimate``) and ``notify`` hears about it
@@ -13,21 +16,27 @@ once; ``calibrate()`` (or ``edgescale devices --calibrate``) measures it.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from edgescale.errors import EmptyPrompt
+from edgescale.errors import EmptyPrompt, UsageError
 from edgescale.runtime.backends import BackendRegistry, LoadRequest, default_backends
 from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import BatchGenerator, TokenEvent
 from edgescale.settings import AskOptions, resolve_strategy
 from edgescale.strategies.planner import Budget, Plan
 from edgescale.strategies.result import Result
+from edgescale.strategies.scheduler import Request, Scheduler, SchedulerConfig
 from edgescale.strategies.spec import Strategy
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from edgescale.devices.profile import DeviceProfile
+    from edgescale.strategies.runner import Query
 
 __all__ = ["AskOptions", "Budget", "Runtime", "load_engine"]
 
@@ -64,11 +73,14 @@ class Runtime:
     """
 
     def __init__(self, engine: Engine, model_name: str = "", notify: Callable[[str], None] | None = None,
-                 profile: DeviceProfile | None = None) -> None:
+                 profile: DeviceProfile | None = None, scheduler: SchedulerConfig = SchedulerConfig()) -> None:
         self.engine = engine
         self.model_name = model_name or engine.info.name
         self.notify = notify
         self._profile: DeviceProfile | None = profile
+        self._scheduler_config = scheduler
+        self._scheduler: Scheduler | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def load(
@@ -80,12 +92,25 @@ class Runtime:
         n_gpu_layers: int | None = None,
         registry: BackendRegistry | None = None,
         notify: Callable[[str], None] | None = None,
+        scheduler: SchedulerConfig = SchedulerConfig(),
     ) -> "Runtime":
         engine = load_engine(model, backend=backend, threads=threads, n_gpu_layers=n_gpu_layers,
                              registry=registry, notify=notify)
-        return cls(engine, str(model) if model else "", notify=notify)
+        return cls(engine, str(model) if model else "", notify=notify, scheduler=scheduler)
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The shared decode loop (started on first use)."""
+        with self._lock:
+            if self._scheduler is None:
+                self._scheduler = Scheduler(self.engine, self._scheduler_config)
+            return self._scheduler
 
     def close(self) -> None:
+        with self._lock:
+            sched, self._scheduler = self._scheduler, None
+        if sched is not None:
+            sched.close()
         self.engine.close()
 
     def __enter__(self) -> "Runtime":
@@ -108,6 +133,10 @@ class Runtime:
     def profile(self) -> DeviceProfile:
         """The device profile the planner uses: the measured one cached for this engine,
         else a conservative estimate (never a measurement: that is :meth:`calibrate`)."""
+        with self._lock:
+            return self._profile_locked()
+
+    def _profile_locked(self) -> DeviceProfile:
         if self._profile is not None:
             return self._profile
         from edgescale.devices.estimate import estimated_profile
@@ -127,8 +156,11 @@ class Runtime:
         """Measure this device's speed profile for the engine now (cached on disk)."""
         from edgescale.devices.profile import load_or_calibrate
 
-        self._profile = load_or_calibrate(self.engine, refresh=True)
-        return self._profile
+        with self._lock:
+            if self._scheduler is not None and (self._scheduler.running or self._scheduler.queued):
+                raise UsageError("calibration needs the engine to itself: wait for the running queries")
+            self._profile = load_or_calibrate(self.engine, refresh=True)
+            return self._profile
 
     def plan(self, prompt: str, *, strategy: str | Strategy | None = None, budget: Budget | None = None,
              options: AskOptions | None = None, **overrides: Any) -> Plan:
@@ -137,9 +169,10 @@ class Runtime:
         return self._plan(self.prompt_tokens(prompt, opts), strategy, budget or Budget(), opts)
 
     def _plan(self, tokens: Sequence[int], strategy: str | Strategy | None, budget: Budget,
-              opts: AskOptions) -> Plan:
+              opts: AskOptions, others: int = 0) -> Plan:
+        """Plan a query that will share each step with ``others`` live sequences."""
         from edgescale.runtime.memory import memory_model
-        from edgescale.strategies.planner import QueryShape, plan
+        from edgescale.strategies.planner import QueryShape, SharedTiming, plan
         from edgescale.strategies.spec import Auto
 
         budgeted = budget.deadline_s is not None or budget.memory_bytes is not None
@@ -147,9 +180,10 @@ class Runtime:
         timed = isinstance(strat, Auto) or budget.deadline_s is not None
         shape = QueryShape(prompt_tokens=len(tokens), max_new_tokens=opts.max_tokens, strategy=strat,
                            context_cells=self.engine.info.n_ctx_train or None)
-        return plan(shape, self.profile() if timed else None, memory_model(self.engine), budget)
+        timing = SharedTiming(self.profile(), others) if timed else None
+        return plan(shape, timing, memory_model(self.engine), budget)
 
-    def ask(
+    def request(
         self,
         prompt: str,
         *,
@@ -158,25 +192,42 @@ class Runtime:
         options: AskOptions | None = None,
         on_step: Callable[[BatchGenerator, Sequence[TokenEvent]], None] | None = None,
         **overrides: Any,
-    ) -> Result:
-        """Answer one prompt. ``strategy`` None: single, or auto when a budget is given.
-        ``overrides`` are AskOptions fields (max_tokens=..., seed=...)."""
-        import time
+    ) -> Request:
+        """The query as the scheduler takes it (tokenized now; planned when admitted)."""
+        from edgescale.strategies.runner import Query, generation_config
 
-        from edgescale.strategies.runner import Query, generation_config, run_query
-
-        t0 = time.perf_counter()
+        arrival = time.perf_counter()
         opts = replace(options or AskOptions(), **overrides)
         tokens = self.prompt_tokens(prompt, opts)
         budget = budget or Budget()
-        chosen = self._plan(tokens, strategy, budget, opts)
-        # tokenizing and planning count against the deadline (no measurement happens here)
-        deadline = None if budget.deadline_s is None else budget.deadline_s - (time.perf_counter() - t0)
-        profile = self._profile if chosen.predicted_s is not None else None
-        query = Query(
-            prompt_tokens=tokens, plan=chosen,
-            config=generation_config(chosen.strategy, opts, chosen.max_new_tokens),
-            answer_kind=opts.answer, choices=opts.choices, deadline_s=deadline, model_name=self.model_name,
-            step_time=profile.step_time if profile is not None else None,
-        )
-        return run_query(self.engine, query, on_step=on_step)
+
+        def prepare(others: int, waited: float) -> Query:
+            left = None if budget.deadline_s is None else max(1e-3, budget.deadline_s - waited)
+            chosen = self._plan(tokens, strategy, replace(budget, deadline_s=left), opts, others)
+            profile = self._profile if chosen.predicted_s is not None else None
+            return Query(
+                prompt_tokens=tokens, plan=chosen,
+                config=generation_config(chosen.strategy, opts, chosen.max_new_tokens),
+                answer_kind=opts.answer, choices=opts.choices, deadline_s=budget.deadline_s,
+                model_name=self.model_name, step_time=profile.step_time if profile is not None else None,
+            )
+
+        return Request(prompt_tokens=tokens, prepare=prepare, deadline_s=budget.deadline_s, on_step=on_step,
+                       arrival=arrival)
+
+    def submit(self, prompt: str, **kwargs: Any) -> Future[Result]:
+        """Queue a query and return at once: a future of its result (see :meth:`ask`)."""
+        return self.scheduler.submit(self.request(prompt, **kwargs))
+
+    async def ask_async(self, prompt: str, **kwargs: Any) -> Result:
+        """:meth:`ask` for asyncio: the query runs in the shared loop while the task awaits."""
+        import asyncio
+
+        return await asyncio.wrap_future(self.submit(prompt, **kwargs))
+
+    def ask(self, prompt: str, **kwargs: Any) -> Result:
+        """Answer one prompt; the arguments are :meth:`request`'s: ``strategy`` (None: single, or
+        auto when a budget is given), ``budget``, ``options`` or AskOptions fields as keywords
+        (max_tokens=..., seed=...), and ``on_step`` (called in the scheduler's thread after
+        every step of this query)."""
+        return self.submit(prompt, **kwargs).result()

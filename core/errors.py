@@ -81,3 +81,15 @@ class DecodeError(EdgescaleError):
     """llama_decode failed fatally (negative return code)."""
 
     exit_code = 10
+
+
+class QueueFull(EdgescaleError):
+    """A shared decode loop has as many queries waiting as its queue holds."""
+
+    exit_code = 11
+
+
+class DeadlineMissed(EdgescaleError):
+    """A query's deadline passed before it could start (and rejection was asked for)."""
+
+    exit_code = 12

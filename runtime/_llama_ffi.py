@@ -325,8 +325,10 @@ class Context:
     def seq_rm(self, seq_id: int) -> None:
         self._be.lib.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
 
-    def seq_cp(self, src: int, dst: int) -> None:
-        self._be.lib.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+    def seq_cp(self, src: int, dst: int, n_tokens: int | None = None) -> None:
+        """``dst`` shares ``src``'s cells of positions [0, n_tokens) (None: all)."""
+        self._be.lib.llama_memory_seq_cp(self.mem, src, dst, 0 if n_tokens is not None else -1,
+                                         n_tokens if n_tokens is not None else -1)
 
     def seq_pos_max(self, seq_id: int) -> int:
         return int(self._be.lib.llama_memory_seq_pos_max(self.mem, seq_id))

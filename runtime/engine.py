@@ -55,8 +55,9 @@ class DecodeSession(Protocol):
     def remove(self, seq_id: int) -> None:
         """Drop a sequence; cells no other sequence uses are freed at once."""
 
-    def fork(self, src: int, dst: int) -> None:
-        """Make ``dst`` a copy of ``src`` (shares its cells; no copy of data where the backend can)."""
+    def fork(self, src: int, dst: int, n_tokens: int | None = None) -> None:
+        """Make ``dst`` a copy of ``src``'s first ``n_tokens`` positions (None: all of it), sharing
+        its cells where the backend can (no copy of data); ``dst`` must hold nothing."""
 
     def cells_used(self) -> int: ...
 
@@ -83,6 +84,7 @@ class Engine(Protocol):
     backend_version: str
     n_threads: int
     n_gpu_layers: int
+    max_sequences: int  # sequence ids one session may hold at most
     memory_layout: MemoryLayout
     baseline_anon_bytes: int  # process memory besides the weights, measured right after loading
 
@@ -140,8 +142,8 @@ class CellBook:
         self._cells.setdefault(seq_id, []).extend(cells)
         self._ref(cells)
 
-    def fork(self, src: int, dst: int) -> None:
-        cells = list(self._cells.get(src, []))
+    def fork(self, src: int, dst: int, n_tokens: int | None = None) -> None:
+        cells = list(self._cells.get(src, []))[:n_tokens]
         self._cells[dst] = cells
         self._ref(cells)
 
@@ -173,13 +175,15 @@ class CellBook:
 
 
 def check_session_shape(info: ModelInfo, n_seqs: int, n_cells: int) -> None:
-    """What every backend refuses before allocating a session."""
+    """What every backend refuses before allocating a session. (A sequence's own length is
+    the planner's to keep within the model's context; the cells of a session are shared by
+    its sequences, so a session may hold more cells than one sequence may use.)"""
     if n_seqs < 1:
         raise UsageError("a session needs at least one sequence")
-    if n_cells > info.n_ctx_train:
+    if n_cells > info.n_ctx_train * n_seqs:
         raise ContextOverflow(
-            f"the query needs {n_cells} KV cells but the model's context is {info.n_ctx_train}; "
-            "lower --max-tokens or -k"
+            f"{n_cells} KV cells for {n_seqs} sequences exceed the model's context of {info.n_ctx_train} "
+            "per sequence; lower --max-tokens or -k"
         )
 
 

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 import numpy as np
-
 from edgescale.errors import DecodeAborted, UsageError
 from edgescale.runtime.detok import IncrementalText
-from edgescale.runtime.engine import DecodeSession, Engine, Logits
+from edgescale.runtime.engine import DecodeSession, Engine, Feed, Logits
 from edgescale.runtime.sampling import (
     GREEDY,
     Sampler,
@@ -112,6 +111,7 @@ class ProbeResult:
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, served from the prefix cache
     prefill_s: float = 0.0
     first_token_s: float | None = None
     decode_steps: int = 0
@@ -120,7 +120,16 @@ class GenerationStats:
 
 
 class BatchGenerator:
-    """Runs up to ``n_seqs`` samples of one prompt in one batched step loop."""
+    """Runs up to ``n_seqs`` samples of one prompt in one batched step loop.
+
+    Two ways to own the loop. Alone (no ``lane``): the generator opens a session sized
+    for this query, reads the prompt at once and :meth:`step` decodes. Shared (a
+    ``lane``: this query's view of a session other queries use too): the prompt is
+    read in chunks of ``prefill_chunk`` tokens as feeds of the shared steps, starting
+    after the first ``prefix`` tokens (already in sequence 0's cells, from the prefix
+    cache), and whoever owns the loop calls :meth:`feeds`, decodes every query's feeds
+    in one batch and hands each query its rows with :meth:`take`.
+    """
 
     def __init__(
         self,
@@ -134,6 +143,9 @@ class BatchGenerator:
         probe_cells: int = 0,
         deadline: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        lane: DecodeSession | None = None,
+        prefix: int = 0,
+        prefill_chunk: int = MAX_BATCH,
     ) -> None:
         if n_seqs < 1:
             raise UsageError("at least one sample is needed")
@@ -146,7 +158,7 @@ class BatchGenerator:
         self.probe_slots = probe_slots
         self.deadline = deadline
         self.clock = clock
-        self.stats = GenerationStats(prompt_tokens=len(self.prompt))
+        self.stats = GenerationStats(prompt_tokens=len(self.prompt), cached_prompt_tokens=prefix)
         self.states = [SeqState(index=i, seed=config.seed + i) for i in range(n_seqs)]
         self.live: list[int] = []
         self.expired = False
@@ -160,9 +172,21 @@ class BatchGenerator:
         self._stop = tuple(s for s in config.stop if s)
         self._hold = max((len(s) for s in self._stop), default=1) - 1
         self._rows: dict[int, Logits] = {}  # live index -> logits row for its next token
+        self._fed: list[int] = []  # live indices of the last feeds(), in feed order
         self._prefill_row: Logits | None = None
+        self._scratch: Logits | None = None
+        self._n_initial = n_initial if n_initial is not None else n_seqs
         self._t0 = clock()
-        self.session: DecodeSession = engine.session(
+        if lane is not None:
+            if not 0 <= prefix < len(self.prompt):
+                raise UsageError("a cached prefix must leave at least one prompt token to read")
+            self.session: DecodeSession = lane
+            self._prompt_read = prefix
+            self._chunk = max(1, prefill_chunk)
+            return
+        self._prompt_read = 0
+        self._chunk = len(self.prompt)
+        self.session = engine.session(
             n_seqs=n_seqs + probe_slots,
             n_cells=kv_cells(len(self.prompt), n_seqs, config.max_new_tokens, probe_slots, probe_cells),
             max_batch=batch_size(len(self.prompt), n_seqs + probe_slots),
@@ -177,10 +201,19 @@ class BatchGenerator:
         except BaseException:  # DecodeAborted at a deadline included: the caller answers from nothing
             self.session.close()
             raise
+        self._prompt_read = len(self.prompt)
+        self._start(row)
+
+    def _start(self, row: Logits) -> None:
         self._prefill_row = np.array(row)  # kept: later waves start from it
         self._scratch = np.empty_like(self._prefill_row)
-        self.stats.prefill_s = clock() - self._t0
-        self.activate(range(n_initial if n_initial is not None else n_seqs))
+        self.stats.prefill_s = self.clock() - self._t0
+        self.activate(range(self._n_initial))
+
+    @property
+    def reading_prompt(self) -> bool:
+        """Still reading the prompt (shared loop only); no sample has started."""
+        return self._prefill_row is None
 
     # -- lifecycle -----------------------------------------------------------
     def close(self) -> None:
@@ -234,12 +267,34 @@ class BatchGenerator:
     # -- the step ------------------------------------------------------------
     def step(self) -> list[TokenEvent]:
         """Sample one token for every live sequence, then decode them in one batch."""
+        events, feeds = self.feeds()
+        if feeds:
+            try:
+                rows = self.session.decode(feeds)
+            except DecodeAborted:
+                self.expired = True
+                for i in self._fed:
+                    self._rows.pop(i, None)
+                return events
+            self.take(rows)
+        return events
+
+    def feeds(self) -> tuple[list[TokenEvent], list[Feed]]:
+        """This step's work before the decode: while reading the prompt, its next chunk
+        (for sequence 0); then one sampled token for every live sequence. Returns the
+        events (one per sampled token) and the feeds to decode."""
+        if self._prefill_row is None:
+            chunk = self.prompt[self._prompt_read : self._prompt_read + self._chunk]
+            self._fed = []
+            return [], [(0, chunk)]
         if not self.live:
-            return []
+            self._fed = []
+            return [], []
         events: list[TokenEvent] = []
-        feeds: list[tuple[int, list[int]]] = []
+        feeds: list[Feed] = []
         cfg = self.config
         lse_cache: dict[int, float] = {}
+        assert self._scratch is not None
         for i in list(self.live):
             st = self.states[i]
             row = self._rows[i]
@@ -272,19 +327,21 @@ class BatchGenerator:
         if self.stats.first_token_s is None:
             self.stats.first_token_s = self.now()
         self.stats.decode_steps += 1
-        if feeds:
-            self._decode_live(feeds)
-        return events
+        self._fed = [i for i, _ in feeds]
+        return events, feeds
 
-    def _decode_live(self, feeds: list[tuple[int, list[int]]]) -> None:
-        try:
-            rows = self.session.decode(feeds)
-        except DecodeAborted:
-            self.expired = True
-            for i, _ in feeds:
-                self._rows.pop(i, None)
+    def take(self, rows: Logits) -> None:
+        """The logits rows of the last :meth:`feeds`, in feed order (views are fine: a row is
+        read before the next decode)."""
+        if self._prefill_row is None:
+            self._prompt_read = min(len(self.prompt), self._prompt_read + self._chunk)
+            if self._prompt_read < len(self.prompt):
+                return
+            for i in range(1, self.n_seqs):  # every sample shares the prompt's cells
+                self.session.fork(0, i)
+            self._start(rows[-1])
             return
-        for n, (i, _) in enumerate(feeds):
+        for n, i in enumerate(self._fed):
             self._rows[i] = rows[n]
 
     def _append_text(self, st: SeqState, piece: bytes) -> FinishReason | None:

@@ -95,6 +95,9 @@ class LlamaSession:
     def _decode_batch(self, pieces: Sequence[tuple[int, Sequence[int], bool]]) -> Logits:
         """Decode pieces (seq, tokens, wants_logits) in one llama_decode; return the wanted rows."""
         batch, book = self._batch, self.book
+        for seq, _, _ in pieces:
+            if self._parked.pop(seq, None) is not None:  # an ended sequence's id in use again
+                self.ctx.seq_rm(seq)
         batch.clear()
         n_out = 0
         added: dict[int, int] = {}
@@ -142,11 +145,11 @@ class LlamaSession:
         self._parked.clear()
         self.reclaims += 1
 
-    def fork(self, src: int, dst: int) -> None:
-        if self._parked.pop(dst, None) is not None:  # a spare id used before: its old cells go first
+    def fork(self, src: int, dst: int, n_tokens: int | None = None) -> None:
+        if self._parked.pop(dst, None) is not None:  # an id used before: its old cells go first
             self.ctx.seq_rm(dst)
-        self.ctx.seq_cp(src, dst)
-        self.book.fork(src, dst)
+        self.ctx.seq_cp(src, dst, n_tokens)
+        self.book.fork(src, dst, n_tokens)
 
     def cells_used(self) -> int:
         return self.book.used
@@ -222,7 +225,7 @@ class LlamaCppEngine:
         return ffi.backend().version
 
     @property
-    def kv_slots(self) -> int:
+    def max_sequences(self) -> int:
         """Most sequences one context may hold (llama.cpp's limit)."""
         return ffi.backend().max_parallel_sequences()
 
@@ -242,8 +245,8 @@ class LlamaCppEngine:
 
     def session(self, *, n_seqs: int, n_cells: int, max_batch: int) -> LlamaSession:
         check_session_shape(self.info, n_seqs, n_cells)
-        if n_seqs > self.kv_slots:
-            raise UsageError(f"{n_seqs} sequences exceed llama.cpp's limit of {self.kv_slots}")
+        if n_seqs > self.max_sequences:
+            raise UsageError(f"{n_seqs} sequences exceed llama.cpp's limit of {self.max_sequences}")
         params = ffi.ContextParams(
             n_ctx=n_cells,
             n_batch=max(1, int(max_batch)),

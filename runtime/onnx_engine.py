@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from edgescale.runtime.backends import LoadRequest
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+MAX_SEQUENCES = 256  # as llama.cpp's: rows are memory, and every row holds its prompt
 _REQUIRED_INPUTS = ("input_ids", "attention_mask", "position_ids", "num_logits_to_keep")
 
 
@@ -80,6 +81,7 @@ class OnnxEngine:
         self.providers = providers
         self.batch_invariant = batch_invariant
         self.n_gpu_layers = 0  # an execution provider runs the whole graph; no layer split
+        self.max_sequences = MAX_SEQUENCES
         # The KV cache is float32 and stores each sequence's row in full (a prompt shared by
         # k rows is stored k times). ONNX Runtime's arena per decode call, measured on
         # SmolLM2 (VmHWM after prefills of 32, 256 and 512 tokens, the KV cache taken

@@ -104,10 +104,10 @@ class KVRows:
             self.owner[slot] = None
             self.lengths[slot] = 0
 
-    def copy_row(self, src_seq: int, dst_seq: int) -> None:
-        """``dst`` becomes a copy of ``src`` (valid cells only)."""
+    def copy_row(self, src_seq: int, dst_seq: int, n_tokens: int | None = None) -> None:
+        """``dst`` becomes a copy of ``src``'s first ``n_tokens`` cells (None: all valid cells)."""
         a, b = self.slot_of[src_seq], self.slot_of[dst_seq]
-        n = int(self.lengths[a])
+        n = int(self.lengths[a]) if n_tokens is None else min(int(n_tokens), int(self.lengths[a]))
         self.buf[:, :, b, :, :n] = self.buf[:, :, a, :, :n]
         self.lengths[b] = n
 

@@ -217,14 +217,14 @@ class OnnxSession:
         self.kv.detach(seq_id)
         self.book.remove(seq_id)
 
-    def fork(self, src: int, dst: int) -> None:
+    def fork(self, src: int, dst: int, n_tokens: int | None = None) -> None:
         if not self.kv.holds(src):
             raise UsageError(f"cannot fork sequence {src}: it holds no KV")
         if self.kv.holds(dst):
             self.remove(dst)
         self.kv.attach(dst)
-        self.kv.copy_row(src, dst)
-        self.book.fork(src, dst)
+        self.kv.copy_row(src, dst, n_tokens)
+        self.book.fork(src, dst, n_tokens)
         self._note_peak()
 
     def cells_used(self) -> int:

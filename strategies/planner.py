@@ -89,6 +89,27 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class SharedTiming:
+    """A device profile as a query sees it when it shares each step with ``others`` live
+    sequences of other queries (the scheduler's load at admission)."""
+
+    profile: Timing
+    others: int
+
+    @property
+    def measured(self) -> bool:
+        return self.profile.measured
+
+    def step_time(self, k: int, cells: float | None = None) -> float:
+        return self.profile.step_time(k + self.others, cells)
+
+    def predict(self, *, prompt_tokens: int, k: int, new_tokens: int) -> float:
+        alone = self.profile.predict(prompt_tokens=prompt_tokens, k=k, new_tokens=0)  # the prompt
+        cells = prompt_tokens + new_tokens / 2
+        return alone + new_tokens * self.step_time(k, cells)
+
+
+@dataclass(frozen=True)
 class Plan:
     """What a query will run: a concrete strategy (auto's is an :class:`Escalate`), its
     sample count and KV size, and what the planner predicts. Predictions are None for a

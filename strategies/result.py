@@ -50,6 +50,8 @@ class Stats:
     backend: str
     samples_started: int = 0
     cancelled_tokens: int = 0  # tokens of samples the strategy cut short (already spent, in generated_tokens)
+    cached_prompt_tokens: int = 0  # of prompt_tokens, served from the prefix cache instead of read
+    queue_s: float = 0.0  # of wall_s, waiting for room in a shared decode loop
 
     @property
     def total_tokens(self) -> int:

@@ -16,27 +16,30 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from edgescale.errors import DecodeAborted
-from edgescale.runtime.engine import Engine
-from edgescale.runtime.generate import BatchGenerator, GenerationConfig, TokenEvent
+from edgescale.runtime.engine import DecodeSession, Engine
+from edgescale.runtime.generate import (
+    MAX_BATCH,
+    BatchGenerator,
+    GenerationConfig,
+    TokenEvent,
+    kv_cells,
+)
 from edgescale.runtime.sampling import SamplingConfig
-from edgescale.runtime.memory import peak_rss_bytes
 from edgescale.strategies.adaptive import AdaptiveController
 from edgescale.strategies.answers import extract_probe, is_hedge
+from edgescale.strategies.assemble import build_result, empty_result
+from edgescale.strategies.auto import AutoController
 from edgescale.strategies.base import (
     AnswerBook,
     Controller,
-    Decision,
-    answer_logprob,
     cancel_live,
-    mean_logprob,
 )
-from edgescale.strategies.auto import AutoController
 from edgescale.strategies.best_of_k import BestOfKController
 from edgescale.strategies.early_exit import ANSWER_CUE, EarlyExitController, probe_done
 from edgescale.strategies.first_finish import ShortMController
 from edgescale.strategies.majority import MajorityController
 from edgescale.strategies.planner import Plan
-from edgescale.strategies.result import ProbeRecord, Result, Sample, Stats
+from edgescale.strategies.result import ProbeRecord, Result
 from edgescale.strategies.spec import (
     Adaptive,
     Auto,
@@ -122,6 +125,118 @@ class Query:
         return self.plan.strategy
 
 
+class QueryRun:
+    """One query as a controller over its generator, advanced one step at a time by
+    whoever owns the step loop: :func:`run_query` alone, or the scheduler with other
+    queries. ``started``: when the query arrived (its deadline counts from then)."""
+
+    def __init__(self, engine: Engine, query: Query, *, clock: Callable[[], float] = time.perf_counter,
+                 on_step: StepCallback | None = None, started: float | None = None) -> None:
+        self.engine = engine
+        self.query = query
+        self.clock = clock
+        self.on_step = on_step
+        self.t0 = clock() if started is None else started
+        self.cue = engine.tokenize(ANSWER_CUE, add_special=False, parse_special=False)
+        self.ctl = build_controller(query.strategy, self.cue, prior=query.prior,
+                                    max_new_tokens=query.config.max_new_tokens, step_time=query.step_time)
+        self.book = AnswerBook(query.answer_kind, query.choices)
+        self.deadline = self.t0 + query.deadline_s if query.deadline_s is not None else None
+        self.probe_slots, self.probe_cells = self.ctl.probe_slots, self.ctl.probe_cells
+        if self.deadline is not None:  # room for one forced-answer probe
+            self.probe_slots = max(self.probe_slots, 1)
+            self.probe_cells = max(self.probe_cells, len(self.cue) + FORCED_PROBE_TOKENS)
+        self.pace = _Pace(query.step_time)
+        self.gen: BatchGenerator | None = None
+        self.result: Result | None = None
+        self.queue_s = 0.0  # time between arrival and admission (set by the scheduler)
+
+    @property
+    def n_seq_ids(self) -> int:
+        """Sequence ids the query needs: its samples and its probe slots."""
+        return self.ctl.n_seqs + self.probe_slots
+
+    @property
+    def kv_cells(self) -> int:
+        """KV cells the query may fill at most: its prompt, every sample's tokens, probe room."""
+        return kv_cells(len(self.query.prompt_tokens), self.ctl.n_seqs, self.query.config.max_new_tokens,
+                        self.probe_slots, self.probe_cells)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def open(self, *, lane: DecodeSession | None = None, prefix: int = 0, prefill_chunk: int = MAX_BATCH) -> None:
+        """Make the generator: alone (no lane) it reads the prompt now; on a lane, step by step."""
+        try:
+            self.gen = BatchGenerator(
+                self.engine, self.query.prompt_tokens, self.query.config, n_seqs=self.ctl.n_seqs,
+                n_initial=self.ctl.n_initial, probe_slots=self.probe_slots, probe_cells=self.probe_cells,
+                deadline=self.deadline, clock=self.clock, lane=lane, prefix=prefix, prefill_chunk=prefill_chunk,
+            )
+        except DecodeAborted:
+            self.result = empty_result(self.engine, self.query, self.clock() - self.t0, queue_s=self.queue_s)
+
+    def due(self, width: int) -> bool:
+        """Before a step of ``width`` live sequences (all queries'): whether this query takes
+        part. At the deadline it ends instead: stopped early enough to leave room for a
+        forced-answer probe while no finished sample has an answer."""
+        gen = self.gen
+        assert gen is not None and self.result is None
+        if self.deadline is None:
+            return True
+        if gen.reading_prompt:
+            if self.clock() < self.deadline:
+                return True
+            self.result = empty_result(self.engine, self.query, self.clock() - self.t0, gen.stats,
+                                       queue_s=self.queue_s)
+            return False
+        reserve = 0.0 if _has_answer(gen, self.book) else self.pace.probe(len(self.cue))
+        if self.clock() + self.pace.step(width) + reserve >= self.deadline:
+            self._end("deadline")
+            return False
+        return True
+
+    def after(self, events: Sequence[TokenEvent], seconds: float, width: int) -> None:
+        """After a step that took ``seconds`` with ``width`` live sequences."""
+        gen = self.gen
+        assert gen is not None and self.result is None
+        if gen.reading_prompt:
+            return
+        self.pace.observed.append((width, seconds))
+        if self.on_step is not None and events:
+            self.on_step(gen, events)
+        if gen.expired:
+            self._end("deadline")
+            return
+        rule = self.ctl.on_step(gen, events, self.book)
+        if rule:
+            self._end(rule)
+        elif not gen.live:
+            self._end("exhausted")
+
+    def cancel(self) -> None:
+        """End the query now (its client went away): the samples so far decide."""
+        if self.result is None and self.gen is not None and not self.gen.reading_prompt:
+            self._end("cancelled")
+        elif self.result is None:
+            self.result = empty_result(self.engine, self.query, self.clock() - self.t0,
+                                       self.gen.stats if self.gen is not None else None, rule="cancelled",
+                                       queue_s=self.queue_s)
+
+    def _end(self, rule: str) -> None:
+        gen = self.gen
+        assert gen is not None
+        forced: list[ProbeRecord] = []
+        if rule == "deadline":
+            assert self.deadline is not None
+            forced = _forced_answer(gen, self.ctl, self.book, self.cue, self.pace, self.deadline - self.clock())
+        cancel_live(gen, "deadline" if rule == "deadline" else "cancelled")
+        decision = self.ctl.decide(gen, self.book)
+        self.result = build_result(self.engine, self.query, gen, self.ctl, self.book, decision, rule, forced,
+                                   self.clock() - self.t0, queue_s=self.queue_s)
+
+
 def run_query(
     engine: Engine,
     query: Query,
@@ -129,34 +244,22 @@ def run_query(
     on_step: StepCallback | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Result:
-    """Run one query to its end: the plan's strategy as a controller over the step loop."""
-    t0 = clock()
-    cue = engine.tokenize(ANSWER_CUE, add_special=False, parse_special=False)
-    ctl = build_controller(query.strategy, cue, prior=query.prior, max_new_tokens=query.config.max_new_tokens,
-                           step_time=query.step_time)
-    book = AnswerBook(query.answer_kind, query.choices)
-    deadline = t0 + query.deadline_s if query.deadline_s is not None else None
-    probe_slots, probe_cells = ctl.probe_slots, ctl.probe_cells
-    if deadline is not None:  # room for one forced-answer probe
-        probe_slots = max(probe_slots, 1)
-        probe_cells = max(probe_cells, len(cue) + FORCED_PROBE_TOKENS)
-    try:
-        gen = BatchGenerator(
-            engine, query.prompt_tokens, query.config, n_seqs=ctl.n_seqs, n_initial=ctl.n_initial,
-            probe_slots=probe_slots, probe_cells=probe_cells, deadline=deadline, clock=clock,
-        )
-    except DecodeAborted:
-        return _empty_result(engine, query, clock() - t0)
-    forced: list[ProbeRecord] = []
-    pace = _Pace(query.step_time)
-    with gen:
-        rule = _loop(gen, ctl, book, deadline, on_step, clock, pace, len(cue))
-        if rule == "deadline":
-            assert deadline is not None
-            forced = _forced_answer(gen, ctl, book, cue, pace, deadline - clock())
-            cancel_live(gen, "deadline")
-        decision = ctl.decide(gen, book)
-        return _result(engine, query, gen, ctl, book, decision, rule, forced, clock() - t0)
+    """Run one query to its end, owning the step loop: the plan's strategy as a controller."""
+    run = QueryRun(engine, query, clock=clock, on_step=on_step)
+    run.open()
+    if run.gen is None:
+        assert run.result is not None
+        return run.result
+    with run.gen as gen:
+        while run.result is None:
+            width = max(len(gen.live), 1)
+            if not run.due(width):
+                break
+            t = clock()
+            events = gen.step()
+            run.after(events, clock() - t, width)
+    assert run.result is not None
+    return run.result
 
 
 class _Pace:
@@ -182,38 +285,6 @@ def _has_answer(gen: BatchGenerator, book: AnswerBook) -> bool:
     return any(book.value(s) is not None for s in gen.states if s.finished)
 
 
-def _loop(
-    gen: BatchGenerator,
-    ctl: Controller,
-    book: AnswerBook,
-    deadline: float | None,
-    on_step: StepCallback | None,
-    clock: Callable[[], float],
-    pace: _Pace,
-    cue_tokens: int,
-) -> str:
-    while True:
-        if deadline is not None:
-            # Stop before a step that would cross the deadline, leaving room for a
-            # forced-answer probe while no finished sample has an answer.
-            reserve = 0.0 if _has_answer(gen, book) else pace.probe(cue_tokens)
-            if clock() + pace.step(max(len(gen.live), 1)) + reserve >= deadline:
-                return "deadline"
-        live = len(gen.live)
-        t = clock()
-        events = gen.step()
-        pace.observed.append((max(live, 1), clock() - t))
-        if on_step is not None and events:
-            on_step(gen, events)
-        if gen.expired:
-            return "deadline"
-        rule = ctl.on_step(gen, events, book)
-        if rule:
-            return rule
-        if not gen.live:
-            return "exhausted"
-
-
 def _forced_answer(gen: BatchGenerator, ctl: Controller, book: AnswerBook, cue: list[int], pace: _Pace,
                    time_left: float) -> list[ProbeRecord]:
     """At the deadline with no answer yet: ask the most advanced live sample for one,
@@ -233,89 +304,3 @@ def _forced_answer(gen: BatchGenerator, ctl: Controller, book: AnswerBook, cue: 
             book.set_probe_answer(res.index, answer)
         records.append(ProbeRecord(res.index, len(gen.states[res.index].tokens), res.text, answer, hedged))
     return records
-
-
-def _samples(gen: BatchGenerator, book: AnswerBook) -> tuple[Sample, ...]:
-    out = []
-    for st in gen.states:
-        if st.started_at is None:
-            continue
-        out.append(
-            Sample(
-                index=st.index,
-                seed=st.seed,
-                text=st.text,
-                n_tokens=len(st.tokens),
-                finish_reason=st.finish_reason or "cancelled",
-                answer=book.value(st),
-                answer_source=book.source(st),
-                mean_logprob=mean_logprob(st),
-                answer_logprob=answer_logprob(st, book),
-                finished_at_s=st.finished_at,
-            )
-        )
-    return tuple(out)
-
-
-def _result(
-    engine: Engine,
-    query: Query,
-    gen: BatchGenerator,
-    ctl: Controller,
-    book: AnswerBook,
-    decision: Decision,
-    rule: str,
-    forced: list[ProbeRecord],
-    wall_s: float,
-) -> Result:
-    samples = _samples(gen, book)
-    probes = tuple(ctl.records) + tuple(forced)
-    cut = ("cancelled", "deadline", "early-exit")
-    stats = Stats(
-        prompt_tokens=len(query.prompt_tokens),
-        generated_tokens=gen.generated_tokens,
-        probe_tokens=gen.stats.probe_tokens,
-        decode_steps=gen.stats.decode_steps,
-        wall_s=wall_s,
-        prefill_s=gen.stats.prefill_s,
-        ttft_s=gen.stats.first_token_s,
-        peak_kv_bytes=gen.kv_bytes_peak(),
-        kv_bytes_allocated=gen.session.kv_bytes_allocated(),
-        peak_rss_bytes=peak_rss_bytes(),
-        threads=engine.n_threads,
-        backend=engine.backend_name,
-        samples_started=len(samples),
-        cancelled_tokens=sum(s.n_tokens for s in samples if s.finish_reason in cut),
-    )
-    winner = decision.winner
-    text = gen.states[winner].text if winner is not None else ""
-    outcome = ctl.outcome
-    return Result(
-        answer=decision.answer,
-        text=text,
-        winner=winner,
-        strategy=query.strategy.spec(),
-        stop_reason=f"{outcome.name}:{rule}" if outcome is not None else rule,
-        votes=decision.votes,
-        samples=samples,
-        probes=probes,
-        stats=stats,
-        model=query.model_name,
-        answer_kind=query.answer_kind,
-        plan=query.plan,
-        outcome=outcome,
-    )
-
-
-def _empty_result(engine: Engine, query: Query, wall_s: float) -> Result:
-    """The deadline came before the prompt was even read."""
-    stats = Stats(
-        prompt_tokens=len(query.prompt_tokens), generated_tokens=0, probe_tokens=0, decode_steps=0,
-        wall_s=wall_s, prefill_s=wall_s, ttft_s=None, peak_kv_bytes=0, kv_bytes_allocated=0,
-        peak_rss_bytes=peak_rss_bytes(), threads=engine.n_threads, backend=engine.backend_name,
-    )
-    return Result(
-        answer=None, text="", winner=None, strategy=query.strategy.spec(), stop_reason="deadline",
-        votes={}, samples=(), probes=(), stats=stats, model=query.model_name,
-        answer_kind=query.answer_kind, plan=query.plan,
-    )

@@ -1,17 +1,22 @@
 """A scripted fake engine, only for pinning down strategy rules exactly.
 
-Token ids are bytes (0-255) and 256 is end-of-generation. Sequence ``i``
-greedily "generates" ``scripts[i]`` and then EOS; every row of logits puts its
-maximum on the scripted next byte, so the real BatchGenerator, samplers and
-controllers run unchanged on top. A probe (fork + cue) of sequence ``i`` after
-``n`` tokens answers ``probe(i, n)`` followed by "}". Backend claims are never
-tested on this: it stands in for a model only in strategy-logic tests.
+Token ids are bytes (0-255), 256 is end-of-generation and 257 ends a prompt (the
+fake's ``format_prompt`` appends it, so a prompt read in chunks through ``decode``
+is known to be complete). Sample ``i`` of a prompt greedily "generates"
+``scripts[i]`` (or ``scripts[prompt][i]`` when scripts are given per prompt text)
+and then EOS; every row of logits puts its maximum on the scripted next byte, so
+the real BatchGenerator, samplers, controllers and scheduler run unchanged on top.
+A sample's index is its order among the sequences that share its prompt (the
+first reads it, the others are forked from it). A probe (fork + cue) of sample
+``i`` after ``n`` tokens answers ``probe(i, n)`` followed by "}". Backend claims
+are never tested on this: it stands in for a model only in strategy-logic tests.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -20,7 +25,8 @@ from edgescale.runtime.backends import Backend, LoadRequest
 from edgescale.runtime.engine import CellBook, MemoryLayout
 
 EOS = 256
-VOCAB = 257
+PROMPT_END = 257
+VOCAB = 258
 
 
 def _info(path: Path) -> ModelInfo:
@@ -37,50 +43,81 @@ def _row(token: int, margin: float = 30.0) -> np.ndarray:
     return row
 
 
+@dataclass
+class _Seq:
+    tokens: list[int] = field(default_factory=list)
+    prompt_len: int | None = None  # known once the prompt is complete
+    sample: int = 0
+    forks: int = 0  # samples forked from this prompt reader so far
+    probe_of: tuple[int, int, int] | None = None  # (parent sample, parent tokens at fork, parent's first token)
+    script: str = ""
+    margin: float = 30.0
+
+
 class FakeSession:
     def __init__(self, engine: "FakeEngine", n_seqs: int, n_cells: int) -> None:
         self.engine = engine
         self.n_seq_max = n_seqs
         self.n_cells = n_cells
         self.book = CellBook()
-        self.prompt_len = 0
-        self.forks: dict[int, tuple[int, int, int]] = {}  # dst -> (src, src tokens at fork, tokens fed)
+        self.seqs: dict[int, _Seq] = {}
 
-    def _next_for(self, seq: int) -> int:
-        if seq in self.forks:
-            src, at, fed = self.forks[seq]
-            answer = self.engine.probe(src, at) + "}"
-            k = fed - self.engine.cue_len  # answer tokens already fed after the cue
-            return answer.encode()[k] if 0 <= k < len(answer.encode()) else EOS
-        script = self.engine.scripts[seq].encode()
-        k = self.book.position(seq) - self.prompt_len
+    def _prompt_done(self, st: _Seq, sample: int) -> None:
+        assert st.prompt_len is not None
+        st.sample = sample
+        st.script, st.margin = self.engine.script_for(st.tokens[: st.prompt_len], sample)
+
+    def _next_for(self, st: _Seq) -> int:
+        if st.prompt_len is None:
+            return 0  # still reading the prompt: the row is not used
+        if st.probe_of is not None:
+            sample, at, start = st.probe_of
+            answer = (self.engine.probe(sample, at) + "}").encode()
+            k = len(st.tokens) - start - self.engine.cue_len  # answer tokens already fed after the cue
+            return answer[k] if 0 <= k < len(answer) else EOS
+        script = st.script.encode()
+        k = len(st.tokens) - st.prompt_len
         return script[k] if k < len(script) else EOS
 
     def prefill(self, tokens: Sequence[int], seq_ids: Sequence[int]) -> np.ndarray:
-        self.prompt_len = len(tokens)
         self.book.shared_prompt(len(tokens), seq_ids)
-        return _row(self._next_for(seq_ids[0]), 30.0)
+        for i, seq in enumerate(seq_ids):
+            st = self.seqs[seq] = _Seq(list(tokens), len(tokens))
+            self._prompt_done(st, i)
+        first = self.seqs[seq_ids[0]]
+        return _row(self._next_for(first), first.margin)
 
     def decode(self, feeds: Sequence[tuple[int, Sequence[int]]]) -> np.ndarray:
         rows = []
         for seq, toks in feeds:
             self.book.append(seq, len(toks))
-            if seq in self.forks:
-                src, at, fed = self.forks[seq]
-                self.forks[seq] = (src, at, fed + len(toks))
-            src = self.forks[seq][0] if seq in self.forks else seq
-            rows.append(_row(self._next_for(seq), self.engine.margins[src]))
+            st = self.seqs.setdefault(seq, _Seq())
+            st.tokens.extend(toks)
+            if st.prompt_len is None and toks and toks[-1] == PROMPT_END:
+                st.prompt_len = len(st.tokens)
+                self._prompt_done(st, 0)
+            rows.append(_row(self._next_for(st), st.margin))
         self.engine.decode_calls += 1
         return np.stack(rows)
 
     def remove(self, seq_id: int) -> None:
         self.book.remove(seq_id)
-        self.forks.pop(seq_id, None)
+        self.seqs.pop(seq_id, None)
         self.engine.removed.append(seq_id)
 
-    def fork(self, src: int, dst: int) -> None:
-        self.book.fork(src, dst)
-        self.forks[dst] = (src, self.book.position(src) - self.prompt_len, 0)
+    def fork(self, src: int, dst: int, n_tokens: int | None = None) -> None:
+        self.book.fork(src, dst, n_tokens)
+        parent = self.seqs[src]
+        if n_tokens is not None or parent.prompt_len is None:  # a prefix: a new prompt reader
+            self.seqs[dst] = _Seq(list(parent.tokens[:n_tokens]))
+        elif len(parent.tokens) == parent.prompt_len and parent.probe_of is None:  # another sample
+            parent.forks += 1
+            st = self.seqs[dst] = _Seq(list(parent.tokens), parent.prompt_len)
+            self._prompt_done(st, parent.sample + parent.forks)
+        else:  # a probe of a running sample
+            self.seqs[dst] = _Seq(list(parent.tokens), parent.prompt_len,
+                                  probe_of=(parent.sample, len(parent.tokens) - parent.prompt_len,
+                                            len(parent.tokens)))
 
     def cells_used(self) -> int:
         return self.book.used
@@ -106,22 +143,34 @@ class FakeEngine:
     backend_version = "0"
     n_threads = 1
     n_gpu_layers = 0
+    max_sequences = 256
     memory_layout = MemoryLayout()
     baseline_anon_bytes = 0
 
-    def __init__(self, scripts: Sequence[str], probe: Callable[[int, int], str] | None = None,
-                 margins: Sequence[float] | None = None, path: Path = Path("fake.gguf")) -> None:
+    def __init__(self, scripts: Sequence[str] | Mapping[str, Sequence[str]],
+                 probe: Callable[[int, int], str] | None = None, margins: Sequence[float] | None = None,
+                 path: Path = Path("fake.gguf")) -> None:
         from edgescale.strategies.early_exit import ANSWER_CUE
 
         self.info = _info(path)
         self.sessions: list[int] = []  # n_seqs of every session opened
-        self.scripts = list(scripts)
+        self.scripts = scripts
         self.probe = probe or (lambda seq, n: "")
         self.cue_len = len(ANSWER_CUE.encode())
-        # margin of the scripted token over the rest: sets each sequence's logprobs
-        self.margins = list(margins) if margins is not None else [30.0] * len(self.scripts)
+        # margin of the scripted token over the rest, per sample: sets each sequence's logprobs
+        self.margins = list(margins) if margins is not None else None
         self.decode_calls = 0
         self.removed: list[int] = []
+
+    def script_for(self, prompt: Sequence[int], sample: int) -> tuple[str, float]:
+        """(script, margin) of sample ``sample`` of ``prompt`` (its tokens, PROMPT_END included)."""
+        if isinstance(self.scripts, Mapping):
+            text = bytes(t for t in prompt if t < 256).decode()
+            scripts = self.scripts[text]
+        else:
+            scripts = self.scripts
+        margin = self.margins[sample] if self.margins is not None else 30.0
+        return (scripts[sample] if sample < len(scripts) else ""), margin
 
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         return list(text.encode())
@@ -133,7 +182,7 @@ class FakeEngine:
         return token == EOS
 
     def format_prompt(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
-        return self.tokenize(prompt)
+        return [*self.tokenize(prompt), PROMPT_END]
 
     def session(self, *, n_seqs: int, n_cells: int, max_batch: int) -> FakeSession:
         self.sessions.append(n_seqs)

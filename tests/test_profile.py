@@ -171,6 +171,7 @@ class EngineAt:
         self.n_threads: int = engine.n_threads
         self.backend_version: str = engine.backend_version
         self.n_gpu_layers: int = engine.n_gpu_layers
+        self.max_sequences: int = engine.max_sequences
         self.memory_layout = engine.memory_layout
         self.baseline_anon_bytes: int = engine.baseline_anon_bytes
 

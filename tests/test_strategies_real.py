@@ -18,7 +18,8 @@ def test_strategy_runs_end_to_end(runtime, spec: str) -> None:
     assert res.samples and res.stats.generated_tokens == sum(s.n_tokens for s in res.samples)
     assert res.stop_reason
     assert res.stats.peak_kv_bytes > 0
-    assert runtime.engine.holds_idle_context  # the context went back to the engine for reuse
+    used, _ = runtime.scheduler.kv_cells()  # its samples' cells are free; only the prompt cache remains
+    assert runtime.scheduler.running == 0 and used <= runtime.scheduler.cache_cells()
     winner = res.samples[res.winner] if res.winner is not None else None
     assert res.answer == (winner.answer if winner is not None else None)  # the winner's answer, or none
     assert res.answer is None or res.votes[res.answer] >= 1 or winner.answer_source == "probe"

@@ -1,0 +1,126 @@
+"""One decode session shared by many queries, and each query's view of it (a lane).
+
+A :class:`SharedContext` owns one :class:`~edgescale.runtime.engine.DecodeSession`
+(one llama.cpp context, one unified KV cache) and hands out sequence ids. A
+:class:`Lane` is what one query's generator sees: a DecodeSession whose sequence
+ids 0..n-1 are the query's own, mapped onto ids of the shared session, with the
+query's own cell accounting (for its result's KV figures). Lanes decode through the
+shared session directly only for probes; the scheduler decodes every lane's step
+feeds together (:meth:`SharedContext.decode`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from edgescale.errors import UsageError
+from edgescale.runtime.engine import CellBook, DecodeSession, Engine, Feed, Logits
+
+
+class SharedContext:
+    """A session sized for ``n_cells`` cells and ``n_ids`` sequence ids, shared by lanes."""
+
+    def __init__(self, engine: Engine, *, n_cells: int, n_ids: int, max_batch: int) -> None:
+        self.engine = engine
+        self.session: DecodeSession = engine.session(n_seqs=n_ids, n_cells=n_cells, max_batch=max_batch)
+        self.n_cells = self.session.n_cells
+        self.n_ids = n_ids
+        self.max_batch = max_batch
+        self._free = list(range(n_ids - 1, -1, -1))  # a stack: the lowest ids first
+        self._bytes_per_cell = engine.info.kv_bytes_per_cell(engine.memory_layout.kv_type,
+                                                             engine.memory_layout.kv_type)
+
+    @property
+    def free_ids(self) -> int:
+        return len(self._free)
+
+    def take_ids(self, n: int) -> list[int]:
+        if n > len(self._free):
+            raise UsageError(f"{n} sequence ids asked for, {len(self._free)} free")
+        return [self._free.pop() for _ in range(n)]
+
+    def give_ids(self, ids: Sequence[int]) -> None:
+        for i in ids:
+            self.session.remove(i)  # whatever the id still holds goes (parked if others need order)
+        self._free.extend(sorted(ids, reverse=True))
+        self._free.sort(reverse=True)
+
+    def lane(self, n_ids: int, reserved_cells: int) -> Lane:
+        return Lane(self, self.take_ids(n_ids), reserved_cells)
+
+    def decode(self, feeds: Sequence[Feed]) -> Logits:
+        """One decode of feeds given in shared sequence ids."""
+        return self.session.decode(feeds)
+
+    def cells_used(self) -> int:
+        return self.session.cells_used()
+
+    def kv_bytes(self, cells: int) -> int:
+        return int(cells * self._bytes_per_cell)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class Lane:
+    """One query's view of a SharedContext: a DecodeSession over its own sequence ids."""
+
+    def __init__(self, shared: SharedContext, ids: list[int], reserved_cells: int) -> None:
+        self.shared = shared
+        self.ids = ids  # local id i -> shared id ids[i]
+        self.n_seq_max = len(ids)
+        self.n_cells = reserved_cells
+        self.book = CellBook()  # this query's cells, counted as if it had the session alone
+        self._closed = False
+
+    def to_shared(self, feeds: Sequence[Feed]) -> list[Feed]:
+        return [(self.ids[seq], toks) for seq, toks in feeds]
+
+    def fed(self, feeds: Sequence[Feed]) -> None:
+        """Account for feeds (local ids) the shared session decoded."""
+        for seq, toks in feeds:
+            self.book.append(seq, len(toks))
+
+    # -- DecodeSession ----------------------------------------------------------------
+    def prefill(self, tokens: Sequence[int], seq_ids: Sequence[int]) -> Logits:
+        raise UsageError("a lane reads its prompt through the shared steps (BatchGenerator with a lane)")
+
+    def decode(self, feeds: Sequence[Feed]) -> Logits:
+        rows = self.shared.decode(self.to_shared(feeds))
+        self.fed(feeds)
+        return rows
+
+    def remove(self, seq_id: int) -> None:
+        self.shared.session.remove(self.ids[seq_id])
+        self.book.remove(seq_id)
+
+    def fork(self, src: int, dst: int, n_tokens: int | None = None) -> None:
+        self.shared.session.fork(self.ids[src], self.ids[dst], n_tokens)
+        self.book.fork(src, dst, n_tokens)
+
+    def adopt_prefix(self, src_shared: int, n_tokens: int) -> None:
+        """Sequence 0 starts with ``n_tokens`` cells shared from another shared sequence (the
+        prefix cache's): counted as this query's, as if it had read them."""
+        self.shared.session.fork(src_shared, self.ids[0], n_tokens)
+        self.book.append(0, n_tokens)
+
+    def cells_used(self) -> int:
+        return self.book.used
+
+    def kv_bytes_used(self) -> int:
+        return self.shared.kv_bytes(self.book.used)
+
+    def kv_bytes_peak(self) -> int:
+        return self.shared.kv_bytes(self.book.peak)
+
+    def kv_bytes_allocated(self) -> int:
+        return self.shared.kv_bytes(self.n_cells)
+
+    def set_abort_check(self, check: Callable[[], bool] | None) -> None:
+        """Deadlines are checked between the shared steps, not inside a decode."""
+
+    def close(self) -> None:
+        """Give the ids (and the cells only they hold) back to the shared context."""
+        if not self._closed:
+            self._closed = True
+            self.shared.give_ids(self.ids)

@@ -1,0 +1,424 @@
+"""Many queries, one decode loop: admission, a shared KV budget, a queue and the prefix cache.
+
+One :class:`Scheduler` per loaded model owns the step loop in a thread of its own.
+Clients :meth:`~Scheduler.submit` a :class:`Request` and get a future. Between
+steps the scheduler retires finished queries and admits waiting ones; every step
+decodes the feeds of all running queries in one ``decode`` of the shared session:
+each running query's sampled tokens, and the next prompt chunk
+(``prefill_chunk`` tokens) of each query still reading its prompt. Each query keeps
+its own controller, samplers, seeds, cancel/fork semantics and telemetry
+(strategies.runner.QueryRun); probes run on the shared session between steps.
+
+Admission (the policy, stated so it can be argued with):
+
+* **Room.** A query is planned when it reaches the head of the queue, from the load
+  then: the step time at the batch width it will share (the live sequences of the
+  running queries plus its own) and the time it waited, which its deadline has
+  already spent. It is admitted when its plan's KV cells and sequence ids fit what
+  the running queries leave (least recently used prefix-cache entries are evicted
+  to make room); otherwise it waits. With ``memory_bytes`` the shared context is
+  sized once from the budget; without, it is sized to the queries waiting when the
+  loop is idle (and recreated, bigger, only then).
+* **Order.** ``fifo`` (arrival order) or ``edf`` (earliest deadline first; no
+  deadline counts as the latest). A query that does not fit keeps its place: the
+  ones behind it wait too (no overtaking, so no starvation).
+* **Deadlines count from arrival.** A query whose deadline passes while it waits is
+  answered at once with ``stop_reason: deadline`` and no samples (or rejected with
+  ``DeadlineMissed``, ``on_expired="reject"``), never left to time out silently.
+* **Bounded queue.** More than ``max_queue`` waiting queries: ``submit`` raises
+  ``QueueFull``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgescale.errors import BudgetInfeasible, DeadlineMissed, EdgescaleError, QueueFull, UsageError
+from edgescale.runtime.engine import Engine
+from edgescale.runtime.generate import batch_size
+from edgescale.runtime.lanes import Lane, SharedContext
+from edgescale.runtime.memory import MemoryModel, memory_model
+from edgescale.runtime.prefix_cache import PrefixCache
+from edgescale.strategies.assemble import empty_result
+from edgescale.strategies.result import Result
+from edgescale.strategies.runner import Query, QueryRun, StepCallback
+
+POLICIES = ("fifo", "edf")
+CACHE_IDS = 16  # sequence ids kept for prefix-cache entries
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    memory_bytes: int | None = None  # the whole process's budget: sizes the shared context once
+    max_running: int = 16  # queries decoding at once at most
+    max_queue: int = 256  # queries waiting at most; more are refused (QueueFull)
+    policy: str = "fifo"  # or "edf"
+    prefix_cache: bool = True
+    prefix_cache_fraction: float = 0.25  # of the context's cells the cache may keep
+    prefill_chunk: int = 128  # prompt tokens a reading query adds to a step
+    on_expired: str = "answer"  # or "reject": a query whose deadline passed while it waited
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise UsageError(f"unknown queue policy {self.policy!r}; choose one of: {', '.join(POLICIES)}")
+        if self.on_expired not in ("answer", "reject"):
+            raise UsageError("on_expired must be 'answer' or 'reject'")
+        if self.max_running < 1 or self.max_queue < 1 or self.prefill_chunk < 1:
+            raise UsageError("max_running, max_queue and prefill_chunk must be at least 1")
+
+
+@dataclass
+class Request:
+    """A query as submitted: what the caller asked for and when it arrived."""
+
+    prompt_tokens: Sequence[int]
+    prepare: Callable[[int, float], Query]  # (batch width it will share, seconds waited) -> planned query
+    deadline_s: float | None = None
+    on_step: StepCallback | None = None
+    arrival: float = field(default_factory=time.perf_counter)
+    future: Future[Result] = field(default_factory=Future)
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """The client went away: the query ends at the next step boundary, its KV freed."""
+        self.cancelled = True
+
+    @property
+    def due_at(self) -> float:
+        return self.arrival + self.deadline_s if self.deadline_s is not None else float("inf")
+
+
+@dataclass
+class _Running:
+    request: Request
+    run: QueryRun
+    lane: Lane
+    cells: int
+    cached: bool = False  # its prompt went to the prefix cache
+
+
+@dataclass
+class SchedulerStats:
+    """Counters for /metrics and the benches."""
+
+    admitted: int = 0
+    finished: int = 0
+    expired: int = 0  # answered at once: the deadline passed in the queue
+    rejected: int = 0
+    steps: int = 0
+    tokens: int = 0  # sample tokens decoded
+    prompt_tokens_read: int = 0
+    prompt_tokens_cached: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    contexts: int = 0  # shared contexts made (the first, and each resize)
+
+
+class Scheduler:
+    """Owns one engine's step loop; thread-safe submit."""
+
+    def __init__(self, engine: Engine, config: SchedulerConfig = SchedulerConfig(),
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.engine = engine
+        self.config = config
+        self.clock = clock
+        self.stats = SchedulerStats()
+        self._memory: MemoryModel = memory_model(engine)
+        self._lock = threading.Condition()
+        self._queue: deque[Request] = deque()
+        self._running: list[_Running] = []
+        self._shared: SharedContext | None = None
+        self._cache: PrefixCache | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="edgescale-scheduler", daemon=True)
+        self._thread.start()
+
+    # -- clients -----------------------------------------------------------------------
+    def submit(self, request: Request) -> Future[Result]:
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: Sequence[Request]) -> list[Future[Result]]:
+        """Queue requests together (they are seen by one admission round)."""
+        with self._lock:
+            if self._closing:
+                raise UsageError("the scheduler is closed")
+            if len(self._queue) + len(requests) > self.config.max_queue:
+                self.stats.rejected += len(requests)
+                raise QueueFull(f"{len(self._queue)} queries are waiting (the queue holds {self.config.max_queue})")
+            self._queue.extend(requests)
+            self._lock.notify()
+        return [r.future for r in requests]
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def kv_cells(self) -> tuple[int, int]:
+        """(cells in use, cells of the shared context)."""
+        shared = self._shared
+        return (shared.cells_used(), shared.n_cells) if shared is not None else (0, 0)
+
+    def cache_cells(self) -> int:
+        return self._cache.cells if self._cache is not None else 0
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish the running queries, answer the waiting ones as cancelled, stop the loop."""
+        with self._lock:
+            self._closing = True
+            for r in self._queue:
+                r.cancel()
+            self._lock.notify()
+        self._thread.join(timeout)
+
+    # -- the loop ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._running and not self._closing:
+                    self._lock.wait()
+                if self._closing and not self._queue and not self._running:
+                    break
+            try:
+                self._admit()
+                if self._running:
+                    self._step()
+            except Exception as exc:  # noqa: BLE001  (a fault must reach the callers, not kill the loop)
+                self._fail_all(exc)
+        if self._cache is not None:
+            self._cache.clear()
+        if self._shared is not None:
+            self._shared.close()
+
+    def _fail_all(self, exc: Exception) -> None:
+        for r in self._running:
+            if not r.request.future.done():
+                r.request.future.set_exception(exc)
+            r.lane.close()
+        self._running.clear()
+        self._drop_context()
+
+    def _width(self) -> int:
+        return sum(len(r.run.gen.live) if r.run.gen is not None else 0 for r in self._running)
+
+    def _reserved(self) -> int:
+        return sum(r.cells for r in self._running)
+
+    def _pick(self) -> Request | None:
+        with self._lock:
+            if not self._queue:
+                return None
+            if self.config.policy == "edf":
+                head = min(self._queue, key=lambda r: (r.due_at, r.arrival))
+            else:
+                head = self._queue[0]
+            return head
+
+    def _dequeue(self, request: Request) -> None:
+        with self._lock:
+            self._queue.remove(request)
+
+    def _admit(self) -> None:
+        while len(self._running) < self.config.max_running:
+            request = self._pick()
+            if request is None:
+                return
+            now = self.clock()
+            if request.cancelled or request.future.cancelled():
+                self._dequeue(request)
+                self._expire(request, now, rule="cancelled")
+                continue
+            if request.deadline_s is not None and now >= request.due_at:
+                self._dequeue(request)
+                self._expire(request, now, rule="deadline")
+                continue
+            try:
+                query = request.prepare(self._width(), now - request.arrival)
+                run = QueryRun(self.engine, query, clock=self.clock, on_step=request.on_step,
+                               started=request.arrival)
+            except EdgescaleError as exc:
+                self._dequeue(request)
+                request.future.set_exception(exc)
+                continue
+            try:
+                fits = self._make_room(run)
+            except EdgescaleError as exc:
+                fits, failure = False, exc
+            else:
+                failure = None
+            if not fits:
+                if self._running and failure is None:
+                    return  # it waits for the running queries; the ones behind it wait too
+                self._dequeue(request)
+                request.future.set_exception(failure or BudgetInfeasible(
+                    f"the query needs {run.kv_cells} KV cells and {run.n_seq_ids} sequences; the shared context "
+                    f"holds {self._shared.n_cells if self._shared else 0} cells: raise --memory or lower -k / "
+                    "--max-tokens"))
+                continue
+            self._dequeue(request)
+            self._start(request, run, now)
+
+    def _make_room(self, run: QueryRun) -> bool:
+        """Whether the query fits now (evicting cache entries as needed); sizes or resizes the
+        shared context when the loop is idle."""
+        need_cells, need_ids = run.kv_cells, run.n_seq_ids
+        if self._shared is None or (not self._running and not self._fits(need_cells, need_ids, evict=True)):
+            if self._running:
+                return False
+            self._resize(need_cells, need_ids)
+        return self._fits(need_cells, need_ids, evict=True)
+
+    def _fits(self, cells: int, ids: int, *, evict: bool) -> bool:
+        shared = self._shared
+        if shared is None:
+            return False
+        cache = self._cache
+        while True:
+            cached = cache.cells if cache is not None else 0
+            if self._reserved() + cells + cached <= shared.n_cells and ids <= shared.free_ids:
+                return True
+            if not evict or cache is None or not cache.evict_one():
+                return False
+
+    def _resize(self, cells: int, ids: int) -> None:
+        """(Re)make the shared context: sized from the memory budget, or for the queries
+        waiting now (as many as may run at once, each taken to need what the head needs)."""
+        self._drop_context()
+        with self._lock:
+            group = max(1, min(len(self._queue), self.config.max_running))
+        cache_ids = CACHE_IDS if self.config.prefix_cache else 0
+        n_ids = min(self.engine.max_sequences, ids * group + cache_ids)
+        max_batch = batch_size(self.config.prefill_chunk + n_ids, 1)
+        if self.config.memory_bytes is not None:
+            n_cells = self._cells_in_budget(n_ids, max_batch)
+            if n_cells < cells:
+                raise BudgetInfeasible(f"the memory budget leaves room for {n_cells} KV cells next to the "
+                                       f"model; the query needs {cells}: raise --memory or lower -k / --max-tokens")
+        else:
+            n_cells = cells * group
+            if self.config.prefix_cache:
+                n_cells = int(n_cells / (1 - self.config.prefix_cache_fraction))
+        self._shared = SharedContext(self.engine, n_cells=n_cells, n_ids=n_ids, max_batch=max_batch)
+        self.stats.contexts += 1
+        if self.config.prefix_cache:
+            cap = int(self._shared.n_cells * self.config.prefix_cache_fraction)
+            self._cache = PrefixCache(self._shared, max_cells=cap)
+
+    def _cells_in_budget(self, n_ids: int, max_batch: int) -> int:
+        m = self._memory
+        assert self.config.memory_bytes is not None
+        room = self.config.memory_bytes * 0.97 - m.peak(n_seqs=n_ids, n_cells=0, n_batch=max_batch)
+        return max(0, int(room / m.kv_bytes_per_cell))
+
+    def _drop_context(self) -> None:
+        if self._cache is not None:
+            self._cache.clear()
+            self._cache = None
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
+
+    def _start(self, request: Request, run: QueryRun, now: float) -> None:
+        shared = self._shared
+        assert shared is not None
+        run.queue_s = now - request.arrival
+        lane = shared.lane(run.n_seq_ids, run.kv_cells)
+        prefix = 0
+        if self._cache is not None:
+            hit = self._cache.lookup(run.query.prompt_tokens)
+            if hit is not None:
+                lane.adopt_prefix(hit.seq, hit.n_tokens)
+                prefix = hit.n_tokens
+        run.open(lane=lane, prefix=prefix, prefill_chunk=self.config.prefill_chunk)
+        self.stats.admitted += 1
+        self.stats.prompt_tokens_cached += prefix
+        if self._cache is not None:
+            self.stats.cache_hits, self.stats.cache_misses = self._cache.hits, self._cache.misses
+        self._running.append(_Running(request, run, lane, run.kv_cells))
+
+    def _expire(self, request: Request, now: float, *, rule: str) -> None:
+        """Answer a query that never got a sample: cancelled, or its deadline passed while it waited."""
+        if request.future.done():
+            return
+        if rule == "deadline" and self.config.on_expired == "reject":
+            self.stats.rejected += 1
+            request.future.set_exception(DeadlineMissed(
+                f"the deadline passed after {now - request.arrival:.2f}s in the queue"))
+            return
+        self.stats.expired += 1
+        try:
+            query = request.prepare(0, now - request.arrival)
+        except EdgescaleError as exc:
+            request.future.set_exception(exc)
+            return
+        request.future.set_result(empty_result(self.engine, query, now - request.arrival, rule=rule,
+                                               queue_s=now - request.arrival))
+
+    def _step(self) -> None:
+        shared = self._shared
+        assert shared is not None
+        for r in list(self._running):
+            if r.request.cancelled and not r.run.done:
+                r.run.cancel()
+        width = max(1, self._width())
+        active = [r for r in self._running if not r.run.done and r.run.due(width)]
+        parts = []
+        events_of = {}
+        for r in active:
+            gen = r.run.gen
+            assert gen is not None
+            events, feeds = gen.feeds()
+            events_of[id(r)] = events
+            if feeds:
+                parts.append((r, feeds))
+        t0 = self.clock()
+        if parts:
+            all_feeds = [f for r, feeds in parts for f in r.lane.to_shared(feeds)]
+            rows = shared.decode(all_feeds)
+            if len(parts) > 1:
+                rows = np.array(rows)  # a probe of one query must not overwrite another's rows
+            at = 0
+            for r, feeds in parts:
+                r.lane.fed(feeds)
+                reading = r.run.gen.reading_prompt  # type: ignore[union-attr]
+                if reading:
+                    self.stats.prompt_tokens_read += sum(len(t) for _, t in feeds)
+                else:
+                    self.stats.tokens += len(feeds)
+                r.run.gen.take(rows[at : at + len(feeds)])  # type: ignore[union-attr]
+                at += len(feeds)
+                if reading and not r.run.gen.reading_prompt:  # type: ignore[union-attr]
+                    self._cache_prompt(r)
+        seconds = self.clock() - t0
+        self.stats.steps += 1
+        for r in active:
+            if not r.run.done:
+                r.run.after(events_of[id(r)], seconds, width)
+        self._retire()
+
+    def _cache_prompt(self, r: _Running) -> None:
+        if self._cache is not None and not r.cached:
+            r.cached = self._cache.insert(r.run.query.prompt_tokens, r.lane.ids[0])
+
+    def _retire(self) -> None:
+        keep = []
+        for r in self._running:
+            if r.run.done:
+                r.lane.close()
+                self.stats.finished += 1
+                assert r.run.result is not None
+                if not r.request.future.done():
+                    r.request.future.set_result(r.run.result)
+            else:
+                keep.append(r)
+        self._running = keep

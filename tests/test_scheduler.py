@@ -1,0 +1,134 @@
+"""The scheduler's rules on the scripted engine: shared steps, admission, queue order,
+rejection, deadlines counted from arrival, cancellation, the prefix cache."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from edgescale.api import Runtime
+from edgescale.errors import BudgetInfeasible, DeadlineMissed, QueueFull
+from edgescale.strategies.planner import Budget
+from edgescale.strategies.scheduler import SchedulerConfig
+from tests.fake_engine import FakeEngine
+
+SCRIPTS = {
+    "A?": [" The answer is 1.", " The answer is 1!", " It is 2."],
+    "B?": [" The answer is 5.", " 5", " it is 6 or so"],
+    "C?": [" " + "z" * 300 + " The answer is 9."],
+}
+
+
+def runtime(tmp_path: Path, **config: object) -> Runtime:
+    model = tmp_path / "fake.gguf"
+    model.write_bytes(b"stands in for a model file")
+    return Runtime(FakeEngine(SCRIPTS, path=model), scheduler=SchedulerConfig(**config))  # type: ignore[arg-type]
+
+
+def summary(res):  # type: ignore[no-untyped-def]
+    return res.answer, res.votes, [(s.text, s.finish_reason) for s in res.samples], res.stop_reason
+
+
+def test_queries_share_steps_and_answer_as_alone(tmp_path: Path) -> None:
+    asks = [("A?", "maj@3"), ("B?", "short-2@3"), ("C?", "single")]
+    with runtime(tmp_path) as alone:
+        expected = [summary(alone.ask(p, strategy=s, answer="number", max_tokens=400)) for p, s in asks]
+        alone_calls = alone.engine.decode_calls
+    with runtime(tmp_path, max_running=3) as rt:
+        futures = rt.scheduler.submit_many([rt.request(p, strategy=s, answer="number", max_tokens=400) for p, s in asks])
+        got = [summary(f.result(timeout=30)) for f in futures]
+        shared_calls = rt.engine.decode_calls
+    assert got == expected
+    assert expected[0][0] == "1" and expected[1][0] == "5" and expected[2][0] == "9"
+    assert shared_calls < alone_calls  # the three decoded in shared steps
+
+
+def admission_order(rt: Runtime, asks: list[tuple[str, float | None]]) -> list[str]:
+    order: list[str] = []
+    requests = []
+    for prompt, deadline in asks:
+        req = rt.request(prompt, strategy="single", answer="number",
+                         budget=Budget(deadline_s=deadline) if deadline else None)
+        prepare = req.prepare
+
+        def recording(others: int, waited: float, prepare=prepare, prompt=prompt):  # type: ignore[no-untyped-def]
+            order.append(prompt)
+            return prepare(others, waited)
+
+        req.prepare = recording
+        requests.append(req)
+    for f in rt.scheduler.submit_many(requests):
+        f.result(timeout=30)
+    return order
+
+
+def test_fifo_admits_in_arrival_order_and_edf_by_deadline(tmp_path: Path) -> None:
+    asks = [("C?", None), ("A?", 60.0), ("B?", 30.0)]
+    with runtime(tmp_path, max_running=1, policy="fifo") as rt:
+        assert admission_order(rt, asks) == ["C?", "A?", "B?"]
+    with runtime(tmp_path, max_running=1, policy="edf") as rt:
+        assert admission_order(rt, asks) == ["B?", "A?", "C?"]
+
+
+def test_a_full_queue_refuses_new_queries(tmp_path: Path) -> None:
+    with runtime(tmp_path, max_queue=2) as rt:
+        reqs = [rt.request(p) for p in ("A?", "B?", "C?")]
+        with pytest.raises(QueueFull, match="queue holds 2"):
+            rt.scheduler.submit_many(reqs)
+        assert rt.scheduler.stats.rejected == 3
+
+
+def test_a_deadline_that_passes_in_the_queue_is_answered_at_once(tmp_path: Path) -> None:
+    with runtime(tmp_path, max_running=1) as rt:
+        long = rt.request("C?", strategy="single", answer="number", max_tokens=400)
+        late = rt.request("A?", strategy="maj@3", answer="number", budget=Budget(deadline_s=0.001))
+        slow, quick = rt.scheduler.submit_many([long, late])
+        res = quick.result(timeout=30)
+        assert res.stop_reason == "deadline" and res.samples == () and res.answer is None
+        assert res.stats.queue_s >= 0.001 and res.stats.wall_s == pytest.approx(res.stats.queue_s)
+        assert slow.result(timeout=30).answer == "9"
+        assert rt.scheduler.stats.expired == 1
+    with runtime(tmp_path, max_running=1, on_expired="reject") as rt:
+        long = rt.request("C?", strategy="single")
+        late = rt.request("A?", budget=Budget(deadline_s=0.001))
+        _, quick = rt.scheduler.submit_many([long, late])
+        with pytest.raises(DeadlineMissed):
+            quick.result(timeout=30)
+
+
+def test_cancel_ends_a_running_query_and_frees_its_sequences(tmp_path: Path) -> None:
+    with runtime(tmp_path) as rt:
+        steps: list[int] = []
+        req = rt.request("C?", strategy="single", answer="number",
+                         on_step=lambda gen, events: steps.append(len(gen.states[0].tokens)))
+        fut = rt.scheduler.submit(req)
+        while not steps:
+            time.sleep(0.001)
+        req.cancel()
+        res = fut.result(timeout=30)
+        assert res.stop_reason == "cancelled" and res.samples[0].finish_reason == "cancelled"
+        assert 0 < res.samples[0].n_tokens < 300
+        shared = rt.scheduler._shared  # noqa: SLF001  (inspecting the KV the query held)
+        assert shared is not None and rt.scheduler.running == 0
+        assert shared.cells_used() <= rt.scheduler.cache_cells()
+
+
+def test_a_query_larger_than_the_memory_budget_is_infeasible(tmp_path: Path) -> None:
+    with runtime(tmp_path, memory_bytes=2048) as rt:
+        with pytest.raises(BudgetInfeasible, match="memory budget leaves room for"):
+            rt.ask("A?", strategy="maj@3", max_tokens=400)
+
+
+def test_a_repeated_prompt_is_read_from_the_prefix_cache(tmp_path: Path) -> None:
+    with runtime(tmp_path) as rt:
+        first = rt.ask("B?", strategy="maj@3", answer="number")
+        again = rt.ask("B?", strategy="maj@3", answer="number")
+        assert summary(again) == summary(first)
+        n = first.stats.prompt_tokens
+        assert (first.stats.cached_prompt_tokens, again.stats.cached_prompt_tokens) == (0, n - 1)
+        assert rt.scheduler.stats.cache_hits == 1
+    with runtime(tmp_path, prefix_cache=False) as rt:
+        rt.ask("B?", strategy="maj@3")
+        assert rt.ask("B?", strategy="maj@3").stats.cached_prompt_tokens == 0
