@@ -9,7 +9,7 @@ the generation layer and never see a backend.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +59,10 @@ class DecodeSession(Protocol):
         """Make ``dst`` a copy of ``src``'s first ``n_tokens`` positions (None: all of it), sharing
         its cells where the backend can (no copy of data); ``dst`` must hold nothing."""
 
+    def retains(self, seq_id: int) -> bool:
+        """Whether cells of an ended ``seq_id`` are still kept (llama.cpp's parked cells): a new
+        sequence on that id would free them first, which other sequences' order may not survive."""
+
     def cells_used(self) -> int: ...
 
     def kv_bytes_used(self) -> int: ...
@@ -96,6 +100,10 @@ class Engine(Protocol):
 
     def format_prompt(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
         """Prompt text -> tokens, through the model's chat template when ``chat``."""
+
+    def format_messages(self, messages: Sequence[Mapping[str, str]], *, chat: bool = True) -> list[int]:
+        """Chat messages ({"role", "content"}) -> tokens, through the model's chat template
+        when ``chat`` (else their contents, blank-line separated)."""
 
     def session(self, *, n_seqs: int, n_cells: int, max_batch: int) -> DecodeSession: ...
 

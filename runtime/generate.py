@@ -330,6 +330,12 @@ class BatchGenerator:
         self._fed = [i for i, _ in feeds]
         return events, feeds
 
+    def own_rows(self) -> None:
+        """Copy the logits rows held as views of the backend's buffer (before a decode that is
+        not this generator's step overwrites it)."""
+        for i in self._rows:
+            self._rows[i] = np.array(self._rows[i])
+
     def take(self, rows: Logits) -> None:
         """The logits rows of the last :meth:`feeds`, in feed order (views are fine: a row is
         read before the next decode)."""
@@ -387,11 +393,7 @@ class BatchGenerator:
         indices = [i for i in indices if i in self._rows][: self.probe_slots]
         if not indices or not cue_tokens:
             return []
-        # Parent logits rows are views into the backend's buffer: keep copies.
-        for i in indices:
-            self._rows[i] = np.array(self._rows[i])
-        for i in self.live:
-            self._rows[i] = np.array(self._rows[i])
+        self.own_rows()  # the rows are views into the backend's buffer, which the probe overwrites
         spares = {i: self.n_seqs + j for j, i in enumerate(indices)}
         texts = {i: IncrementalText() for i in indices}
         counts = {i: len(cue_tokens) for i in indices}

@@ -27,6 +27,9 @@ class SharedContext:
         self.n_ids = n_ids
         self.max_batch = max_batch
         self._free = list(range(n_ids - 1, -1, -1))  # a stack: the lowest ids first
+        # called before a lane decodes on its own (a probe, between the shared steps): the
+        # logits rows other lanes hold are views the backend is about to overwrite
+        self.before_side_decode: Callable[[], None] | None = None
         self._bytes_per_cell = engine.info.kv_bytes_per_cell(engine.memory_layout.kv_type,
                                                              engine.memory_layout.kv_type)
 
@@ -35,14 +38,21 @@ class SharedContext:
         return len(self._free)
 
     def take_ids(self, n: int) -> list[int]:
+        """``n`` free ids, those whose old cells the backend no longer keeps first: reusing an
+        id that still holds parked cells frees them, and the holes they leave may let other
+        sequences' next tokens land before their earlier ones (see LlamaSession)."""
         if n > len(self._free):
             raise UsageError(f"{n} sequence ids asked for, {len(self._free)} free")
-        return [self._free.pop() for _ in range(n)]
+        clean = [i for i in reversed(self._free) if not self.session.retains(i)]
+        kept = [i for i in reversed(self._free) if self.session.retains(i)]
+        taken = (clean + kept)[:n]
+        self._free = [i for i in self._free if i not in taken]
+        return taken
 
     def give_ids(self, ids: Sequence[int]) -> None:
         for i in ids:
             self.session.remove(i)  # whatever the id still holds goes (parked if others need order)
-        self._free.extend(sorted(ids, reverse=True))
+        self._free.extend(ids)
         self._free.sort(reverse=True)
 
     def lane(self, n_ids: int, reserved_cells: int) -> Lane:
@@ -86,6 +96,9 @@ class Lane:
         raise UsageError("a lane reads its prompt through the shared steps (BatchGenerator with a lane)")
 
     def decode(self, feeds: Sequence[Feed]) -> Logits:
+        """Decode on its own, between the shared steps (a probe)."""
+        if self.shared.before_side_decode is not None:
+            self.shared.before_side_decode()
         rows = self.shared.decode(self.to_shared(feeds))
         self.fed(feeds)
         return rows
@@ -93,6 +106,9 @@ class Lane:
     def remove(self, seq_id: int) -> None:
         self.shared.session.remove(self.ids[seq_id])
         self.book.remove(seq_id)
+
+    def retains(self, seq_id: int) -> bool:
+        return self.shared.session.retains(self.ids[seq_id])
 
     def fork(self, src: int, dst: int, n_tokens: int | None = None) -> None:
         self.shared.session.fork(self.ids[src], self.ids[dst], n_tokens)

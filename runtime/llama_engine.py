@@ -16,7 +16,7 @@ import numpy as np
 from edgescale.errors import KVCacheFull, UsageError
 from edgescale.models.info import ModelInfo, read_model_info
 from edgescale.runtime import _llama_ffi as ffi
-from edgescale.runtime.chat import prompt_text, user_messages
+from edgescale.runtime.chat import Message, prompt_text, user_messages
 from edgescale.runtime.engine import CellBook, Feed, Logits, MemoryLayout, check_prompt, check_session_shape
 from edgescale.runtime.memory import llama_compute_bytes_per_token, mapped_file_rss, process_rss
 
@@ -139,6 +139,9 @@ class LlamaSession:
                 self.ctx.seq_rm(s)
                 del self._parked[s]
 
+    def retains(self, seq_id: int) -> bool:
+        return seq_id in self._parked
+
     def _reclaim(self) -> None:
         for seq_id in self._parked:
             self.ctx.seq_rm(seq_id)
@@ -239,7 +242,10 @@ class LlamaCppEngine:
         return self.model.is_eog(token)
 
     def format_prompt(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
-        text, add_bos = prompt_text(self.info.chat_template, user_messages(prompt, system), chat=chat,
+        return self.format_messages(user_messages(prompt, system), chat=chat)
+
+    def format_messages(self, messages: Sequence[Message], *, chat: bool = True) -> list[int]:
+        text, add_bos = prompt_text(self.info.chat_template, messages, chat=chat,
                                     bos_token=self._bos_text, eos_token=self._eos_text)
         return self.tokenize(text, add_special=self.info.add_bos and add_bos, parse_special=True)
 
@@ -247,9 +253,13 @@ class LlamaCppEngine:
         check_session_shape(self.info, n_seqs, n_cells)
         if n_seqs > self.max_sequences:
             raise UsageError(f"{n_seqs} sequences exceed llama.cpp's limit of {self.max_sequences}")
+        # llama.cpp cuts n_batch to n_ctx before it pads n_ctx to LLAMA_CELL_PAD, and every decode
+        # reserves an output row per sequence within n_batch: a context of fewer cells than
+        # sequences aborts the process. Ask for the padded size it allocates anyway.
+        n_ctx = -(-max(n_cells, n_seqs) // LLAMA_CELL_PAD) * LLAMA_CELL_PAD
         params = ffi.ContextParams(
-            n_ctx=n_cells,
-            n_batch=max(1, int(max_batch)),
+            n_ctx=n_ctx,
+            n_batch=max(n_seqs, min(int(max_batch), n_ctx)),
             n_seq_max=n_seqs,
             n_threads=self.n_threads,
             flash_attn=self.flash_attn,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgescale.errors import BackendUnavailable, InvalidModelFile, UsageError
 from edgescale.models.info import ModelInfo
-from edgescale.runtime.chat import prompt_text, user_messages
+from edgescale.runtime.chat import Message, prompt_text, user_messages
 from edgescale.runtime.engine import MemoryLayout, check_session_shape
 from edgescale.runtime.onnx_config import OnnxModelConfig
 from edgescale.runtime.onnx_errors import first_line, ort_exceptions
@@ -186,7 +186,10 @@ class OnnxEngine:
         return self.tokenizer.is_eog(token)
 
     def format_prompt(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
-        text, add_bos = prompt_text(self.info.chat_template, user_messages(prompt, system), chat=chat,
+        return self.format_messages(user_messages(prompt, system), chat=chat)
+
+    def format_messages(self, messages: Sequence[Message], *, chat: bool = True) -> list[int]:
+        text, add_bos = prompt_text(self.info.chat_template, messages, chat=chat,
                                     bos_token=self.config.bos_token, eos_token=self.config.eos_token)
         return self.tokenize(text, add_special=self.info.add_bos and add_bos, parse_special=True)
 

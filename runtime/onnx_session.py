@@ -217,6 +217,9 @@ class OnnxSession:
         self.kv.detach(seq_id)
         self.book.remove(seq_id)
 
+    def retains(self, seq_id: int) -> bool:
+        return False  # a removed row is free at once
+
     def fork(self, src: int, dst: int, n_tokens: int | None = None) -> None:
         if not self.kv.holds(src):
             raise UsageError(f"cannot fork sequence {src}: it holds no KV")

@@ -119,6 +119,9 @@ class FakeSession:
                                   probe_of=(parent.sample, len(parent.tokens) - parent.prompt_len,
                                             len(parent.tokens)))
 
+    def retains(self, seq_id: int) -> bool:
+        return False
+
     def cells_used(self) -> int:
         return self.book.used
 
@@ -183,6 +186,9 @@ class FakeEngine:
 
     def format_prompt(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
         return [*self.tokenize(prompt), PROMPT_END]
+
+    def format_messages(self, messages: Sequence[Mapping[str, str]], *, chat: bool = True) -> list[int]:
+        return self.format_prompt("\n\n".join(m["content"] for m in messages))
 
     def session(self, *, n_seqs: int, n_cells: int, max_batch: int) -> FakeSession:
         self.sessions.append(n_seqs)

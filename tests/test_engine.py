@@ -162,6 +162,24 @@ def test_cancel_frees_kv_cells(engine) -> None:
         session.close()
 
 
+def test_a_context_with_more_sequences_than_cells_or_batch_decodes(engine) -> None:
+    """llama.cpp reserves an output row per sequence within n_batch and cuts n_batch to
+    n_ctx: a shared context of many sequence ids and few cells once aborted the process
+    (GGML_ASSERT on n_outputs_max). Sixteen ids decode a token each in one batch."""
+    tokens = engine.format_prompt("Hi")
+    session = engine.session(n_seqs=200, n_cells=32, max_batch=8)
+    try:
+        row = session.prefill(tokens, [0])
+        tok = int(np.argmax(row))
+        for seq in range(1, 16):
+            session.fork(0, seq)
+        rows = session.decode([(seq, [tok]) for seq in range(16)])
+        assert rows.shape[0] == 16
+        assert np.array_equal(np.argmax(rows, axis=1), np.full(16, np.argmax(rows[0])))
+    finally:
+        session.close()
+
+
 def test_probe_does_not_change_parent(engine) -> None:
     tokens = engine.format_prompt("What is 15 + 27? Think step by step.")
     sampling = SamplingConfig(temperature=0.7)
