@@ -53,6 +53,8 @@ def bench(
     raw: bool = RAW,
     stop: list[str] = opt.STOP,
     out: Path | None = OUT,
+    parallel: int = typer.Option(1, "--parallel", "-P", help="Strategies of one question decoding together in the "
+                                 "shared loop (1 = one at a time; records made together are kept apart)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object instead of a table."),
 ) -> None:
     """Run strategies on benchmark questions, interleaved per question; report accuracy (95% CI),
@@ -60,13 +62,15 @@ def bench(
     from edgescale.evals.bench import BenchConfig, load_items, parse_strategies, run_bench
     from edgescale.evals.datasets import PROMPT_STYLES
 
+    if not 1 <= parallel <= 64:
+        raise UsageError(f"--parallel must be between 1 and 64, got {parallel}")
     if prompt_style not in PROMPT_STYLES:
         raise UsageError(f"bad --prompt-style {prompt_style!r}; choose one of: {', '.join(PROMPT_STYLES)}")
     config = BenchConfig(
         dataset=dataset, strategies=parse_strategies(strategies), limit=limit or None, offset=offset,
         model=model, backend=backend, threads=threads, max_tokens=max_tokens, seed=seed,
         prompt_style=prompt_style, shots=shots, raw=raw, stop=tuple(stop), deadline_s=parse_duration(deadline),
-        memory_bytes=parse_size(memory), out=out,
+        memory_bytes=parse_size(memory), out=out, parallel=parallel,
     )
     if out is not None:
         from edgescale.evals.plots import require_matplotlib

@@ -9,7 +9,8 @@ from edgescale import limits
 
 MODEL = typer.Option(None, "--model", "-m", envvar="EDGESCALE_MODEL",
                      help="Catalog name (see `edgescale models`) or path to a .gguf file / ONNX directory.")
-BACKEND = typer.Option("llama.cpp", "--backend", envvar="EDGESCALE_BACKEND", help="llama.cpp or onnx.")
+BACKEND = typer.Option("llama.cpp", "--backend", envvar="EDGESCALE_BACKEND",
+                       help="llama.cpp, onnx, or auto (the faster of the two by this device's measured profiles).")
 STRATEGY = typer.Option(None, "--strategy", "-s", envvar="EDGESCALE_STRATEGY",
                         help="single, maj@K, ffs@K, short-M@K, best@K, adaptive[:...], early-exit[:...], auto.")
 SAMPLES = typer.Option(None, "--samples", "-k",
@@ -35,3 +36,4 @@ RAW = typer.Option(False, "--raw", help="Send the prompt as is, without the mode
 DEADLINE = typer.Option(None, "--deadline", help="Latency budget per query, e.g. 2s or 500ms.")
 MEMORY = typer.Option(None, "--memory", help="Memory budget, e.g. 512MB or 1GB.")
 JSON = typer.Option(False, "--json", help="Print one JSON result object.")
+NO_PREFIX_CACHE = typer.Option(False, "--no-prefix-cache", help="Read every prompt in full (no prompt KV reuse).")

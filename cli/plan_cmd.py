@@ -27,15 +27,20 @@ def plan(
     """Show the plan (strategy, samples, KV cells, predicted time and peak memory) for a prompt."""
     from edgescale.api import Runtime
     from edgescale.settings import CLI_NAMES, ask_settings
+    from edgescale.strategies.spec import samples_of
 
     text = prompt if prompt is not None else read_stdin_prompt()
     settings = ask_settings(strategy=strategy, samples=samples, max_tokens=max_tokens, raw=raw, deadline=deadline,
                             memory=memory, names=CLI_NAMES)
-    with Runtime.load(model, backend=backend, threads=threads, registry=backends(ctx), notify=notify) as rt:
+    with Runtime.load(model, backend=backend, threads=threads, registry=backends(ctx), notify=notify,
+                      width=samples_of(settings.strategy)) as rt:
         p = rt.plan(text, strategy=settings.strategy, budget=settings.budget, options=settings.options)
+        engine_backend, choice = rt.engine.backend_name, rt.backend_choice
+    reason = choice.reason if choice is not None else f"--backend {backend}"
     if as_json:
-        print_json(p.to_dict())
+        print_json({**p.to_dict(), "backend": {"name": engine_backend, "reason": reason}})
         return
+    typer.echo(f"backend       {engine_backend} ({reason})")
     mb = 2**20
     esc = p.escalate_to
     typer.echo(f"strategy      {p.first_stage.spec()}" + (f"  (escalates to {esc.spec()})" if esc else ""))

@@ -37,6 +37,7 @@ def run(
     """Answer one prompt with the chosen strategy; stream the text of a single sample."""
     from edgescale.api import Runtime
     from edgescale.settings import CLI_NAMES, ask_settings
+    from edgescale.strategies.spec import samples_of
 
     text = prompt if prompt is not None else read_stdin_prompt()
     settings = ask_settings(
@@ -45,7 +46,9 @@ def run(
         deadline=deadline, memory=memory, names=CLI_NAMES,
     )
     with Runtime.load(model, backend=backend, threads=threads, n_gpu_layers=gpu_layers, registry=backends(ctx),
-                      notify=notify) as rt:
+                      notify=notify, width=samples_of(settings.strategy)) as rt:
+        if rt.backend_choice is not None:
+            notify(f"backend auto: {rt.backend_choice.name} ({rt.backend_choice.reason})")
         stream = not as_json and settings.streams
         on_step = _streamer() if stream else None
         result = rt.ask(text, strategy=settings.strategy, budget=settings.budget, options=settings.options,

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
 from edgescale.errors import EmptyPrompt, UsageError
 from edgescale.runtime.backends import BackendRegistry, LoadRequest, default_backends
@@ -35,10 +35,13 @@ from edgescale.strategies.spec import Strategy
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from edgescale.runtime.auto_backend import BackendChoice
     from edgescale.devices.profile import DeviceProfile
     from edgescale.strategies.runner import Query
 
-__all__ = ["AskOptions", "Budget", "Runtime", "load_engine"]
+__all__ = ["AskOptions", "Budget", "Prompt", "Runtime", "load_engine"]
+
+Prompt = Union[str, Sequence[Mapping[str, str]]]  # text, or chat messages
 
 
 def load_engine(
@@ -49,6 +52,7 @@ def load_engine(
     n_gpu_layers: int | None = None,
     registry: BackendRegistry | None = None,
     notify: Callable[[str], None] | None = None,
+    width: int = 1,
 ) -> Engine:
     """Resolve a model reference and load it on the named backend (``registry``: the
     built-in backends unless given). ``threads`` None: the cores free right now; more
@@ -61,7 +65,8 @@ def load_engine(
     if note is not None and notify is not None:
         notify(note)
     backends = registry if registry is not None else default_backends()
-    return backends.load(backend, LoadRequest(model=model, threads=n_threads, n_gpu_layers=n_gpu_layers))
+    return backends.load(backend, LoadRequest(model=model, threads=n_threads, n_gpu_layers=n_gpu_layers,
+                                              width=width))
 
 
 class Runtime:
@@ -81,6 +86,7 @@ class Runtime:
         self._scheduler_config = scheduler
         self._scheduler: Scheduler | None = None
         self._lock = threading.Lock()
+        self.backend_choice: BackendChoice | None = None  # set when loaded with backend="auto"
 
     @classmethod
     def load(
@@ -93,10 +99,36 @@ class Runtime:
         registry: BackendRegistry | None = None,
         notify: Callable[[str], None] | None = None,
         scheduler: SchedulerConfig = SchedulerConfig(),
+        width: int = 1,
     ) -> "Runtime":
-        engine = load_engine(model, backend=backend, threads=threads, n_gpu_layers=n_gpu_layers,
-                             registry=registry, notify=notify)
-        return cls(engine, str(model) if model else "", notify=notify, scheduler=scheduler)
+        """``backend="auto"``: the backend this device's measured profiles favour at ``width``
+        sequences a step (:attr:`backend_choice` says which and why)."""
+        from edgescale.runtime.backends import default_backends
+
+        from edgescale.devices.cpu import clamp_threads, default_threads
+
+        backends = registry if registry is not None else default_backends()
+        n_threads, note = clamp_threads(default_threads() if threads is None else threads)
+        if note is not None and notify is not None:
+            notify(note)
+        choice = None
+        if backends.canonical(backend) == "auto":
+            from edgescale.runtime.auto_backend import choose_backend
+
+            choice = choose_backend(model, threads=n_threads, width=width)
+            backend, model = choice.name, choice.model
+        engine = load_engine(model, backend=backend, threads=n_threads, n_gpu_layers=n_gpu_layers,
+                             registry=backends, width=width)
+        rt = cls(engine, str(model) if model else "", notify=notify, scheduler=scheduler)
+        rt.backend_choice = choice
+        return rt
+
+    def configure_scheduler(self, config: SchedulerConfig) -> None:
+        """Set how the shared decode loop runs; only before the first query."""
+        with self._lock:
+            if self._scheduler is not None:
+                raise UsageError("the scheduler is already running")
+            self._scheduler_config = config
 
     @property
     def scheduler(self) -> Scheduler:
@@ -119,10 +151,17 @@ class Runtime:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def prompt_tokens(self, prompt: str, options: AskOptions = AskOptions()) -> list[int]:
-        if not prompt or not prompt.strip():
-            raise EmptyPrompt("empty prompt")
-        tokens = self.engine.format_prompt(prompt, chat=options.chat, system=options.system)
+    def prompt_tokens(self, prompt: Prompt, options: AskOptions = AskOptions()) -> list[int]:
+        """A prompt's tokens: a string (with ``options.system`` before it), or chat messages
+        ({"role", "content"} mappings), through the chat template unless ``options.chat`` is off."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise EmptyPrompt("empty prompt")
+            tokens = self.engine.format_prompt(prompt, chat=options.chat, system=options.system)
+        else:
+            if not any(str(m.get("content") or "").strip() for m in prompt):
+                raise EmptyPrompt("empty prompt: the messages have no content")
+            tokens = self.engine.format_messages(prompt, chat=options.chat)
         n_ctx = self.engine.info.n_ctx_train
         if len(tokens) >= n_ctx:
             from edgescale.errors import ContextOverflow
@@ -162,7 +201,7 @@ class Runtime:
             self._profile = load_or_calibrate(self.engine, refresh=True)
             return self._profile
 
-    def plan(self, prompt: str, *, strategy: str | Strategy | None = None, budget: Budget | None = None,
+    def plan(self, prompt: Prompt, *, strategy: str | Strategy | None = None, budget: Budget | None = None,
              options: AskOptions | None = None, **overrides: Any) -> Plan:
         """What ``ask`` would run for this prompt, without running it."""
         opts = replace(options or AskOptions(), **overrides)
@@ -185,18 +224,21 @@ class Runtime:
 
     def request(
         self,
-        prompt: str,
+        prompt: Prompt,
         *,
         strategy: str | Strategy | None = None,
         budget: Budget | None = None,
         options: AskOptions | None = None,
         on_step: Callable[[BatchGenerator, Sequence[TokenEvent]], None] | None = None,
+        arrival: float | None = None,
         **overrides: Any,
     ) -> Request:
-        """The query as the scheduler takes it (tokenized now; planned when admitted)."""
+        """The query as the scheduler takes it (tokenized now; planned when admitted).
+        ``arrival``: when it arrived (``time.perf_counter()``; default now): its deadline
+        counts from then."""
         from edgescale.strategies.runner import Query, generation_config
 
-        arrival = time.perf_counter()
+        arrival = time.perf_counter() if arrival is None else arrival
         opts = replace(options or AskOptions(), **overrides)
         tokens = self.prompt_tokens(prompt, opts)
         budget = budget or Budget()
@@ -215,17 +257,17 @@ class Runtime:
         return Request(prompt_tokens=tokens, prepare=prepare, deadline_s=budget.deadline_s, on_step=on_step,
                        arrival=arrival)
 
-    def submit(self, prompt: str, **kwargs: Any) -> Future[Result]:
+    def submit(self, prompt: Prompt, **kwargs: Any) -> Future[Result]:
         """Queue a query and return at once: a future of its result (see :meth:`ask`)."""
         return self.scheduler.submit(self.request(prompt, **kwargs))
 
-    async def ask_async(self, prompt: str, **kwargs: Any) -> Result:
+    async def ask_async(self, prompt: Prompt, **kwargs: Any) -> Result:
         """:meth:`ask` for asyncio: the query runs in the shared loop while the task awaits."""
         import asyncio
 
         return await asyncio.wrap_future(self.submit(prompt, **kwargs))
 
-    def ask(self, prompt: str, **kwargs: Any) -> Result:
+    def ask(self, prompt: Prompt, **kwargs: Any) -> Result:
         """Answer one prompt; the arguments are :meth:`request`'s: ``strategy`` (None: single, or
         auto when a budget is given), ``budget``, ``options`` or AskOptions fields as keywords
         (max_tokens=..., seed=...), and ``on_step`` (called in the scheduler's thread after

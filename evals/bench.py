@@ -24,12 +24,13 @@ from typing import Any
 
 from edgescale import limits
 from edgescale.api import Budget, Runtime
+from edgescale.strategies.scheduler import SchedulerConfig
 from edgescale.settings import AskOptions
 from edgescale.errors import UsageError
 from edgescale.evals import datasets
 from edgescale.evals.baseline import BaselineQuery, BaselineSpec, SequentialBaseline, parse_baseline
 from edgescale.evals.datasets import Item
-from edgescale.evals.rss import current_peak, reset_peak
+from edgescale.evals.rss import PeakRss, current_peak, reset_peak
 from edgescale.evals.store import RecordKey, ResultStore, settings_id
 from edgescale.strategies.result import Result
 from edgescale.strategies.spec import Strategy, parse_strategy
@@ -97,6 +98,7 @@ class BenchConfig:
     deadline_s: float | None = None
     memory_bytes: int | None = None
     out: Path | None = None
+    parallel: int = 1  # strategies of one question decoding together in the shared loop
 
     def settings(self) -> dict[str, Any]:
         """Everything besides dataset, item, strategy, model and seed that shapes the output."""
@@ -107,6 +109,9 @@ class BenchConfig:
             "memory_bytes": self.memory_bytes, "backend": self.backend, "prompt_format": PROMPT_FORMAT,
             "temperature": limits.MULTI_SAMPLE_TEMPERATURE, "top_k": defaults.top_k, "top_p": defaults.top_p,
             "min_p": defaults.min_p,
+            # run together, queries share steps: their logits differ at rounding level from a
+            # query run alone (README, Determinism), so such records are kept apart
+            **({"parallel": self.parallel} if self.parallel > 1 else {}),
         }
 
     def stop_strings(self) -> tuple[str, ...]:
@@ -197,7 +202,10 @@ class _Session:
 
     def rt(self) -> Runtime:
         if self.runtime is None:
-            self.runtime = Runtime.load(self.config.model, backend=self.config.backend, threads=self.config.threads)
+            lanes = max(1, self.config.parallel)
+            sched = SchedulerConfig(max_running=lanes, expect_running=lanes, memory_bytes=self.config.memory_bytes)
+            self.runtime = Runtime.load(self.config.model, backend=self.config.backend, threads=self.config.threads,
+                                        scheduler=sched)
         return self.runtime
 
     def base(self, longest_prompt: int) -> SequentialBaseline:
@@ -276,17 +284,23 @@ def run_bench(config: BenchConfig, *, on_progress: ProgressCallback | None = Non
     try:
         for i, item in enumerate(items):
             shift = i % len(strategies)
+            order = strategies[shift:] + strategies[:shift]
+            todo = [s for s in order if store.get(keys[(i, s.spec)]) is None]
+            together = _run_together(session, config, item, [s for s in todo if s.baseline is None])
             tokens: list[int] | None = None
-            for strat in strategies[shift:] + strategies[:shift]:
+            for strat in order:
                 key: RecordKey = keys[(i, strat.spec)]
                 record = store.get(key)
                 if record is None:
-                    if tokens is None and strat.baseline is not None:
-                        tokens = session.rt().prompt_tokens(bench_prompt(item, config), config.options(item))
-                        longest = max(longest, _longest_prompt(session, config, items, i))
-                    was_reset = reset_peak()
-                    result = _ask(session, config, strat, tokens or [], item, longest, model)
-                    peak = current_peak(was_reset)
+                    if strat.label in together:
+                        result, peak = together[strat.label]
+                    else:
+                        if tokens is None and strat.baseline is not None:
+                            tokens = session.rt().prompt_tokens(bench_prompt(item, config), config.options(item))
+                            longest = max(longest, _longest_prompt(session, config, items, i))
+                        was_reset = reset_peak()
+                        result = _ask(session, config, strat, tokens or [], item, longest, model)
+                        peak = current_peak(was_reset)
                     record = _record(config, run_fields, item, i, strat, result, (peak.bytes, peak.per_query))
                     record = store.add(record)
                     ran += 1
@@ -304,6 +318,28 @@ def run_bench(config: BenchConfig, *, on_progress: ProgressCallback | None = Non
     ordered = {s.label: _in_order(found[s.label], items) for s in strategies}
     threads = tuple(sorted({int(r["result"]["stats"]["threads"]) for rs in ordered.values() for r in rs}))
     return BenchRun(config, model, items, settings, ordered, ran, threads, time.perf_counter() - t0)
+
+
+def _run_together(session: _Session, config: BenchConfig, item: Item,
+                  strategies: Sequence[BenchStrategy]) -> dict[str, tuple[Result, PeakRss]]:
+    """With ``parallel`` > 1: the question's strategies submitted together (at most
+    ``parallel`` at a time) to the shared loop; their RSS peak is the group's, not per query."""
+    if config.parallel <= 1 or len(strategies) < 2:
+        return {}
+    rt = session.rt()
+    budget = Budget(deadline_s=config.deadline_s, memory_bytes=config.memory_bytes)
+    out: dict[str, tuple[Result, PeakRss]] = {}
+    for start in range(0, len(strategies), config.parallel):
+        group = strategies[start : start + config.parallel]
+        was_reset = reset_peak()
+        futures = [rt.submit(bench_prompt(item, config), strategy=s.strategy, budget=budget,
+                             options=config.options(item)) for s in group]
+        results = [f.result() for f in futures]
+        peak = current_peak(was_reset)
+        shared = PeakRss(peak.bytes, False)  # a group's peak: not one query's
+        for s, res in zip(group, results):
+            out[s.label] = (res, shared)
+    return out
 
 
 def _longest_prompt(session: _Session, config: BenchConfig, items: Sequence[Item], start: int) -> int:

@@ -11,7 +11,7 @@ plugins register more, e.g. a scripted engine, on their own instance.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -26,6 +26,7 @@ class LoadRequest:
     model: str | Path | None  # None: the backend's default model
     threads: int
     n_gpu_layers: int | None = None  # None: the backend decides (as many as fit)
+    width: int = 1  # sequences a step will usually carry (``auto`` picks the backend for it)
 
 
 Loader = Callable[[LoadRequest], Engine]
@@ -108,8 +109,16 @@ def _resolve_onnx_dir(model: str | Path | None) -> Path:
     return resolve_model_dir(model)
 
 
+def _load_auto(request: LoadRequest) -> Engine:
+    from edgescale.runtime.auto_backend import choose_backend
+
+    choice = choose_backend(request.model, threads=request.threads, width=request.width)
+    return default_backends().load(choice.name, replace(request, model=choice.model))
+
+
 def default_backends() -> BackendRegistry:
-    """A registry of the built-in backends: llama.cpp (the default) and ONNX Runtime."""
+    """A registry of the built-in backends: llama.cpp (the default), ONNX Runtime, and auto
+    (whichever of the two this device's measured profiles favour; runtime.auto_backend)."""
     return BackendRegistry([
         Backend("llama.cpp", _load_llama, _resolve_gguf, aliases=("llama_cpp", "llamacpp", "llama"),
                 summary="GGUF models through llama.cpp (llama-cpp-python)",
@@ -117,4 +126,6 @@ def default_backends() -> BackendRegistry:
         Backend("onnx", _load_onnx, _resolve_onnx_dir, aliases=("onnxruntime", "ort"),
                 summary="ONNX Runtime; a model directory made by `edgescale convert`",
                 claims=lambda p: p.is_dir()),
+        Backend("auto", _load_auto, _resolve_gguf,
+                summary="llama.cpp or ONNX Runtime, from this device's measured profiles of both"),
     ])

@@ -147,6 +147,7 @@ class QueryRun:
             self.probe_slots = max(self.probe_slots, 1)
             self.probe_cells = max(self.probe_cells, len(self.cue) + FORCED_PROBE_TOKENS)
         self.pace = _Pace(query.step_time)
+        self._reading = False  # whether the step under way reads the prompt
         self.gen: BatchGenerator | None = None
         self.result: Result | None = None
         self.queue_s = 0.0  # time between arrival and admission (set by the scheduler)
@@ -177,25 +178,36 @@ class QueryRun:
         except DecodeAborted:
             self.result = empty_result(self.engine, self.query, self.clock() - self.t0, queue_s=self.queue_s)
 
-    def due(self, width: int) -> bool:
+    def due(self, width: int, probes_ahead: int = 0, next_step_s: float = 0.0) -> bool:
         """Before a step of ``width`` live sequences (all queries'): whether this query takes
         part. At the deadline it ends instead: stopped early enough to leave room for a
-        forced-answer probe while no finished sample has an answer."""
+        forced-answer probe while no finished sample has an answer, and for the
+        ``probes_ahead`` forced-answer probes other queries of the shared loop may run
+        first (probes decode one query at a time). ``next_step_s``: what the shared loop
+        expects the next step to take (it may read other queries' prompts)."""
         gen = self.gen
         assert gen is not None and self.result is None
+        self._reading = gen.reading_prompt  # a step that reads the prompt is no sample step
         if self.deadline is None:
             return True
         if gen.reading_prompt:
-            if self.clock() < self.deadline:
+            if self.clock() + next_step_s < self.deadline:
                 return True
             self.result = empty_result(self.engine, self.query, self.clock() - self.t0, gen.stats,
                                        queue_s=self.queue_s)
             return False
-        reserve = 0.0 if _has_answer(gen, self.book) else self.pace.probe(len(self.cue))
-        if self.clock() + self.pace.step(width) + reserve >= self.deadline:
+        probe = self.pace.probe(len(self.cue))
+        reserve = (0.0 if _has_answer(gen, self.book) else probe) + probes_ahead * probe
+        if self.clock() + max(self.pace.step(width), next_step_s) + reserve >= self.deadline:
             self._end("deadline")
             return False
         return True
+
+    def may_probe_by(self, due_at: float) -> bool:
+        """Whether this query may still need a forced-answer probe before ``due_at``."""
+        gen = self.gen
+        return (self.deadline is not None and self.deadline <= due_at and gen is not None
+                and not gen.reading_prompt and not _has_answer(gen, self.book))
 
     def after(self, events: Sequence[TokenEvent], seconds: float, width: int) -> None:
         """After a step that took ``seconds`` with ``width`` live sequences."""
@@ -203,7 +215,8 @@ class QueryRun:
         assert gen is not None and self.result is None
         if gen.reading_prompt:
             return
-        self.pace.observed.append((width, seconds))
+        if not self._reading:  # (the step that read the prompt's last chunk says nothing of a sample step)
+            self.pace.observed.append((width, seconds))
         if self.on_step is not None and events:
             self.on_step(gen, events)
         if gen.expired:
@@ -271,7 +284,11 @@ class _Pace:
         self.observed: deque[tuple[int, float]] = deque(maxlen=8)  # (live sequences, seconds)
 
     def step(self, live: int) -> float:
-        seen = [t for k, t in self.observed if k == live] or [t * live / k for k, t in self.observed]
+        seen = [t for k, t in self.observed if k == live]
+        if not seen and self.step_time is not None:  # the profile's shape, at the pace seen
+            seen = [t * self.step_time(live) / self.step_time(k) for k, t in self.observed]
+        elif not seen:  # no profile: as if a wider step cost proportionally more (pessimistic)
+            seen = [t * live / k for k, t in self.observed]
         guess = statistics.median(seen) if seen else 0.0
         return max(guess, self.step_time(live) if self.step_time else 0.0)
 

@@ -31,6 +31,7 @@ Admission (the policy, stated so it can be argued with):
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections import deque
@@ -38,7 +39,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import numpy as np
 
 from edgescale.errors import BudgetInfeasible, DeadlineMissed, EdgescaleError, QueueFull, UsageError
 from edgescale.runtime.engine import Engine
@@ -47,11 +47,33 @@ from edgescale.runtime.lanes import Lane, SharedContext
 from edgescale.runtime.memory import MemoryModel, memory_model
 from edgescale.runtime.prefix_cache import PrefixCache
 from edgescale.strategies.assemble import empty_result
+from edgescale.strategies.planner import MEMORY_SAFETY, Plan
 from edgescale.strategies.result import Result
 from edgescale.strategies.runner import Query, QueryRun, StepCallback
 
 POLICIES = ("fifo", "edf")
 CACHE_IDS = 16  # sequence ids kept for prefix-cache entries
+SPARE_IDS = 64  # at least this many ids in a unified cache
+
+
+def cells_in_budget(memory: MemoryModel, memory_bytes: int, *, n_ids: int, max_batch: int,
+                    max_running: int = 1) -> int:
+    """KV cells a shared context may have within ``memory_bytes`` for the whole process: the
+    planner's memory model (the model, the runtime, compute buffers, the backend's logits
+    rows), two vocabulary rows per running query (its prompt's row and scratch) and the
+    rows a probe makes the others copy; rounded down to the backend's cell padding."""
+    rows = memory.logits_bytes_per_seq * (2 * max_running + max_batch)
+    room = memory_bytes * MEMORY_SAFETY - memory.peak(n_seqs=n_ids, n_cells=0, n_batch=max_batch) - rows
+    cells = max(0, int(room / memory.kv_bytes_per_cell))
+    return cells // memory.cell_pad * memory.cell_pad
+
+
+def min_memory_bytes(memory: MemoryModel, cells: int, *, n_ids: int, max_batch: int, max_running: int = 1) -> int:
+    """The smallest ``memory_bytes`` whose :func:`cells_in_budget` holds ``cells``."""
+    rows = memory.logits_bytes_per_seq * (2 * max_running + max_batch)
+    padded = -(-cells // memory.cell_pad) * memory.cell_pad
+    need = memory.peak(n_seqs=n_ids, n_cells=0, n_batch=max_batch) + rows + padded * memory.kv_bytes_per_cell
+    return int(need / MEMORY_SAFETY) + 1
 
 
 @dataclass(frozen=True)
@@ -62,8 +84,11 @@ class SchedulerConfig:
     policy: str = "fifo"  # or "edf"
     prefix_cache: bool = True
     prefix_cache_fraction: float = 0.25  # of the context's cells the cache may keep
-    prefill_chunk: int = 128  # prompt tokens a reading query adds to a step
+    prefill_chunk: int = 64  # prompt tokens a reading query adds to a step (the policy: see the bench)
     on_expired: str = "answer"  # or "reject": a query whose deadline passed while it waited
+    min_cells: int = 0  # without a budget, the shared context has at least this many cells
+    expect_running: int = 1  # it is sized for at least this many queries (a server's come one by one)
+    step_prompt_tokens: int | None = None  # prompt tokens one step reads at most (None: 2 x prefill_chunk)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -119,6 +144,25 @@ class SchedulerStats:
     cache_hits: int = 0
     cache_misses: int = 0
     contexts: int = 0  # shared contexts made (the first, and each resize)
+    # (seconds, prompt tokens read, sample tokens decoded) of the latest steps
+    recent: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=4096))
+
+    @property
+    def step_p50(self) -> float:
+        """Median time of the recent steps that read no prompt (0 when none)."""
+        plain = [t for t, prompt, _ in self.recent if prompt == 0]
+        return statistics.median(plain) if plain else 0.0
+
+    @property
+    def step_max_reading(self) -> float:
+        """Longest recent step that read a prompt chunk while samples decoded too."""
+        return max((t for t, prompt, decoded in self.recent if prompt and decoded), default=0.0)
+
+    def tokens_per_s(self, window: int = 64) -> float:
+        """Sample tokens per second over the last ``window`` steps."""
+        last = list(self.recent)[-window:]
+        seconds = sum(t for t, _, _ in last)
+        return sum(d for _, _, d in last) / seconds if seconds > 0 else 0.0
 
 
 class Scheduler:
@@ -168,6 +212,10 @@ class Scheduler:
         """(cells in use, cells of the shared context)."""
         shared = self._shared
         return (shared.cells_used(), shared.n_cells) if shared is not None else (0, 0)
+
+    def reserved_cells(self) -> int:
+        """KV cells the running queries hold in reserve (their plans' need)."""
+        return sum(r.cells for r in list(self._running))
 
     def cache_cells(self) -> int:
         return self._cache.cells if self._cache is not None else 0
@@ -228,7 +276,22 @@ class Scheduler:
         with self._lock:
             self._queue.remove(request)
 
+    def _sweep(self) -> None:
+        """Answer, wherever they wait in the queue, the queries whose client has gone and
+        those whose deadline passes before the next sweep could see them (now plus the
+        last step's time: answering a little early beats answering late)."""
+        now = self.clock()
+        last_step = self.stats.recent[-1][0] if self.stats.recent and self._running else 0.0
+        with self._lock:
+            gone = [r for r in self._queue if r.cancelled or r.future.cancelled() or now + last_step >= r.due_at]
+            for r in gone:
+                self._queue.remove(r)
+        for r in gone:
+            late = now + last_step >= r.due_at and not r.cancelled
+            self._expire(r, now, rule="deadline" if late else "cancelled")
+
     def _admit(self) -> None:
+        self._sweep()
         while len(self._running) < self.config.max_running:
             request = self._pick()
             if request is None:
@@ -250,12 +313,11 @@ class Scheduler:
                 self._dequeue(request)
                 request.future.set_exception(exc)
                 continue
+            failure: EdgescaleError | None = None
             try:
                 fits = self._make_room(run)
             except EdgescaleError as exc:
                 fits, failure = False, exc
-            else:
-                failure = None
             if not fits:
                 if self._running and failure is None:
                     return  # it waits for the running queries; the ones behind it wait too
@@ -275,7 +337,7 @@ class Scheduler:
         if self._shared is None or (not self._running and not self._fits(need_cells, need_ids, evict=True)):
             if self._running:
                 return False
-            self._resize(need_cells, need_ids)
+            self._resize(need_cells, need_ids, run.query.plan)
         return self._fits(need_cells, need_ids, evict=True)
 
     def _fits(self, cells: int, ids: int, *, evict: bool) -> bool:
@@ -290,35 +352,58 @@ class Scheduler:
             if not evict or cache is None or not cache.evict_one():
                 return False
 
-    def _resize(self, cells: int, ids: int) -> None:
-        """(Re)make the shared context: sized from the memory budget, or for the queries
-        waiting now (as many as may run at once, each taken to need what the head needs)."""
+    def _resize(self, cells: int, ids: int, plan: Plan) -> None:
+        """(Re)make the shared context for the queries waiting now (as many as may run at once,
+        at least ``expect_running``, each taken to need what the head needs), within the budget.
+        Without a scheduler budget, a head query planned under its own memory budget gets the
+        context its plan counted (its ids, cells and batch), so that its peak stays there."""
         self._drop_context()
+        if (self.config.memory_bytes is None and plan.budget is not None
+                and plan.budget.memory_bytes is not None):
+            self._open_context(n_cells=cells, n_ids=min(self.engine.max_sequences, ids),
+                               max_batch=max(plan.n_batch, ids))
+            return
         with self._lock:
-            group = max(1, min(len(self._queue), self.config.max_running))
+            group = max(1, self.config.expect_running, min(len(self._queue), self.config.max_running))
         cache_ids = CACHE_IDS if self.config.prefix_cache else 0
-        n_ids = min(self.engine.max_sequences, ids * group + cache_ids)
+        n_ids = ids * group + cache_ids
+        if not self.engine.memory_layout.prompt_per_sequence:
+            # ids cost nothing in a unified cache, and spare ones let ended sequences' cells stay parked
+            n_ids = max(n_ids * 2, SPARE_IDS)
+        n_ids = min(self.engine.max_sequences, n_ids)
         max_batch = batch_size(self.config.prefill_chunk + n_ids, 1)
-        if self.config.memory_bytes is not None:
-            n_cells = self._cells_in_budget(n_ids, max_batch)
-            if n_cells < cells:
-                raise BudgetInfeasible(f"the memory budget leaves room for {n_cells} KV cells next to the "
-                                       f"model; the query needs {cells}: raise --memory or lower -k / --max-tokens")
-        else:
+        if self.config.memory_bytes is None:
+            # for the demand: the head's need for each query waiting with it, room for the prefix
+            # cache, at least min_cells
             n_cells = cells * group
             if self.config.prefix_cache:
                 n_cells = int(n_cells / (1 - self.config.prefix_cache_fraction))
+            n_cells = max(n_cells, self.config.min_cells)
+        else:
+            # the budget's room, once (no use for more cells than the sequences could ever fill)
+            room = min(self._cells_in_budget(n_ids, max_batch), self.engine.info.n_ctx_train * n_ids)
+            n_cells = room
+            if room < cells:
+                need = min_memory_bytes(self._memory, cells, n_ids=n_ids, max_batch=max_batch,
+                                        max_running=self.config.max_running)
+                raise BudgetInfeasible(
+                    f"the memory budget leaves room for {room} KV cells next to the model; the query needs "
+                    f"{cells}: it needs a budget of at least {need / 2**20:.0f} MB (--memory), or fewer samples "
+                    "or tokens")
+        self._open_context(n_cells=n_cells, n_ids=n_ids, max_batch=max_batch)
+
+    def _open_context(self, *, n_cells: int, n_ids: int, max_batch: int) -> None:
         self._shared = SharedContext(self.engine, n_cells=n_cells, n_ids=n_ids, max_batch=max_batch)
+        self._shared.before_side_decode = self._own_rows
         self.stats.contexts += 1
         if self.config.prefix_cache:
             cap = int(self._shared.n_cells * self.config.prefix_cache_fraction)
             self._cache = PrefixCache(self._shared, max_cells=cap)
 
     def _cells_in_budget(self, n_ids: int, max_batch: int) -> int:
-        m = self._memory
         assert self.config.memory_bytes is not None
-        room = self.config.memory_bytes * 0.97 - m.peak(n_seqs=n_ids, n_cells=0, n_batch=max_batch)
-        return max(0, int(room / m.kv_bytes_per_cell))
+        return cells_in_budget(self._memory, self.config.memory_bytes, n_ids=n_ids, max_batch=max_batch,
+                               max_running=self.config.max_running)
 
     def _drop_context(self) -> None:
         if self._cache is not None:
@@ -371,7 +456,21 @@ class Scheduler:
             if r.request.cancelled and not r.run.done:
                 r.run.cancel()
         width = max(1, self._width())
-        active = [r for r in self._running if not r.run.done and r.run.due(width)]
+        # the next step is expected to take as long as the last one did (it read prompts then too
+        # if some query is still reading): a deadline that would pass in it is answered now
+        reading = any(r.run.gen is not None and r.run.gen.reading_prompt for r in self._running)
+        hint = self.stats.recent[-1][0] if self.stats.recent and reading else 0.0
+        active = [r for r in self._running if not r.run.done and r.run.due(width, self._probes_ahead(r), hint)]
+        # prompt reading shares a step up to step_prompt_tokens (the oldest readers first), so that
+        # a burst of arrivals cannot make one step long (every deadline is checked between steps)
+        room = self.config.step_prompt_tokens or 2 * self.config.prefill_chunk
+        sitting_out = set()
+        for r in active:
+            if r.run.gen is not None and r.run.gen.reading_prompt:
+                if room <= 0:
+                    sitting_out.add(id(r))
+                room -= self.config.prefill_chunk
+        active = [r for r in active if id(r) not in sitting_out]
         parts = []
         events_of = {}
         for r in active:
@@ -382,29 +481,46 @@ class Scheduler:
             if feeds:
                 parts.append((r, feeds))
         t0 = self.clock()
+        read = decoded = 0
         if parts:
             all_feeds = [f for r, feeds in parts for f in r.lane.to_shared(feeds)]
             rows = shared.decode(all_feeds)
-            if len(parts) > 1:
-                rows = np.array(rows)  # a probe of one query must not overwrite another's rows
             at = 0
             for r, feeds in parts:
                 r.lane.fed(feeds)
                 reading = r.run.gen.reading_prompt  # type: ignore[union-attr]
                 if reading:
-                    self.stats.prompt_tokens_read += sum(len(t) for _, t in feeds)
+                    read += sum(len(t) for _, t in feeds)
                 else:
-                    self.stats.tokens += len(feeds)
+                    decoded += len(feeds)
                 r.run.gen.take(rows[at : at + len(feeds)])  # type: ignore[union-attr]
                 at += len(feeds)
                 if reading and not r.run.gen.reading_prompt:  # type: ignore[union-attr]
                     self._cache_prompt(r)
         seconds = self.clock() - t0
         self.stats.steps += 1
+        self.stats.prompt_tokens_read += read
+        self.stats.tokens += decoded
+        self.stats.recent.append((seconds, read, decoded))
         for r in active:
             if not r.run.done:
                 r.run.after(events_of[id(r)], seconds, width)
         self._retire()
+
+    def _probes_ahead(self, r: _Running) -> int:
+        """Other running queries that may run a forced-answer probe before ``r``'s deadline
+        (each probe holds the loop for its few tokens, so deadlines due together must
+        leave room for all of them)."""
+        due = r.request.due_at
+        if due == float("inf"):
+            return 0
+        return sum(1 for o in self._running if o is not r and not o.run.done and o.run.may_probe_by(due))
+
+    def _own_rows(self) -> None:
+        """A probe is about to decode: the others' rows must not be views of the buffer it fills."""
+        for r in self._running:
+            if r.run.gen is not None:
+                r.run.gen.own_rows()
 
     def _cache_prompt(self, r: _Running) -> None:
         if self._cache is not None and not r.cached:

@@ -114,3 +114,21 @@ def test_missing_matplotlib_names_the_extra(tmp_path: Path) -> None:
     proc = bench("--dataset", "arc-easy", "--limit", "2", "--out", str(tmp_path / "o"),
                  env={"PYTHONPATH": str(tmp_path)})
     assert_one_line_error(proc, 2, "pip install 'edgescale[bench]'")
+
+
+def test_parallel_bench_runs_a_question_s_strategies_together_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "par"
+    args = ["--dataset", "arc-easy", "--limit", "3", "--strategies", "single,maj@3,ffs@3", "--max-tokens", "16",
+            "--seed", "3", "--out", str(out), "--parallel", "3"]
+    proc = bench(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "9 queries run, 0 resumed" in proc.stderr
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 9 and {r["settings"]["parallel"] for r in records} == {3}
+    assert not any(r["rss_per_query"] for r in records)  # a group's peak, said so
+    for r in records:
+        assert r["correct"] == (r["answer"] == r["gold"]) and r["result"]["stats"]["generated_tokens"] > 0
+    again = bench(*args)
+    assert again.returncode == 0 and "0 queries run, 9 resumed" in again.stderr
+    serial = bench(*args[:-2])  # one at a time: kept apart from the records made together
+    assert serial.returncode == 0 and "9 queries run, 0 resumed" in serial.stderr

@@ -62,7 +62,7 @@ def test_invalid_values_name_the_flag(registry, monkeypatch, capsys) -> None:
 
 def test_unknown_backend_lists_the_registered_ones(registry, monkeypatch, capsys) -> None:
     rc, _, err = run_cli(registry, monkeypatch, capsys, "run", "--backend", "tpu", "Q?")
-    assert rc == 2 and "unknown backend 'tpu'; choose one of: llama.cpp, onnx, fake" in err
+    assert rc == 2 and "unknown backend 'tpu'; choose one of: llama.cpp, onnx, auto, fake" in err
 
 
 def test_non_utf8_stdin_is_a_usage_error(registry, monkeypatch, capsys) -> None:

@@ -458,8 +458,32 @@ def test_every_strategy_runs_unchanged_on_onnx(onnx_engine: OnnxEngine, spec: st
 
     runtime = Runtime(onnx_engine, "smollm2-onnx")
     q = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
-    res = runtime.ask(q, strategy=spec, options=AskOptions(max_tokens=48, seed=11, answer="number"))
+    try:
+        res = runtime.ask(q, strategy=spec, options=AskOptions(max_tokens=48, seed=11, answer="number"))
+    finally:
+        runtime.scheduler.close()
     assert res.samples and res.stats.generated_tokens == sum(s.n_tokens for s in res.samples)
     assert res.stop_reason and res.stats.peak_kv_bytes > 0
-    if spec.startswith("early-exit"):
-        assert res.stats.probe_tokens > 0
+    assert (res.stats.probe_tokens > 0) == spec.startswith("early-exit")
+
+
+def test_the_shared_loop_runs_on_onnx(onnx_engine: OnnxEngine) -> None:
+    """Queries together in one ONNX session, a repeated prompt served from the prefix cache."""
+    from edgescale.api import Runtime
+    from edgescale.strategies.scheduler import SchedulerConfig
+
+    runtime = Runtime(onnx_engine, "smollm2-onnx", scheduler=SchedulerConfig(max_running=3))
+    asks = [("What is 2 + 2?", "maj@3"), ("Name a fruit.", "single"), ("Is ice cold? Answer yes or no.", "ffs@2")]
+    try:
+        futures = runtime.scheduler.submit_many([runtime.request(p, strategy=s, max_tokens=24, seed=5)
+                                                 for p, s in asks])
+        results = [f.result(timeout=300) for f in futures]
+        steps = runtime.scheduler.stats.steps
+        runtime.ask("Name a vegetable.", strategy="single", max_tokens=8)
+        again = runtime.ask("Name a vegetable.", strategy="single", max_tokens=8)
+    finally:
+        runtime.scheduler.close()
+    assert [len(r.samples) for r in results] == [3, 1, 2]
+    assert all(r.stats.generated_tokens == sum(s.n_tokens for s in r.samples) for r in results)
+    assert steps < sum(r.stats.decode_steps for r in results)  # they shared steps
+    assert again.stats.cached_prompt_tokens == again.stats.prompt_tokens - 1
