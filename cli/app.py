@@ -19,6 +19,7 @@ from edgescale.cli.models_cmd import models
 from edgescale.cli.plan_cmd import plan
 from edgescale.cli.quant_cmd import convert, quant_report, quantize
 from edgescale.cli.run_cmd import run
+from edgescale.cli.serve_cmd import serve
 from edgescale.errors import EdgescaleError
 from edgescale.runtime.backends import BackendRegistry
 
@@ -35,6 +36,7 @@ def build_app() -> typer.Typer:
     )
     app.command("run")(run)
     app.command("batch")(batch)
+    app.command("serve")(serve)
     app.command("models")(models)
     app.command("bench")(bench)
     app.command("devices")(devices)

@@ -1,0 +1,154 @@
+"""`edgescale serve`: an OpenAI-compatible HTTP server on the shared decode loop.
+
+The model loads once (``/health`` says ``loading`` until then); every request
+runs through the runtime's scheduler with the strategy, deadline and answer
+kind it names, or the defaults given here. See ``edgescale.serve``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from edgescale.cli import options as opt
+from edgescale.cli.common import backends, notify
+from edgescale.errors import BackendUnavailable, UsageError
+
+if TYPE_CHECKING:
+    from edgescale.api import Runtime
+
+HOST = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback only unless you say otherwise).")
+PORT = typer.Option(8080, "--port", "-p", help="Port to listen on (0: any free port; stderr says which).")
+API_KEY = typer.Option(None, "--api-key", envvar="EDGESCALE_API_KEY",
+                       help="Require 'Authorization: Bearer KEY' on every request.")
+PARALLEL = typer.Option("auto", "--parallel", "-P",
+                        help="Queries decoding at once in the shared loop: N, or auto (from the device profile "
+                             "and --memory).")
+MEMORY = typer.Option(None, "--memory", help="Memory budget of the whole server (model, KV, buffers), e.g. 1GB: "
+                                             "sizes the shared KV cache once (default: room for --parallel "
+                                             "requests of --max-tokens + 512 tokens).")
+DEADLINE_MS = typer.Option(None, "--deadline-ms", help="Default deadline of a request, in ms from its arrival.")
+MAX_QUEUE = typer.Option(64, "--max-queue", help="Requests waiting at most; more get 429 with Retry-After.")
+MAX_N = typer.Option(16, "--max-n", help="Largest 'n' a request may ask for.")
+MAX_PROMPT = typer.Option(8192, "--max-prompt-tokens", help="Longest prompt a request may send, in tokens.")
+MAX_TOKENS_LIMIT = typer.Option(4096, "--max-tokens-limit", help="Largest 'max_tokens' a request may ask for.")
+MAX_BODY = typer.Option("1MB", "--max-body", help="Largest request body.")
+PREFILL_CHUNK = typer.Option(64, "--prefill-chunk",
+                             help="Prompt tokens a reading query adds to each shared step.")
+POLICY = typer.Option("fifo", "--policy", help="Queue order: fifo, or edf (earliest deadline first).")
+TYPICAL_PROMPT = 512  # tokens: what the shared context is first sized for, per request
+GRACE = typer.Option("10s", "--grace", help="On SIGTERM: how long in-flight requests may take to finish.")
+
+
+def serve(
+    ctx: typer.Context,
+    model: Optional[str] = opt.MODEL,
+    backend: str = opt.BACKEND,
+    threads: Optional[int] = opt.THREADS,
+    gpu_layers: Optional[int] = opt.GPU_LAYERS,
+    host: str = HOST,
+    port: int = PORT,
+    api_key: Optional[str] = API_KEY,
+    memory: Optional[str] = MEMORY,
+    parallel: str = PARALLEL,
+    strategy: Optional[str] = opt.STRATEGY,
+    deadline_ms: Optional[int] = DEADLINE_MS,
+    answer: str = opt.ANSWER,
+    seed: int = opt.SEED,
+    max_tokens: int = opt.MAX_TOKENS,
+    max_queue: int = MAX_QUEUE,
+    max_n: int = MAX_N,
+    max_prompt_tokens: int = MAX_PROMPT,
+    max_tokens_limit: int = MAX_TOKENS_LIMIT,
+    max_body: str = MAX_BODY,
+    prefill_chunk: int = PREFILL_CHUNK,
+    no_prefix_cache: bool = opt.NO_PREFIX_CACHE,
+    policy: str = POLICY,
+    grace: str = GRACE,
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (chat, completions, SSE streaming)."""
+    from edgescale.cli.batch_cmd import parse_parallel
+    from edgescale.serve.protocol import Defaults, Limits
+    from edgescale.serve.state import ServeConfig
+    from edgescale.settings import ask_settings, parse_duration, parse_size
+    from edgescale.strategies.scheduler import SchedulerConfig
+
+    _need_serve_extra()
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, got {port}")
+    if api_key is not None and not api_key.strip():
+        raise UsageError("--api-key is empty")
+    if deadline_ms is not None and deadline_ms <= 0:
+        raise UsageError("--deadline-ms must be positive")
+    for name, value, hi in (("--max-n", max_n, 64), ("--max-queue", max_queue, 1 << 16),
+                            ("--max-prompt-tokens", max_prompt_tokens, 1 << 24),
+                            ("--max-tokens-limit", max_tokens_limit, 32768)):
+        if not 1 <= value <= hi:
+            raise UsageError(f"{name} must be between 1 and {hi}, got {value}")
+    # the defaults go through the same validation as every request
+    settings = ask_settings(strategy=strategy, max_tokens=max_tokens, seed=seed, answer=answer,
+                            deadline=deadline_ms / 1000 if deadline_ms else None)
+    lanes = parse_parallel(parallel)
+    scheduler = SchedulerConfig(memory_bytes=parse_size(memory), max_running=lanes or 1, max_queue=max_queue,
+                                policy=policy.strip().lower(), prefix_cache=not no_prefix_cache,
+                                prefill_chunk=prefill_chunk)
+    body_limit = parse_size(max_body)
+    assert body_limit is not None
+    config = ServeConfig(
+        host=host, port=port, api_key=api_key.strip() if api_key else None, grace_s=parse_duration(grace) or 0.0,
+        defaults=Defaults(strategy=strategy, deadline_ms=deadline_ms, answer=settings.options.answer, seed=seed,
+                          max_tokens=max_tokens),
+        limits=Limits(max_body_bytes=body_limit, max_prompt_tokens=max_prompt_tokens,
+                      max_tokens=max_tokens_limit, max_n=max_n),
+    )
+    registry = backends(ctx)
+    path = registry.get(backend).resolve(model)  # a missing model fails now, before the port opens
+    model_id = model if model and not Path(model).exists() else _model_id(path, model)
+
+    def load() -> tuple[Runtime, str]:
+        from edgescale.api import Runtime
+        from edgescale.cli.batch_cmd import auto_parallel
+        from edgescale.runtime.memory import memory_model
+
+        rt = Runtime.load(model, backend=backend, threads=threads, n_gpu_layers=gpu_layers, registry=registry,
+                          notify=notify, scheduler=scheduler, width=8 * (lanes or 1))
+        n = lanes if lanes is not None else auto_parallel(rt, settings)
+        # a server's requests come one by one: size the shared context up front for n of them
+        # of the default length, not for the first
+        cells = n * (max_tokens + TYPICAL_PROMPT)
+        rt.configure_scheduler(replace(scheduler, max_running=n, expect_running=n, min_cells=cells))
+        chosen = f", backend auto: {rt.backend_choice.reason}" if rt.backend_choice is not None else ""
+        kv = (f"memory budget {memory}" if memory else
+              f"KV cache for {cells} tokens ({cells * memory_model(rt.engine).kv_bytes_per_cell / 2**20:.0f} MB; "
+              "--memory sets a budget)")
+        return rt, (f"{model_id} on {rt.engine.backend_name} ({rt.engine.n_threads} threads), up to {n} "
+                    f"quer{'y' if n == 1 else 'ies'} at once, {kv}{chosen}")
+
+    from edgescale.serve.run import serve as run_server
+
+    code = run_server(config, model_id, load, notify)
+    if code:
+        raise typer.Exit(code)
+
+
+def _model_id(path: Path, ref: str | None) -> str:
+    """What /v1/models calls the model: its catalog name, else its file (or folder) name."""
+    from edgescale.models.catalog import DEFAULT_MODEL
+
+    if ref is None:
+        return DEFAULT_MODEL
+    return path.stem if path.is_file() else path.name
+
+
+def _need_serve_extra() -> None:
+    missing = []
+    for module in ("starlette", "uvicorn", "prometheus_client"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise BackendUnavailable(f"`edgescale serve` needs {', '.join(missing)}: pip install 'edgescale[serve]'")

@@ -1,0 +1,313 @@
+"""`edgescale serve` as a real subprocess on a free loopback port, with the real default
+model, driven by the official `openai` client (and httpx for raw HTTP)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+pytest.importorskip("openai")
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from openai import APIStatusError, AuthenticationError, BadRequestError, OpenAI  # noqa: E402
+
+from tests.serve_harness import ServerProcess, metric  # noqa: E402
+
+KEY = "test-key-123"
+MODEL = "smollm2-135m"
+GREEDY_PROMPTS = [
+    "The capital of France is", "1, 2, 3, 4,", "Water boils at", "The opposite of hot is",
+    "Monday, Tuesday,", "A, B, C,", "The sun rises in the", "Two plus two equals",
+]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    """The default settings, with an API key."""
+    srv = ServerProcess(["--threads", "2", "--api-key", KEY, "--parallel", "8"])
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> OpenAI:
+    return OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def exact() -> Iterator[ServerProcess]:
+    """The determinism contract's exact regime: prompts read 8 tokens a step, no prefix cache."""
+    srv = ServerProcess(["--threads", "2", "--parallel", "8", "--prefill-chunk", "8", "--no-prefix-cache",
+                         "--memory", "2GB"])
+    yield srv
+    srv.stop()
+
+
+def headers(key: str = KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def metrics(srv: ServerProcess) -> str:
+    return httpx.get(srv.url + "/metrics", headers=headers(), timeout=10).text
+
+
+# -- the OpenAI API, through the official client ---------------------------------------------
+def test_chat_completion(client: OpenAI) -> None:
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "What is 2 + 3?"}],
+                                       max_tokens=32)
+    choice = r.choices[0]
+    assert r.object == "chat.completion" and r.model == MODEL and len(r.choices) == 1
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage is not None and r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0
+    es = r.model_extra["edgescale"]
+    assert es["strategy"] == "single" and es["samples"] == 1 and es["tokens_generated"] == r.usage.completion_tokens
+    assert es["prompt_tokens_read"] + es["prompt_tokens_cached"] == r.usage.prompt_tokens
+
+
+def test_streamed_chat_matches_the_whole_answer(client: OpenAI) -> None:
+    messages = [{"role": "user", "content": "Name three colours."}]
+    whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, seed=5)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, seed=5,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert len(chunks) > 4  # token by token, not one blob
+    assert text == whole.choices[0].message.content
+    assert finals == [whole.choices[0].finish_reason]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_completion_plain_and_streamed(client: OpenAI) -> None:
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8)
+    assert r.object == "text_completion" and "Paris" in r.choices[0].text
+    stream = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, stream=True)
+    assert "".join(c.choices[0].text for c in stream if c.choices) == r.choices[0].text
+
+
+def test_n_gives_n_choices_from_one_prompt_read(client: OpenAI) -> None:
+    r = client.completions.create(model=MODEL, prompt="Write a number between 1 and 100:", max_tokens=6, n=4,
+                                  temperature=1.0, seed=11)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert all(c.finish_reason in ("stop", "length") for c in r.choices)
+    es = r.model_extra["edgescale"]
+    assert es["samples"] == 4 and es["prompt_tokens_read"] + es["prompt_tokens_cached"] == r.usage.prompt_tokens
+    assert len({c.text for c in r.choices}) > 1  # sampled, not copies
+    streamed = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}],
+                                              max_tokens=8, n=2, stream=True)
+    indices = {c.choices[0].index for c in streamed if c.choices}
+    assert indices == {0, 1}
+
+
+def test_strategy_and_deadline_per_request(client: OpenAI) -> None:
+    t0 = time.perf_counter()
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is 6 times 7? Answer with a number."}],
+        max_tokens=64, extra_body={"strategy": "maj@8", "deadline_ms": 2000, "answer": "number"})
+    elapsed = time.perf_counter() - t0
+    es = r.model_extra["edgescale"]
+    assert es["strategy"] == "maj@8" and es["samples"] == 8
+    assert sum(es["votes"].values()) >= 1 and es["answer"] in es["votes"]
+    assert es["wall_ms"] <= 2000 * 1.1 and elapsed < 2.0 * 1.1 + 0.5  # the deadline counts from arrival
+    assert r.choices[0].finish_reason in ("stop", "length", "deadline")
+    assert (r.choices[0].finish_reason == "deadline") == ("deadline" in es["stop_reason"])
+    assert es["plan"]["strategy"] == "maj@8"
+
+
+def test_eight_concurrent_requests_answer_as_one_at_a_time(exact: ServerProcess) -> None:
+    client = OpenAI(base_url=exact.url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+    def ask(prompt: str) -> tuple[str, str | None]:
+        r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0)
+        return r.choices[0].text, r.choices[0].finish_reason
+
+    alone = [ask(p) for p in GREEDY_PROMPTS]
+    with ThreadPoolExecutor(len(GREEDY_PROMPTS)) as pool:
+        together = list(pool.map(ask, GREEDY_PROMPTS))
+    assert together == alone
+    steps = metric(metrics(exact), "edgescale_decode_steps_total")
+    assert steps < 2 * len(GREEDY_PROMPTS) * 24  # they shared steps
+
+
+# -- behaviour a service needs ---------------------------------------------------------------
+def test_a_client_that_disconnects_mid_stream_frees_its_kv(server: ServerProcess) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a very long story about a dragon."}],
+            "max_tokens": 2000, "stream": True, "temperature": 0.7}
+    before = metric(metrics(server), "edgescale_client_disconnects_total")
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", server.url + "/v1/chat/completions", json=body, headers=headers()) as resp:
+            assert resp.status_code == 200
+            lines = resp.iter_lines()
+            got = [next(lines) for _ in range(40)]
+            chunks = [json.loads(line[6:]) for line in got if line.startswith("data: {")]
+            streamed = sum(bool(c["choices"][0]["delta"].get("content")) for c in chunks)  # tokens so far
+            assert streamed >= 10
+            during = metrics(server)
+            assert metric(during, "edgescale_queries_running") == 1
+            assert metric(during, "edgescale_kv_cells_reserved") > 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = metrics(server)
+        if metric(after, "edgescale_queries_running") == 0:
+            break
+        time.sleep(0.05)
+    assert metric(after, "edgescale_queries_running") == 0
+    assert metric(after, "edgescale_kv_cells_reserved") == 0
+    # its sample's cells are gone, at least one per token it had streamed (the prompt's may stay
+    # in the prefix cache)
+    assert metric(after, "edgescale_kv_cells_used") <= metric(during, "edgescale_kv_cells_used") - streamed
+    assert metric(after, "edgescale_client_disconnects_total") == before + 1
+
+
+def test_the_api_key_is_required(server: ServerProcess) -> None:
+    for h in ({}, headers("wrong-key"), {"Authorization": KEY}):
+        r = httpx.get(server.url + "/v1/models", headers=h, timeout=10)
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
+    r = httpx.get(server.url + "/v1/models", headers=headers(), timeout=10)
+    assert r.status_code == 200 and r.json()["data"][0]["id"] == MODEL
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    (json.dumps({"messages": []}).encode(), 400, "non-empty list"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 99}).encode(), 400, "'n'"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10 ** 6}).encode(), 400,
+     "max_tokens"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "strategy": "maj@x"}).encode(), 400, "maj@x"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "bogus": 1}).encode(), 400, "bogus"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "logprobs": True}).encode(), 400, "logprobs"),
+    (json.dumps({"messages": [{"role": "robot", "content": "hi"}]}).encode(), 400, "role"),
+    (json.dumps({"messages": [{"role": "user", "content": "x" * (2 << 20)}]}).encode(), 413, "exceeds"),
+])
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(
+        server: ServerProcess, client: OpenAI, body: bytes, status: int, fragment: str) -> None:
+    r = httpx.post(server.url + "/v1/chat/completions", content=body, timeout=30,
+                   headers={**headers(), "Content-Type": "application/json"})
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and fragment in error["message"]
+    ok = client.completions.create(model=MODEL, prompt="One, two,", max_tokens=2)
+    assert ok.choices[0].text
+
+
+def test_unknown_routes_and_methods_answer_in_the_error_shape(server: ServerProcess) -> None:
+    r = httpx.get(server.url + "/v1/nothing", headers=headers(), timeout=10)
+    assert r.status_code == 404 and "error" in r.json()
+    r = httpx.get(server.url + "/v1/chat/completions", headers=headers(), timeout=10)
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_health_models_and_metrics(server: ServerProcess) -> None:
+    h = httpx.get(server.url + "/health", headers=headers(), timeout=10)
+    assert h.status_code == 200 and h.json()["status"] == "ok"
+    text = metrics(server)
+    for name in ("edgescale_queue_length", "edgescale_queries_running", "edgescale_tokens_per_second",
+                 "edgescale_kv_cells_used", "edgescale_kv_cells_total", "edgescale_deadline_misses_total",
+                 "edgescale_prefix_cache_hits_total", "edgescale_completions_total"):
+        metric(text, name)
+    assert metric(text, "edgescale_up") == 1
+    assert metric(text, "edgescale_completions_total") >= 1
+    log = [json.loads(line) for line in server.lines if line.startswith("{")]
+    assert log and all({"ts", "method", "path", "status", "ms"} <= set(rec) for rec in log)
+
+
+def _post(url: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(url + "/v1/completions", json=body, timeout=120)
+
+
+def test_full_queue_429_budget_400_and_sigterm() -> None:
+    srv = ServerProcess(["--threads", "2", "--parallel", "1", "--max-queue", "1", "--memory", "400MB",
+                         "--grace", "1s"])
+    try:
+        # a request that can never fit the memory budget: 400 naming the minimum
+        r = _post(srv.url, {"prompt": "Hello", "max_tokens": 4000, "n": 16})
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "budget_infeasible" and "at least" in r.json()["error"]["message"]
+        # one running, one waiting: the rest are refused with Retry-After
+        body = {"prompt": "Count from one to one hundred:", "max_tokens": 120, "temperature": 0}
+        with ThreadPoolExecutor(5) as pool:
+            responses = list(pool.map(lambda _: _post(srv.url, body), range(5)))
+        codes = sorted(r.status_code for r in responses)
+        assert 1 <= codes.count(200) <= 2 and codes.count(429) >= 3, codes  # at most one running, one waiting
+        refused = next(r for r in responses if r.status_code == 429)
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        # SIGTERM with a long stream in flight: it is cut after the grace and the server exits 0
+        events: list[str] = []
+
+        def stream() -> None:
+            try:
+                with httpx.stream("POST", srv.url + "/v1/completions", timeout=60,
+                                  json={"prompt": "Once upon a time", "max_tokens": 3000, "stream": True}) as resp:
+                    for line in resp.iter_lines():
+                        events.append(line)
+            except httpx.HTTPError:
+                events.append("<cut>")
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        while not any(e.startswith("data: ") for e in events):
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        code = srv.proc.wait(30)
+        reader.join(30)
+        assert code == 0
+        assert time.monotonic() - t0 < 10
+        assert srv.wait_for_line(r"^stopped", timeout=5)
+        assert not any("Traceback" in line for line in srv.lines)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(srv.url + "/health", timeout=5)
+    finally:
+        srv.stop(signal.SIGKILL)
+
+
+def test_a_missing_model_fails_before_listening() -> None:
+    with pytest.raises(RuntimeError, match="error:"):
+        ServerProcess(["--model", "/nonexistent/model.gguf"])
+
+
+def test_openai_errors_reach_the_client(client: OpenAI) -> None:
+    with pytest.raises(BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                       extra_body={"deadline_ms": -5})
+    assert "deadline_ms" in str(info.value)
+    with pytest.raises(APIStatusError):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                       n=2, extra_body={"strategy": "maj@4"})
+
+
+def test_the_readme_example_works_as_written(exact: ServerProcess) -> None:
+    """The README's `openai` example, run as it is printed (only the port differs)."""
+    import ast
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.search(r"<!-- serve-example -->\n```python\n(.*?)```", readme, re.S)
+    assert code is not None
+    source = code.group(1).replace("http://127.0.0.1:8080", exact.url)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(source, "README.md", "exec"), {})
+    printed = out.getvalue()
+    # (the texts themselves may hold newlines): the vote line, and the four completions last
+    assert re.search(r"^\S+ \{'[^']*': \d+.*\}$", printed, re.M), printed
+    four = ast.literal_eval(printed.splitlines()[-1])
+    assert isinstance(four, list) and len(four) == 4 and all(isinstance(t, str) for t in four)
