@@ -28,7 +28,7 @@ STRATEGIES = typer.Option(DEFAULT_STRATEGIES, "--strategies", "-S",
                                "llama-cpp-python completions and a majority vote.")
 LIMIT = typer.Option(200, "--limit", min=0, help="Questions to run (0 = all).")
 OFFSET = typer.Option(0, "--offset", min=0, help="Skip this many questions first.")
-PROMPT_STYLE = typer.Option("zero-shot", "--prompt-style", help="zero-shot or few-shot.")
+PROMPT_STYLE = typer.Option("zero-shot", "--prompt-style", help="zero-shot, few-shot, or bare (the question alone).")
 SHOTS = typer.Option(None, "--shots", min=0, help="Few-shot examples per prompt (default: all the dataset has).")
 RAW = typer.Option(False, "--raw", help="No chat template (for base models): the prompt ends with 'Answer:' and "
                    "generation also stops at a following 'Question:'.")

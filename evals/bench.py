@@ -36,6 +36,9 @@ from edgescale.strategies.result import Result
 from edgescale.strategies.spec import Strategy, parse_strategy
 
 PROMPT_FORMAT = 1  # bump when bench_prompt changes what the model sees (part of the settings id)
+# bump when answer extraction or a strategy's rule changes what a record would say (2: numbers
+# in words; ffs / short-m@k count only answered finishers by default)
+ANSWER_RULES = 2
 RAW_CUE = "\nAnswer:"
 RAW_STOP = "\nQuestion:"
 
@@ -107,6 +110,7 @@ class BenchConfig:
             "max_tokens": self.max_tokens, "prompt_style": self.prompt_style, "shots": self.shots,
             "raw": self.raw, "stop": list(self.stop_strings()), "deadline_s": self.deadline_s,
             "memory_bytes": self.memory_bytes, "backend": self.backend, "prompt_format": PROMPT_FORMAT,
+            "answer_rules": ANSWER_RULES,
             "temperature": limits.MULTI_SAMPLE_TEMPERATURE, "top_k": defaults.top_k, "top_p": defaults.top_p,
             "min_p": defaults.min_p,
             # run together, queries share steps: their logits differ at rounding level from a

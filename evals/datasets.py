@@ -17,6 +17,8 @@ arc-challenge  ``arc_challenge/test_rc_5shot`` (test)        1172   choice
 csqa           ``csqa/rc_0shot`` (validation)                1221   choice
 boolq          ``boolq/rc_0shot`` (validation)               3270   yesno
 mmlu           ``hf_datasets/hails/mmlu_no_train/*/test``    14042  choice
+arith-1d       generated (:mod:`edgescale.evals.generated`)  1000   number
+arith-2d       generated (:mod:`edgescale.evals.generated`)  1000   number
 =============  ===========================================  =====  ========
 
 Gold answers: GSM8K's ``short_answer``; MATH-500's content of the last
@@ -44,7 +46,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from edgescale.errors import UsageError
-from edgescale.evals import olmo
+from edgescale.evals import generated, olmo
 from edgescale.evals.items import LETTERS, PROMPT_STYLES, Examples, Item, PromptStyle, lettered
 from edgescale.evals.items import gold as _gold
 from edgescale.evals.user_jsonl import load_jsonl
@@ -268,6 +270,10 @@ _DATASETS: tuple[_Dataset, ...] = (
     ),
     _Dataset("boolq", "BoolQ validation, yes/no questions about a passage", _read_boolq),
     _Dataset("mmlu", "MMLU test, 57 subjects, multiple choice", _read_mmlu),
+    _Dataset("arith-1d", "generated: one-digit plus, minus, times (evals/generated.py)",
+             lambda count: generated.arithmetic("arith-1d", count)),
+    _Dataset("arith-2d", "generated: two-digit plus, minus (evals/generated.py)",
+             lambda count: generated.arithmetic("arith-2d", count)),
 )
 
 _ALIASES: Mapping[str, str] = MappingProxyType(
@@ -369,11 +375,14 @@ def prompt_for(item: Item, style: PromptStyle = "zero-shot") -> str:
 
     ``"few-shot"`` puts the item's examples first as ``Question:``/``Answer:``
     pairs; an item without examples (e.g. from a user file) gets the
-    zero-shot prompt.
+    zero-shot prompt. ``"bare"``: the question alone (for items that say how to answer,
+    like the generated arithmetic sets).
     """
     if style not in PROMPT_STYLES:
         valid = ", ".join(PROMPT_STYLES)
         raise UsageError(f"unknown prompt style {style!r}; choose one of {valid}")
+    if style == "bare":
+        return item.question.strip()
     if style == "zero-shot" or not item.fewshot:
         return f"{item.question.strip()}\n\n{instruction(item)}"
     examples = [f"{_labelled(q)}\nAnswer: {a.strip()}" for q, a in item.fewshot]

@@ -8,9 +8,9 @@ from typing import Literal, Sequence
 from edgescale.errors import UsageError
 from edgescale.strategies.answers import AnswerKind, normalize
 
-PromptStyle = Literal["zero-shot", "few-shot"]
+PromptStyle = Literal["zero-shot", "few-shot", "bare"]
 Examples = tuple[tuple[str, str], ...]  # (question, worked answer) pairs
-PROMPT_STYLES: tuple[str, ...] = ("zero-shot", "few-shot")
+PROMPT_STYLES: tuple[str, ...] = ("zero-shot", "few-shot", "bare")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 

@@ -28,7 +28,7 @@ from edgescale.runtime.sampling import (
     sequence_rng,
 )
 
-FinishReason = Literal["stop", "length", "cancelled", "deadline", "early-exit"]
+FinishReason = Literal["stop", "length", "cancelled", "deadline", "early-exit", "low-confidence"]
 
 
 MIN_BATCH = 32
@@ -40,6 +40,14 @@ def batch_size(prompt_tokens: int, n_seqs: int) -> int:
     sequence's token in one step. Longer prompts and probe cues are split into
     pieces of this size; a larger batch costs compute-buffer memory."""
     return max(MIN_BATCH, min(MAX_BATCH, max(prompt_tokens, n_seqs)))
+
+
+def token_confidence(row: Logits, lse: float, k: int) -> float:
+    """DeepConf's token confidence: minus the mean log-probability of the row's top ``k``
+    candidates (high when the model is sure: the top candidates are then all unlikely but one)."""
+    k = min(k, row.shape[-1])
+    top = np.partition(row, row.shape[-1] - k)[-k:]
+    return lse - float(top.mean(dtype=np.float64))
 
 
 def kv_cells(prompt_tokens: int, n_seqs: int, max_new_tokens: int, probe_slots: int, probe_cells: int) -> int:
@@ -61,6 +69,9 @@ class GenerationConfig:
     # end-of-generation tokens do not end a sample (calibration and benches need
     # exactly max_new_tokens per sample); they are kept as ordinary tokens
     ignore_eos: bool = False
+    # DeepConf's token confidence (strategies.confidence): minus the mean model log-probability
+    # of the top ``confidence_top_k`` candidates at each step, kept per sample (0: not computed)
+    confidence_top_k: int = 0
 
     def sampling_of(self, index: int) -> SamplingConfig:
         return next((cfg for i, cfg in self.sampling_overrides if i == index), self.sampling)
@@ -74,6 +85,7 @@ class SeqState:
     seed: int
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)  # per token, when the config asks for them
     ends: list[int] = field(default_factory=list)  # text length after each token
     finish_reason: FinishReason | None = None
     finished_step: int | None = None
@@ -312,6 +324,8 @@ class BatchGenerator:
             else:
                 st.tokens.append(tok)
                 st.logprobs.append(lp)
+                if cfg.confidence_top_k:
+                    st.confidences.append(token_confidence(row, lse, cfg.confidence_top_k))
                 reason = self._append_text(st, self.engine.token_bytes(tok))
                 st.ends.append(len(st._visible))
                 if reason is None and len(st.tokens) >= cfg.max_new_tokens:

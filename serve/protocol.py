@@ -266,7 +266,7 @@ def edgescale_fields(result: Result) -> dict[str, Any]:
     s = result.stats
     return {
         "answer": result.answer, "votes": result.votes, "strategy": result.strategy,
-        "stop_reason": result.stop_reason, "samples": len(result.samples),
+        "stop_reason": result.stop_reason, "samples": len(result.samples), "skipped": list(result.skipped),
         "tokens_generated": s.total_tokens, "sample_tokens": s.generated_tokens, "probe_tokens": s.probe_tokens,
         "prompt_tokens_read": s.prompt_tokens - s.cached_prompt_tokens,
         "prompt_tokens_cached": s.cached_prompt_tokens,

@@ -10,9 +10,13 @@
 
 Batched: ``wave`` samples decode together; each time one finishes the rule is
 checked on all finished samples, and if it does not fire another sample is
-started in its place (continuous refill) until k_max have been started. When
-the rule fires the live samples are cancelled at once. Samples whose answer
-cannot be extracted do not vote.
+started in its place until k_max have been started. When the rule fires the live
+samples are cancelled at once. Samples whose answer cannot be extracted do not vote.
+
+Refill (``refill``): ``eager`` starts a replacement as soon as a sample finishes;
+``lazy`` starts one only when the rule could not fire even if every live sample
+ended up voting for the leading answer, since otherwise the replacement may well be
+cancelled half-decoded (tokens spent for nothing).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from edgescale.strategies.base import (
     finished_naturally,
     vote,
 )
+from edgescale.strategies.confidence import weighted_vote
+from edgescale.strategies.spec import ConfidenceVote
 from edgescale.strategies.voting import beta_rule, esc_rule, majority
 
 
@@ -41,6 +47,8 @@ class AdaptiveController(Unstaged):
     rule: str = "beta"  # or "esc"
     window: int = 4
     prior: tuple[str, ...] = ()  # answers from before this run (auto's first stage), counted as votes
+    confidence: ConfidenceVote | None = None  # the final decision by DeepConf's weighted vote (no prior)
+    refill: str = "eager"  # or "lazy" (see the module notes)
     probe_slots: int = 0
     probe_cells: int = 0
     order: list[int] = field(default_factory=list)  # finished samples, in finish order
@@ -68,13 +76,26 @@ class AdaptiveController(Unstaged):
                 return f"{self.rule}-confident"
         free = self.wave - len(gen.live)
         pending = gen.pending()
-        if free > 0 and pending:
+        if free > 0 and pending and not (self.refill == "lazy" and self._live_may_decide(gen, book)):
             gen.activate(pending[:free])
         if not gen.live:
             return "k-max-reached"
         return None
 
+    def _live_may_decide(self, gen: BatchGenerator, book: AnswerBook) -> bool:
+        """Whether the rule would fire if every live sample voted for the leading answer."""
+        if not gen.live:
+            return False
+        answers = [*self.prior, *(book.value(gen.states[j]) for j in self.order)]
+        counted = [a for a in answers if a is not None]
+        leader = max(set(counted), key=counted.count) if counted else "\0leader"
+        return self._fires([*answers, *([leader] * len(gen.live))])
+
     def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision:
+        if not self.prior and self.confidence is not None:
+            weighted = weighted_vote(gen, book, self.order, keep=self.confidence.keep, window=self.confidence.window)
+            winner = weighted.winner if weighted.winner is not None else (self.order[0] if self.order else None)
+            return Decision(weighted.answer, winner, weighted.votes)
         if not self.prior:
             out = vote(gen, book, self.order)
             winner = out.winner if out.winner is not None else (self.order[0] if self.order else None)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from fractions import Fraction
 
 from edgescale.strategies.answer_latex import fix_latex_shorthand, strip_latex_wrappers
+from edgescale.strategies.answer_words import WORD_NUMBER, words_to_int
 from edgescale.strategies.answer_spans import (
     ANSWER_PHRASE,
     BOX_COMMAND,
@@ -63,6 +64,7 @@ _UNIT_POWER = re.compile(r"(?<=[A-Za-z])\s*\^\s*(?:[0-9]|\{\s*[0-9]\s*\})")  # "
 _CURRENCY_AFTER = frozenset("\u20ac\u00a3\u00a5\u00a2")
 
 _GAP_LIMIT = 32  # characters allowed between "answer is" and its number
+_PRONOUN_WORDS = frozenset({"one"})  # "one of them": a number only where an answer is due
 
 
 # --------------------------------------------------------------------------
@@ -128,7 +130,9 @@ def normalize_number(value: str) -> str | None:
     """The normal form of ``value`` as a number (decimal or reduced ``p/q``), else ``None``."""
     cleaned = _clean_number_text(value)
     match = _NUMBER_LITERAL.match(cleaned)
-    if match is None or not _remainder_ok(cleaned[match.end() :]):
+    if match is None:
+        return _normalize_words(cleaned)
+    if not _remainder_ok(cleaned[match.end() :]):
         return None
     negative = match.group("sign") == "-"
     if match.group("fn") is not None:
@@ -136,6 +140,15 @@ def normalize_number(value: str) -> str | None:
     if match.group("d") is not None:
         return _canonical_fraction(match.group("n"), match.group("d"), negative)
     return _canonical_decimal(match.group("n"), negative)
+
+
+def _normalize_words(cleaned: str) -> str | None:
+    """A whole number in words ("eleven", "twenty-one") at the start of ``cleaned``."""
+    match = WORD_NUMBER.match(cleaned)
+    if match is None or not _remainder_ok(cleaned[match.end() :]):
+        return None
+    n = words_to_int(match.group(0))
+    return None if n is None else str(n)
 
 
 # --------------------------------------------------------------------------
@@ -181,7 +194,7 @@ def number_after(text: str, pos: int) -> Extracted | None:
     line_end = len(text) if line_end < 0 else line_end
     start, last_start = pos, min(line_end, pos + _GAP_LIMIT + 1)
     while start < last_start:  # only token starts inside the gap are tried: linear time
-        match = _NUMBER_TOKEN.match(text, start, line_end)
+        match = _NUMBER_TOKEN.match(text, start, line_end) or WORD_NUMBER.match(text, start, line_end)
         if match is None:
             start += 1
             continue
@@ -199,16 +212,20 @@ def _phrase_number(text: str) -> Extracted | None:
 
 
 def last_number(text: str) -> Extracted | None:
-    """The last number token in ``text`` that normalises to a number."""
-    for match in reversed(list(_NUMBER_TOKEN.finditer(text))):
-        found = make_extracted(text, match.span(), normalize_number)
+    """The last number in ``text`` that normalises to one: digits, or words ("eleven",
+    "twenty-one"; not the bare word "one", which is as often a pronoun)."""
+    tokens = [m.span() for m in _NUMBER_TOKEN.finditer(text)]
+    tokens += [m.span() for m in WORD_NUMBER.finditer(text) if m.group(0).lower() not in _PRONOUN_WORDS]
+    for span in sorted(tokens, reverse=True):
+        found = make_extracted(text, span, normalize_number)
         if found is not None:
             return found
     return None
 
 
 def extract_number(text: str) -> Extracted | None:
-    """A ``number`` answer: ``#### N``, else a boxed number, else "answer is N", else the last."""
+    """A ``number`` answer: ``#### N``, else a boxed number, else "answer is N", else the last
+    number (N in digits or words)."""
     for finder in (gsm8k_number, _boxed_number, _phrase_number, last_number):
         found = finder(text)
         if found is not None:

@@ -16,6 +16,11 @@ same string. This module does that for five answer kinds:
        (Wei et al. 2022's chain-of-thought exemplars end this way);
     4. the last number in the text.
 
+    N may be written in words (``strategies/answer_words.py``): "eleven",
+    "twenty-one", "a dozen", "three hundred and five" (whole numbers, to the
+    millions); so may a gold answer. In step 4 the bare word "one" is not a
+    number ("one of them"); after "the answer is" it is.
+
     Normal form: thousands separators, ``$``, ``%``, LaTeX spacing and trailing
     units dropped (a unit follows a space: ``"18 dollars"`` is 18, while
     ``"5x"`` and ``"5 x + 1"`` are not numbers); decimals lose trailing zeros (``"7.00" -> "7"``,

@@ -9,13 +9,15 @@ from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import BatchGenerator, GenerationStats
 from edgescale.runtime.memory import peak_rss_bytes
 from edgescale.strategies.base import AnswerBook, Controller, Decision, answer_logprob, mean_logprob
+from edgescale.strategies.confidence import trace_score
 from edgescale.strategies.result import ProbeRecord, Result, Sample, Stats
+from edgescale.strategies.spec import ConfidenceVote, confidence_of
 
 if TYPE_CHECKING:
     from edgescale.strategies.runner import Query
 
 
-def _samples(gen: BatchGenerator, book: AnswerBook) -> tuple[Sample, ...]:
+def _samples(gen: BatchGenerator, book: AnswerBook, window: int) -> tuple[Sample, ...]:
     out = []
     for st in gen.states:
         if st.started_at is None:
@@ -32,6 +34,7 @@ def _samples(gen: BatchGenerator, book: AnswerBook) -> tuple[Sample, ...]:
                 mean_logprob=mean_logprob(st),
                 answer_logprob=answer_logprob(st, book),
                 finished_at_s=st.finished_at,
+                confidence=trace_score(st, window),
             )
         )
     return tuple(out)
@@ -49,7 +52,8 @@ def build_result(
     wall_s: float,
     queue_s: float = 0.0,
 ) -> Result:
-    samples = _samples(gen, book)
+    conf = confidence_of(query.strategy)
+    samples = _samples(gen, book, conf.window if conf is not None else ConfidenceVote.window)
     probes = tuple(ctl.records) + tuple(forced)
     cut = ("cancelled", "deadline", "early-exit")
     stats = Stats(
@@ -87,6 +91,7 @@ def build_result(
         answer_kind=query.answer_kind,
         plan=query.plan,
         outcome=outcome,
+        skipped=decision.skipped,
     )
 
 

@@ -98,6 +98,7 @@ class Decision:
     answer: str | None
     winner: int | None
     votes: dict[str, int]
+    skipped: tuple[int, ...] = ()  # finished without an extractable answer: not counted as finishers
 
 
 class Unstaged:

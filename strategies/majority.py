@@ -13,14 +13,23 @@ from dataclasses import dataclass
 
 from edgescale.runtime.generate import BatchGenerator
 from edgescale.strategies.base import AnswerBook, Decision, OneBatch, vote
+from edgescale.strategies.confidence import weighted_vote
+from edgescale.strategies.spec import ConfidenceVote
 
 
 @dataclass
 class MajorityController(OneBatch):
-    """k samples run to their end; majority vote. k=1 is ``single``."""
+    """k samples run to their end; majority vote (``confidence``: DeepConf's weighted vote).
+    k=1 is ``single``."""
+
+    confidence: ConfidenceVote | None = None
 
     def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision:
-        out = vote(gen, book, [s.index for s in gen.states if s.finished])
+        finished = [s.index for s in gen.states if s.finished]
+        if self.confidence is not None:
+            out = weighted_vote(gen, book, finished, keep=self.confidence.keep, window=self.confidence.window)
+        else:
+            out = vote(gen, book, finished)  # type: ignore[assignment]
         winner = out.winner
         if winner is None and gen.states:
             winner = 0  # nothing extractable: show the first sample's text

@@ -32,6 +32,7 @@ class Sample:
     mean_logprob: float | None  # over all generated tokens
     answer_logprob: float | None  # mean over the tokens of the answer span (self-certainty)
     finished_at_s: float | None
+    confidence: float | None = None  # DeepConf's trace score (lowest window confidence), when computed
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ class Result:
     answer_kind: str
     plan: Plan | None = field(default=None)
     outcome: Outcome | None = None
+    # samples that finished without an extractable answer and so did not count as finishers
+    # (ffs / short-m@k with rule=answered)
+    skipped: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

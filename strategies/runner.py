@@ -35,6 +35,7 @@ from edgescale.strategies.base import (
     cancel_live,
 )
 from edgescale.strategies.best_of_k import BestOfKController
+from edgescale.strategies.confidence import ConfidenceController
 from edgescale.strategies.early_exit import ANSWER_CUE, EarlyExitController, probe_done
 from edgescale.strategies.first_finish import ShortMController
 from edgescale.strategies.majority import MajorityController
@@ -44,6 +45,7 @@ from edgescale.strategies.spec import (
     Adaptive,
     Auto,
     BestOfK,
+    Confidence,
     EarlyExit,
     Escalate,
     FirstFinish,
@@ -51,6 +53,7 @@ from edgescale.strategies.spec import (
     ShortM,
     Single,
     Strategy,
+    confidence_of,
 )
 
 if TYPE_CHECKING:
@@ -66,18 +69,22 @@ def build_controller(
 ) -> Controller:
     if isinstance(strategy, Single):
         return MajorityController(k=1)
+    conf = confidence_of(strategy)
     if isinstance(strategy, Majority):
-        return MajorityController(k=strategy.k)
+        return MajorityController(k=strategy.k, confidence=conf)
+    if isinstance(strategy, Confidence):
+        return ConfidenceController(k=strategy.k, keep=strategy.keep, window=strategy.window, online=strategy.online,
+                                    warmup=strategy.warmup, consensus=strategy.consensus)
     if isinstance(strategy, FirstFinish):
-        return ShortMController(m=1, k=strategy.k)
+        return ShortMController(m=1, k=strategy.k, answered=strategy.rule == "answered")
     if isinstance(strategy, ShortM):
-        return ShortMController(m=strategy.m, k=strategy.k)
+        return ShortMController(m=strategy.m, k=strategy.k, answered=strategy.rule == "answered")
     if isinstance(strategy, BestOfK):
         return BestOfKController(k=strategy.k)
     if isinstance(strategy, Adaptive):
         return AdaptiveController(
             k_max=strategy.max, threshold=strategy.conf, wave=strategy.wave, rule=strategy.rule,
-            window=strategy.window, prior=prior,
+            window=strategy.window, prior=prior, confidence=conf, refill=strategy.refill,
         )
     if isinstance(strategy, EarlyExit):
         return EarlyExitController(
@@ -102,8 +109,9 @@ def generation_config(strategy: Strategy, options: AskOptions, max_new_tokens: i
     sampling = options.sampling_for(strategy)
     if isinstance(strategy, Escalate):
         overrides = ((0, options.sampling_for(Single())),)
+    conf = confidence_of(strategy)
     return GenerationConfig(max_new_tokens=max_new_tokens, stop=options.stop, sampling=sampling, seed=options.seed,
-                            sampling_overrides=overrides)
+                            sampling_overrides=overrides, confidence_top_k=conf.topk if conf is not None else 0)
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,20 @@
 
     single                      one sample (greedy by default)
     maj@8   majority@8          self-consistency: 8 samples, majority vote
-    ffs@8                       first finish search: first finished sample wins
-    short-3@8                   stop when 3 of 8 have finished, vote among them
+    ffs@8[:rule=answered|any]   first finish search: first finished sample wins
+    short-3@8[:rule=answered|any]  stop when 3 of 8 have finished, vote among them
     best@8                      8 samples, highest self-certainty answer wins
-    adaptive[:max=16,conf=0.95,wave=4,rule=beta|esc,window=4]
+    conf@8[:keep=0.9,window=16,topk=5,online=0|1,warmup=4,consensus=0.95]
+                                DeepConf: votes weighted by trace confidence (strategies/confidence.py)
+    adaptive[:max=16,conf=0.95,wave=4,rule=beta|esc,window=4,vote=count|conf,refill=eager|lazy]
     early-exit[:every=32,window=2,k=1,probe=20]
     auto                        the planner picks (needs a budget and a device profile)
 
 ``@k`` may be left out (``ffs``, ``maj``); the caller's default k is used then.
+``rule`` of ffs and short-m@k: ``answered`` (the default) counts only finished samples
+whose answer can be extracted as finishers; ``any`` is the papers' rule (every sample
+that stops finishes). ``maj@8:vote=conf`` and ``adaptive:...,vote=conf`` decide by
+DeepConf's confidence-weighted vote instead of counting.
 """
 
 from __future__ import annotations
@@ -22,11 +28,29 @@ from edgescale import limits
 from edgescale.errors import InvalidSpec
 
 VALID_FORMS = (
-    "single, maj@K, ffs@K, short-M@K, best@K, "
-    "adaptive[:max=16,conf=0.95,wave=4,rule=beta|esc,window=4], "
+    "single, maj@K[:vote=count|conf], ffs@K[:rule=answered|any], short-M@K[:rule=answered|any], best@K, "
+    "conf@K[:keep=0.9,window=16,topk=5,online=0|1,warmup=4,consensus=0.95], "
+    "adaptive[:max=16,conf=0.95,wave=4,rule=beta|esc,window=4,vote=count|conf,refill=eager|lazy], "
     "early-exit[:every=32,window=2,k=1,probe=20], auto"
 )
 MAX_SAMPLES = limits.MAX_SAMPLES
+FINISH_RULES = ("answered", "any")  # who counts as a finisher in ffs / short-m@k
+
+
+VOTES = ("count", "conf")  # how samples' answers are tallied: one vote each, or DeepConf's weights
+
+
+def _rule_suffix(rule: str) -> str:
+    return "" if rule == "answered" else f":rule={rule}"
+
+
+@dataclass(frozen=True)
+class ConfidenceVote:
+    """DeepConf's settings (strategies/confidence.py)."""
+
+    keep: float = 0.9  # share of the answered traces that vote (the most confident)
+    window: int = 16  # tokens per group confidence
+    topk: int = 5  # candidates per token confidence
 
 
 @dataclass(frozen=True)
@@ -40,29 +64,32 @@ class Single:
 @dataclass(frozen=True)
 class Majority:
     k: int = 8
+    vote: str = "count"  # or "conf": DeepConf's weighted vote with the default settings
     name = "maj"
 
     def spec(self) -> str:
-        return f"maj@{self.k}"
+        return f"maj@{self.k}" + ("" if self.vote == "count" else f":vote={self.vote}")
 
 
 @dataclass(frozen=True)
 class FirstFinish:
     k: int = 8
+    rule: str = "answered"  # or "any": the paper's rule
     name = "ffs"
 
     def spec(self) -> str:
-        return f"ffs@{self.k}"
+        return f"ffs@{self.k}{_rule_suffix(self.rule)}"
 
 
 @dataclass(frozen=True)
 class ShortM:
     m: int = 3
     k: int = 8
+    rule: str = "answered"  # or "any": the paper's rule
     name = "short"
 
     def spec(self) -> str:
-        return f"short-{self.m}@{self.k}"
+        return f"short-{self.m}@{self.k}{_rule_suffix(self.rule)}"
 
 
 @dataclass(frozen=True)
@@ -81,13 +108,39 @@ class Adaptive:
     wave: int = 4
     rule: str = "beta"
     window: int = 4
+    vote: str = "count"  # the final decision: counted, or DeepConf's weighted vote ("conf")
+    refill: str = "eager"  # when a finished sample is replaced: at once, or "lazy" (strategies/adaptive.py)
     name = "adaptive"
 
     def spec(self) -> str:
         return (
             f"adaptive:max={self.max},conf={self.conf:g},wave={self.wave},rule={self.rule},"
-            f"window={self.window}"
+            f"window={self.window}" + ("" if self.vote == "count" else f",vote={self.vote}")
+            + ("" if self.refill == "eager" else f",refill={self.refill}")
         )
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """``conf@k``: DeepConf, offline or online (strategies/confidence.py)."""
+
+    k: int = 8
+    keep: float = 0.9
+    window: int = 16
+    topk: int = 5
+    online: bool = False
+    warmup: int = 4
+    consensus: float = 0.95
+    name = "conf"
+
+    def spec(self) -> str:
+        params = [f"{f}={_fmt(getattr(self, f))}" for f in ("keep", "window", "topk", "online", "warmup", "consensus")
+                  if getattr(self, f) != getattr(Confidence, f)]
+        return f"conf@{self.k}" + (":" + ",".join(params) if params else "")
+
+
+def _fmt(value: object) -> str:
+    return str(int(value)) if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True)
@@ -126,21 +179,35 @@ class Escalate:
         return "auto"
 
 
-Strategy = Union[Single, Majority, FirstFinish, ShortM, BestOfK, Adaptive, EarlyExit, Auto, Escalate]
+Strategy = Union[Single, Majority, FirstFinish, ShortM, BestOfK, Adaptive, EarlyExit, Confidence, Auto, Escalate]
+
+
+def confidence_of(strategy: Strategy) -> ConfidenceVote | None:
+    """The DeepConf settings a strategy decides with (None: it counts votes)."""
+    if isinstance(strategy, Confidence):
+        return ConfidenceVote(keep=strategy.keep, window=strategy.window, topk=strategy.topk)
+    if isinstance(strategy, (Majority, Adaptive)) and strategy.vote == "conf":
+        return ConfidenceVote()
+    return None
 
 
 def draws_one_sample(strategy: Strategy) -> bool:
     """Whether the strategy's samples are one (greedy by default) rather than several."""
     if isinstance(strategy, Single):
         return True
-    return isinstance(strategy, (Majority, FirstFinish, ShortM, BestOfK, EarlyExit)) and strategy.k == 1
+    return isinstance(strategy, (Majority, FirstFinish, ShortM, BestOfK, EarlyExit, Confidence)) and strategy.k == 1
 
-_AT_K = re.compile(r"^(maj|majority|ffs|best|sc)(?:@(\d+))?$")
+_AT_K = re.compile(r"^(maj|majority|ffs|best|sc|conf)(?:@(\d+))?$")
 _SHORT = re.compile(r"^short-(\d+)(?:@(\d+))?$")
 _PARAM_TYPES: dict[str, dict[str, type]] = {
-    "adaptive": {"max": int, "conf": float, "wave": int, "rule": str, "window": int},
+    "adaptive": {"max": int, "conf": float, "wave": int, "rule": str, "window": int, "vote": str,
+                 "refill": str},
     "early-exit": {"every": int, "window": int, "k": int, "probe": int},
 }
+_FINISH_PARAM_TYPES: dict[str, type] = {"rule": str}
+_VOTE_PARAM_TYPES: dict[str, type] = {"vote": str}
+_CONF_PARAM_TYPES: dict[str, type] = {"keep": float, "window": int, "topk": int, "online": int, "warmup": int,
+                                      "consensus": float}
 
 
 def _fail(spec: str, why: str) -> InvalidSpec:
@@ -154,8 +221,7 @@ def _count(spec: str, raw: str | None, default: int, what: str) -> int:
     return value
 
 
-def _params(spec: str, name: str, text: str) -> dict[str, Any]:
-    types = _PARAM_TYPES[name]
+def _params(spec: str, types: dict[str, type], text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
@@ -169,7 +235,28 @@ def _params(spec: str, name: str, text: str) -> dict[str, Any]:
     return out
 
 
+def _vote(spec: str, vote: str) -> str:
+    if vote not in VOTES:
+        raise _fail(spec, f"vote must be {' or '.join(VOTES)}")
+    return vote
+
+
+def _check_confidence(spec: str, s: Confidence) -> Confidence:
+    if not 0 < s.keep <= 1:
+        raise _fail(spec, "keep must be in (0, 1]")
+    if not 1 <= s.window <= 4096 or not 1 <= s.topk <= 1000:
+        raise _fail(spec, "window must be 1..4096 and topk 1..1000")
+    if s.online not in (0, 1) or not 1 <= s.warmup <= s.k:
+        raise _fail(spec, "online must be 0 or 1, warmup between 1 and k")
+    if not 0.5 <= s.consensus <= 1:
+        raise _fail(spec, "consensus must be in [0.5, 1]")
+    return replace(s, online=bool(s.online))
+
+
 def _check_adaptive(spec: str, s: Adaptive) -> Adaptive:
+    _vote(spec, s.vote)
+    if s.refill not in ("eager", "lazy"):
+        raise _fail(spec, "refill must be eager or lazy")
     if not 1 <= s.max <= MAX_SAMPLES:
         raise _fail(spec, f"max must be between 1 and {MAX_SAMPLES}")
     if not 0.5 <= s.conf < 1.0:
@@ -191,6 +278,13 @@ def _check_early_exit(spec: str, s: EarlyExit) -> EarlyExit:
     return s
 
 
+def _finish_rule(spec: str, tail: str) -> str:
+    rule = _params(spec, _FINISH_PARAM_TYPES, tail).get("rule", "answered")
+    if rule not in FINISH_RULES:
+        raise _fail(spec, f"rule must be {' or '.join(FINISH_RULES)}")
+    return str(rule)
+
+
 def parse_strategy(spec: str, *, default_k: int = limits.DEFAULT_K) -> Strategy:
     """Parse a spec string; raise InvalidSpec (one line, naming the valid forms) if it is bad."""
     if not isinstance(spec, str):
@@ -204,21 +298,26 @@ def parse_strategy(spec: str, *, default_k: int = limits.DEFAULT_K) -> Strategy:
         if head == "auto" and not tail:
             return Auto()
         m = _AT_K.match(head)
-        if m and not tail:
+        if m and (not tail or m.group(1) in ("ffs", "maj", "majority", "sc", "conf")):
             k = _count(spec, m.group(2), default_k, "k")
             kind = m.group(1)
             if kind in ("maj", "majority", "sc"):
-                return Majority(k)
-            return FirstFinish(k) if kind == "ffs" else BestOfK(k)
+                return Majority(k, vote=_vote(spec, _params(spec, _VOTE_PARAM_TYPES, tail).get("vote", "count")))
+            if kind == "conf":
+                params = {"warmup": min(Confidence.warmup, k), **_params(spec, _CONF_PARAM_TYPES, tail)}
+                return _check_confidence(spec, Confidence(k, **params))
+            if kind == "ffs":
+                return FirstFinish(k, rule=_finish_rule(spec, tail))
+            return BestOfK(k)
         m = _SHORT.match(head)
-        if m and not tail:
+        if m:
             mm = _count(spec, m.group(1), 1, "m")
             k = _count(spec, m.group(2), default_k, "k")
             if mm > k:
                 raise _fail(spec, "m must not exceed k")
-            return ShortM(mm, k)
+            return ShortM(mm, k, rule=_finish_rule(spec, tail))
         if head in _PARAM_TYPES:
-            params = _params(spec, head, tail)
+            params = _params(spec, _PARAM_TYPES[head], tail)
             if head == "adaptive":
                 return _check_adaptive(spec, Adaptive(**params))
             return _check_early_exit(spec, EarlyExit(**params))
@@ -231,7 +330,7 @@ def samples_of(strategy: Strategy) -> int:
     """How many samples a strategy draws at most."""
     if isinstance(strategy, Adaptive):
         return strategy.max
-    if isinstance(strategy, (Majority, FirstFinish, ShortM, BestOfK, EarlyExit)):
+    if isinstance(strategy, (Majority, FirstFinish, ShortM, BestOfK, EarlyExit, Confidence)):
         return strategy.k
     return 1
 
@@ -239,9 +338,11 @@ def samples_of(strategy: Strategy) -> int:
 def with_samples(strategy: Strategy, k: int) -> Strategy:
     """The same strategy drawing k samples (an adaptive one's waves and window capped at k)."""
     if isinstance(strategy, ShortM):
-        return ShortM(min(strategy.m, k), k)
+        return replace(strategy, m=min(strategy.m, k), k=k)
     if isinstance(strategy, Adaptive):
         return replace(strategy, max=k, wave=min(strategy.wave, k), window=min(strategy.window, k))
     if isinstance(strategy, (Majority, FirstFinish, BestOfK, EarlyExit)):
         return replace(strategy, k=k)
+    if isinstance(strategy, Confidence):
+        return replace(strategy, k=k, warmup=min(strategy.warmup, k))
     return strategy

@@ -45,7 +45,7 @@ def loaded() -> dict[str, list[Item]]:
 
 def test_dataset_names() -> None:
     assert dataset_names() == (
-        "gsm8k", "math500", "arc-easy", "arc-challenge", "csqa", "boolq", "mmlu",
+        "gsm8k", "math500", "arc-easy", "arc-challenge", "csqa", "boolq", "mmlu", "arith-1d", "arith-2d",
     )  # fmt: skip
 
 
@@ -116,6 +116,8 @@ def test_kinds_per_dataset(loaded: dict[str, list[Item]]) -> None:
         "csqa": {"choice"},
         "boolq": {"yesno"},
         "mmlu": {"choice"},
+        "arith-1d": {"number"},
+        "arith-2d": {"number"},
     }
 
 
@@ -349,3 +351,23 @@ def test_boolq_few_shot_prompt_keeps_one_question_label(loaded: dict[str, list[I
     assert prompt.endswith(
         "Question: does ethanol take more energy make that produces?\n\nAnswer yes or no."
     )
+
+
+# -- generated arithmetic sets ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["arith-1d", "arith-2d"])
+def test_generated_sets_are_fixed_by_their_seed_and_right(name: str) -> None:
+    import re
+
+    items = load(name, limit=300)
+    again = load(name, limit=300)
+    assert items == again and len({it.id for it in items}) == 300
+    assert load(name, limit=5, offset=10) == items[10:15]
+    ops = {"plus": int.__add__, "+": int.__add__, "finds": int.__add__, "minus": int.__sub__, "-": int.__sub__,
+           "gives": int.__sub__, "times": int.__mul__, "x": int.__mul__, "boxes": int.__mul__}
+    for it in items:
+        a, b = (int(x) for x in re.findall(r"\d+", it.question))
+        op = next(w for w in re.findall(r"[a-z+x-]+", it.question) if w in ops)
+        assert it.answer == str(ops[op](a, b)) and int(it.answer) >= 0 and it.kind == "number"
+        assert prompt_for(it, "bare") == it.question and it.question.endswith("Answer with a number.")
+    width = 1 if name == "arith-1d" else 2
+    assert all(len(x) == width for it in items for x in re.findall(r"\d+", it.question))

@@ -34,6 +34,9 @@ from edgescale.strategies.spec import (
     ("ffs", FirstFinish(6)),
     ("short-3@8", ShortM(3, 8)),
     ("short-2", ShortM(2, 6)),
+    ("ffs@4:rule=any", FirstFinish(4, rule="any")),
+    ("short-2@5:rule=answered", ShortM(2, 5)),
+    ("short-2@5:rule=any", ShortM(2, 5, rule="any")),
     ("best@4", BestOfK(4)),
     ("adaptive", Adaptive()),
     ("adaptive:max=16,conf=0.9", Adaptive(max=16, conf=0.9)),
@@ -47,7 +50,8 @@ def test_valid_forms(text: str, expected: object) -> None:
     assert parse_strategy(text, default_k=6) == expected
 
 
-@pytest.mark.parametrize("spec", ["single", "maj@8", "ffs@3", "short-3@8", "best@2", "adaptive:max=8,wave=2",
+@pytest.mark.parametrize("spec", ["single", "maj@8", "ffs@3", "short-3@8", "best@2",
+                                  "ffs@3:rule=any", "short-2@4:rule=any", "adaptive:max=8,wave=2",
                                   "early-exit:every=16,window=3,k=2,probe=12", "auto"])
 def test_canonical_spec_round_trips(spec: str) -> None:
     s = parse_strategy(spec)
@@ -65,7 +69,9 @@ def test_canonical_spec_round_trips(spec: str) -> None:
     ("adaptive:max=abc", "max must be a int"),
     ("adaptive:foo=1", "unknown parameter"),
     ("early-exit:every=1", "every must be"),
-    ("maj@8:x=1", "unknown strategy"),
+    ("maj@8:x=1", "unknown parameter"),
+    ("ffs@8:rule=first", "rule must be answered or any"),
+    ("short-2@4:m=3", "unknown parameter"),
     ("auto:fast", "unknown strategy"),
     ("best@99999999999999999999999", "between 1 and 64"),
 ])

@@ -87,6 +87,35 @@ def test_short_m_tie_goes_to_shortest() -> None:
     assert res.answer == "8" and res.winner == 1
 
 
+# -- who finishes: answered (default) or any (the papers' rule) -------------------------------
+def test_ffs_skips_a_finisher_without_an_answer_by_default() -> None:
+    scripts = [pad("7", 60), " I am not sure.", pad("4", 45)]  # sample 1 stops first, with no number
+    res = ask(FakeEngine(scripts), "ffs@3")
+    assert res.answer == "4" and res.winner == 2 and res.skipped == (1,)
+    assert res.stop_reason == "first-finished" and res.strategy == "ffs@3"
+    by = {s.index: s for s in res.samples}
+    assert by[1].finish_reason == "stop" and by[1].answer is None
+    assert by[0].finish_reason == "cancelled"
+    paper = ask(FakeEngine(scripts), "ffs@3:rule=any")
+    assert paper.answer is None and paper.winner == 1 and paper.skipped == ()
+    assert paper.strategy == "ffs@3:rule=any"
+
+
+def test_short_m_counts_m_answered_finishers() -> None:
+    scripts = [pad("5", 30), " no idea", pad("5", 40), " hmm.", pad("6", 50), pad("6", 90), pad("6", 95)]
+    res = ask(FakeEngine(scripts), "short-3@7")
+    assert res.votes == {"5": 2, "6": 1} and res.answer == "5" and res.skipped == (3, 1)  # finish order
+    assert [s.index for s in res.samples if s.finish_reason == "cancelled"] == [5, 6]
+    paper = ask(FakeEngine(scripts), "short-3@7:rule=any")
+    assert paper.votes == {"5": 1} and paper.skipped == ()  # two of its three voters had no answer
+
+
+def test_answered_rule_with_no_answer_anywhere_returns_the_first_finisher() -> None:
+    res = ask(FakeEngine([" nothing here", " nor here at all"]), "short-2@2")
+    assert res.answer is None and res.winner == 0 and res.skipped == (0, 1)
+    assert res.stop_reason == "all-finished"
+
+
 # -- majority ------------------------------------------------------------------
 def test_majority_vote_and_tie_rule() -> None:
     res = ask(FakeEngine([pad("3", 50), pad("4", 40), pad("3", 60), pad("4", 70)]), "maj@4")
@@ -302,3 +331,17 @@ def test_auto_narrows_the_wave_to_fit_the_time_left() -> None:
     assert abs(by[1].finished_at_s - by[2].finished_at_s) < 0.05  # same step (the clock ticks per read)
     # a wave of 4 would have run samples 3 and 4 alongside 1 and 2; they start only as 1 and 2 end
     assert 3 not in by or by[3].finished_at_s > by[1].finished_at_s + 0.2
+
+
+def test_lazy_refill_starts_no_sample_the_live_ones_may_make_unneeded() -> None:
+    scripts = [pad("4", 30), pad("4", 40), pad("4", 50), pad("4", 200)]
+    eager = ask(FakeEngine(scripts), "adaptive:max=4,wave=3,conf=0.9")
+    lazy = ask(FakeEngine(scripts), "adaptive:max=4,wave=3,conf=0.9,refill=lazy")
+    assert eager.answer == lazy.answer == "4"
+    assert eager.stop_reason == lazy.stop_reason == "beta-confident"
+    assert len(eager.samples) == 4 and eager.samples[3].finish_reason == "cancelled"
+    assert len(lazy.samples) == 3  # sample 3 never started: the three live ones could (and did) decide
+    assert lazy.stats.generated_tokens == 30 + 40 + 50 < eager.stats.generated_tokens
+    # when the live ones cannot decide alone, lazy refills like eager
+    split = [pad("4", 30), pad("5", 40), pad("4", 50), pad("4", 60)]
+    assert len(ask(FakeEngine(split), "adaptive:max=4,wave=2,conf=0.9,refill=lazy").samples) == 4

@@ -10,7 +10,8 @@ Q = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step 
 OPTS = AskOptions(max_tokens=64, seed=11, answer="number")
 
 
-@pytest.mark.parametrize("spec", ["single", "maj@4", "ffs@4", "short-2@4", "best@4",
+@pytest.mark.parametrize("spec", ["single", "maj@4", "ffs@4", "short-2@4", "best@4", "ffs@4:rule=any",
+                                  "conf@4", "conf@4:online=1,warmup=2,window=8", "maj@4:vote=conf",
                                   "adaptive:max=6,wave=3", "adaptive:max=6,wave=2,rule=esc,window=2",
                                   "early-exit:every=16,window=2", "early-exit:every=16,window=2,k=2"])
 def test_strategy_runs_end_to_end(runtime, spec: str) -> None:
@@ -24,6 +25,10 @@ def test_strategy_runs_end_to_end(runtime, spec: str) -> None:
     assert res.answer == (winner.answer if winner is not None else None)  # the winner's answer, or none
     assert res.answer is None or res.votes[res.answer] >= 1 or winner.answer_source == "probe"
     assert (res.stats.probe_tokens > 0) == spec.startswith("early-exit")
+    # DeepConf's trace scores exist exactly where a strategy decides by them
+    weighted = spec.startswith("conf@") or "vote=conf" in spec
+    assert all((s.confidence is not None) == (weighted and s.n_tokens > 0) for s in res.samples)
+    assert not res.skipped or spec.startswith(("ffs@4", "short-2@4"))
 
 
 def test_ffs_spends_fewer_tokens_than_majority_on_same_seeds(runtime) -> None:
@@ -31,8 +36,8 @@ def test_ffs_spends_fewer_tokens_than_majority_on_same_seeds(runtime) -> None:
     opts = AskOptions(max_tokens=200, seed=11, answer="number")
     maj = runtime.ask(short, strategy="maj@6", options=opts)
     ffs = runtime.ask(short, strategy="ffs@6", options=opts)
-    # same seeds -> the same six sequences; FFS stops them when the first one ends
-    first = min(s.n_tokens for s in maj.samples if s.finish_reason == "stop")
+    # same seeds -> the same six sequences; FFS stops them when the first one with an answer ends
+    first = min(s.n_tokens for s in maj.samples if s.finish_reason == "stop" and s.answer is not None)
     assert ffs.samples[ffs.winner].n_tokens == first
     assert ffs.stats.generated_tokens < maj.stats.generated_tokens
     assert ffs.stats.cancelled_tokens > 0

@@ -1,0 +1,157 @@
+"""Confidence-weighted voting: DeepConf (Fu et al. 2025, "Deep Think with Confidence").
+
+- Token confidence: minus the mean model log-probability of the top ``topk``
+  candidates at a step (:func:`edgescale.runtime.generate.token_confidence`); high
+  when one candidate takes nearly all the mass.
+- Group confidence: the mean token confidence over a sliding window of ``window``
+  tokens. A trace's score is its *lowest* group confidence (the paper's "lowest group
+  confidence": one confused stretch marks the trace); a trace shorter than the window
+  scores the mean over all its tokens.
+- Offline (``conf@k``): all k samples run to their end; the traces with an answer are
+  ranked by score, the least confident dropped (``keep``: the share kept, at least
+  one; DeepConf-high keeps 90%, DeepConf-low 10%), and the rest vote with their score
+  as the weight.
+- Online (``conf@k:online=1``): ``warmup`` samples run to their end first; the
+  stopping threshold is the ``1 - keep`` quantile of their scores. Then the other
+  samples start, and one whose latest window falls below the threshold is stopped at
+  once (``low-confidence``: it does not vote). After every finished sample the
+  weighted share of the leading answer is checked: at ``consensus`` or more the query
+  stops (``consensus``).
+
+Ties of weight go to the answer whose first sample finished first, as everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from edgescale.runtime.generate import BatchGenerator, SeqState, TokenEvent
+from edgescale.strategies.base import AnswerBook, Decision, Unstaged, cancel_live, finish_order, finished_naturally
+
+
+def group_confidences(confidences: Sequence[float], window: int) -> list[float]:
+    """Mean token confidence of every window of ``window`` consecutive tokens (one group,
+    the whole trace, when it is shorter)."""
+    if not confidences:
+        return []
+    if len(confidences) <= window:
+        return [float(np.mean(confidences))]
+    c = np.cumsum(np.asarray(confidences, dtype=np.float64))
+    sums = c[window - 1:] - np.concatenate(([0.0], c[:-window]))
+    return (sums / window).tolist()
+
+
+def trace_score(st: SeqState, window: int) -> float | None:
+    """A sample's lowest group confidence (None without tokens)."""
+    groups = group_confidences(st.confidences, window)
+    return min(groups) if groups else None
+
+
+def tail_confidence(st: SeqState, window: int) -> float | None:
+    """The group confidence of a sample's latest ``window`` tokens (None before it has them)."""
+    if len(st.confidences) < window:
+        return None
+    return float(np.mean(st.confidences[-window:]))
+
+
+@dataclass(frozen=True)
+class WeightedVote:
+    answer: str | None
+    winner: int | None
+    votes: dict[str, int]  # how many kept traces said each answer
+    weights: dict[str, float]  # their summed scores
+    dropped: tuple[int, ...]  # answered traces filtered out as the least confident
+
+
+def weighted_vote(gen: BatchGenerator, book: AnswerBook, indices: Sequence[int], *, keep: float,
+                  window: int) -> WeightedVote:
+    """DeepConf's offline vote over the finished samples ``indices``."""
+    scored = []
+    for i in indices:
+        st = gen.states[i]
+        value, score = book.value(st), trace_score(st, window)
+        if value is not None and score is not None:
+            scored.append((score, i, value))
+    if not scored:
+        return WeightedVote(None, None, {}, {}, ())
+    scored.sort(key=lambda t: (-t[0], finish_order(gen.states[t[1]])))
+    n_keep = max(1, math.ceil(keep * len(scored) - 1e-9))
+    kept, dropped = scored[:n_keep], scored[n_keep:]
+    weights: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for score, i, value in kept:
+        weights[value] = weights.get(value, 0.0) + score
+        counts[value] = counts.get(value, 0) + 1
+        if value not in first or finish_order(gen.states[i]) < finish_order(gen.states[first[value]]):  # type: ignore[operator]
+            first[value] = i
+    best = max(weights.values())
+    tied = [a for a in weights if math.isclose(weights[a], best, rel_tol=1e-12)]
+    answer = min(tied, key=lambda a: finish_order(gen.states[first[a]]))  # type: ignore[arg-type,return-value]
+    votes = dict(sorted(counts.items(), key=lambda kv: -weights[kv[0]]))
+    return WeightedVote(answer, first[answer], votes, weights, tuple(i for _, i, _ in dropped))
+
+
+def consensus_share(weights: dict[str, float]) -> float:
+    total = sum(weights.values())
+    return max(weights.values()) / total if total > 0 else 0.0
+
+
+@dataclass
+class ConfidenceController(Unstaged):
+    """``conf@k``: offline (every sample to its end, then the weighted vote) or online."""
+
+    k: int = 8
+    keep: float = 0.9
+    window: int = 16
+    online: bool = False
+    warmup: int = 4
+    consensus: float = 0.95
+    probe_slots: int = 0
+    probe_cells: int = 0
+    order: list[int] = field(default_factory=list)  # finished samples, in finish order
+    threshold: float | None = None  # online: set when the warm-up has finished
+
+    @property
+    def n_seqs(self) -> int:
+        return self.k
+
+    @property
+    def n_initial(self) -> int:
+        return min(self.warmup, self.k) if self.online else self.k
+
+    def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None:
+        self.order.extend(finished_naturally(gen, events))
+        if not self.online:
+            return "all-finished" if not gen.live else None
+        if self.threshold is None:
+            if gen.live:
+                return None  # the warm-up runs to its end
+            scores = [s for s in (trace_score(gen.states[i], self.window) for i in self.order) if s is not None]
+            self.threshold = float(np.quantile(scores, 1 - self.keep)) if scores else -math.inf
+            if self._agreed(gen, book):
+                return "consensus"
+            gen.activate(gen.pending())
+        else:
+            for i in list(gen.live):
+                tail = tail_confidence(gen.states[i], self.window)
+                if tail is not None and tail < self.threshold:
+                    gen.cancel(i, "low-confidence")
+            if any(e.finish_reason in ("stop", "length") for e in events) and self._agreed(gen, book):
+                cancel_live(gen)
+                return "consensus"
+        return "all-finished" if not gen.live else None
+
+    def _agreed(self, gen: BatchGenerator, book: AnswerBook) -> bool:
+        out = weighted_vote(gen, book, self.order, keep=1.0, window=self.window)
+        return bool(out.weights) and consensus_share(out.weights) >= self.consensus
+
+    def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision:
+        # online: the stopped traces never finished, so the survivors are already filtered
+        out = weighted_vote(gen, book, self.order, keep=1.0 if self.online else self.keep, window=self.window)
+        winner = out.winner if out.winner is not None else (self.order[0] if self.order else None)
+        return Decision(out.answer, winner, out.votes)

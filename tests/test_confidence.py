@@ -1,0 +1,93 @@
+"""DeepConf's confidence-weighted voting, exact rules on the scripted fake engine (each
+sample's margin sets how sure the 'model' is of its tokens), and the scores themselves."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from edgescale.runtime.generate import GenerationConfig, SeqState, token_confidence
+from edgescale.runtime.sampling import GREEDY
+from edgescale.strategies.confidence import group_confidences, trace_score
+from edgescale.strategies.runner import Query, run_query
+from edgescale.strategies.spec import confidence_of, parse_strategy
+from tests.fake_engine import VOCAB, FakeEngine
+from tests.test_strategies import pad, plan_of
+
+SURE, UNSURE = 30.0, 2.0
+
+
+def ask(engine: FakeEngine, spec: str, max_new: int = 400):  # type: ignore[no-untyped-def]
+    strategy = parse_strategy(spec)
+    conf = confidence_of(strategy)
+    config = GenerationConfig(max_new_tokens=max_new, sampling=GREEDY, confidence_top_k=conf.topk if conf else 0)
+    return run_query(engine, Query(prompt_tokens=list(b"Q?"), plan=plan_of(strategy, max_new), answer_kind="number",
+                                   config=config))
+
+
+def fake_confidence(margin: float, topk: int = 5) -> float:
+    """The fake's rows: ``margin`` on one token, 0 on the other VOCAB - 1."""
+    lse = math.log(math.exp(margin) + VOCAB - 1)
+    return lse - margin / topk
+
+
+def test_token_confidence_is_minus_the_mean_top_k_logprob() -> None:
+    rng = np.random.default_rng(0)
+    row = rng.normal(size=1000).astype(np.float32)
+    lse = float(np.log(np.exp(row.astype(np.float64)).sum()))
+    logp = row.astype(np.float64) - lse
+    assert token_confidence(row, lse, 7) == pytest.approx(-np.sort(logp)[-7:].mean(), rel=1e-6)
+    assert fake_confidence(SURE) > fake_confidence(UNSURE)
+
+
+def test_a_trace_scores_its_least_confident_window() -> None:
+    assert group_confidences([1, 2, 3, 4], 2) == [1.5, 2.5, 3.5]
+    assert group_confidences([5, 1], 4) == [3.0]  # shorter than the window: one group
+    st = SeqState(index=0, seed=0, confidences=[9, 9, 1, 1, 9, 9])
+    assert trace_score(st, 2) == 1.0 and trace_score(SeqState(index=1, seed=0), 2) is None
+
+
+def test_confident_minority_outweighs_an_unsure_majority() -> None:
+    scripts = [pad("5", 40), pad("5", 41), pad("5", 42), pad("7", 43), pad("7", 44)]
+    margins = [UNSURE, UNSURE, UNSURE, SURE, SURE]
+    counted = ask(FakeEngine(scripts, margins=margins), "maj@5")
+    assert counted.answer == "5"
+    weighted = ask(FakeEngine(scripts, margins=margins), "maj@5:vote=conf")
+    assert weighted.answer == "7" and weighted.votes == {"7": 2, "5": 3} and weighted.winner == 3
+    offline = ask(FakeEngine(scripts, margins=margins), "conf@5")
+    assert offline.answer == "7" and offline.stop_reason == "all-finished"
+    assert offline.stats.generated_tokens == sum(len(s) for s in scripts)
+
+
+def test_keep_drops_the_least_confident_traces_before_the_vote() -> None:
+    scripts = [pad("5", 40), pad("5", 41), pad("7", 43), pad("7", 44)]
+    margins = [SURE, 29.0, 5.0, 4.0]
+    res = ask(FakeEngine(scripts, margins=margins), "conf@4:keep=0.5")
+    assert res.votes == {"5": 2} and res.answer == "5"
+    # equal weights for the kept: the tie goes to the first finisher, as everywhere
+    tied = ask(FakeEngine([pad("5", 41), pad("7", 40)], margins=[SURE, SURE]), "conf@2")
+    assert tied.answer == "7"
+
+
+def test_online_stops_unsure_samples_and_stops_at_consensus() -> None:
+    # warm-up: samples 0-1, sure, disagree; then 2-5 start: the unsure ones are stopped
+    scripts = [pad("5", 40), pad("7", 41), pad("5", 60), pad("9", 200), pad("9", 210), pad("5", 70)]
+    margins = [SURE, 28.0, SURE, UNSURE, UNSURE, SURE]
+    res = ask(FakeEngine(scripts, margins=margins), "conf@6:online=1,warmup=2,window=8")
+    by = {s.index: s for s in res.samples}
+    assert by[3].finish_reason == by[4].finish_reason == "low-confidence"
+    assert by[3].n_tokens == by[4].n_tokens == 8  # stopped once a full window fell below the threshold
+    assert res.answer == "5" and "9" not in res.votes
+    # agreement in the warm-up: nothing more is started
+    agreed = ask(FakeEngine([pad("4", 30), pad("4", 31), pad("4", 90), pad("4", 95)], margins=[SURE] * 4),
+                 "conf@4:online=1,warmup=2")
+    assert agreed.stop_reason == "consensus" and len(agreed.samples) == 2 and agreed.answer == "4"
+
+
+def test_adaptive_can_decide_by_weight() -> None:
+    scripts = [pad("5", 40), pad("7", 41), pad("5", 42), pad("7", 43)]
+    margins = [UNSURE, SURE, UNSURE, SURE]
+    res = ask(FakeEngine(scripts, margins=margins), "adaptive:max=4,wave=4,conf=0.99,vote=conf")
+    assert res.answer == "7" and res.stop_reason == "k-max-reached"
