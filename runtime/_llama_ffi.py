@@ -197,6 +197,9 @@ class ContextParams:
     type_k: str = "f16"
     type_v: str = "f16"
     flash_attn: bool | None = None  # None: llama.cpp decides (on where the backend supports it)
+    # one KV cache for all sequences (what the runtime uses), or one stream of n_ctx / n_seq_max
+    # cells per sequence, attended to alone (bench/kv_layout.py measures the difference)
+    kv_unified: bool = True
 
 
 class Batch:
@@ -249,7 +252,7 @@ class Context:
         cp.n_seq_max = params.n_seq_max
         cp.n_threads = params.n_threads
         cp.n_threads_batch = params.n_threads
-        cp.kv_unified = True
+        cp.kv_unified = params.kv_unified
         cp.type_k = _GGML_TYPES[params.type_k]
         cp.type_v = _GGML_TYPES[params.type_v]
         cp.flash_attn_type = {None: -1, False: 0, True: 1}[params.flash_attn]
