@@ -35,7 +35,7 @@ from edgescale.strategies.base import (
     vote,
 )
 from edgescale.strategies.confidence import weighted_vote
-from edgescale.strategies.spec import ConfidenceVote
+from edgescale.strategies.spec import Confidence
 from edgescale.strategies.voting import beta_rule, esc_rule, majority
 
 
@@ -47,7 +47,7 @@ class AdaptiveController(Unstaged):
     rule: str = "beta"  # or "esc"
     window: int = 4
     prior: tuple[str, ...] = ()  # answers from before this run (auto's first stage), counted as votes
-    confidence: ConfidenceVote | None = None  # the final decision by DeepConf's weighted vote (no prior)
+    confidence: Confidence | None = None  # the final decision by DeepConf's weighted vote (no prior)
     refill: str = "eager"  # or "lazy" (see the module notes)
     probe_slots: int = 0
     probe_cells: int = 0

@@ -11,7 +11,7 @@ from edgescale.runtime.memory import peak_rss_bytes
 from edgescale.strategies.base import AnswerBook, Controller, Decision, answer_logprob, mean_logprob
 from edgescale.strategies.confidence import trace_score
 from edgescale.strategies.result import ProbeRecord, Result, Sample, Stats
-from edgescale.strategies.spec import ConfidenceVote, confidence_of
+from edgescale.strategies.spec import Confidence, confidence_of
 
 if TYPE_CHECKING:
     from edgescale.strategies.runner import Query
@@ -53,7 +53,7 @@ def build_result(
     queue_s: float = 0.0,
 ) -> Result:
     conf = confidence_of(query.strategy)
-    samples = _samples(gen, book, conf.window if conf is not None else ConfidenceVote.window)
+    samples = _samples(gen, book, (conf or Confidence()).window)
     probes = tuple(ctl.records) + tuple(forced)
     cut = ("cancelled", "deadline", "early-exit")
     stats = Stats(

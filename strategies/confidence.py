@@ -31,6 +31,7 @@ import numpy as np
 
 from edgescale.runtime.generate import BatchGenerator, SeqState, TokenEvent
 from edgescale.strategies.base import AnswerBook, Decision, Unstaged, cancel_live, finish_order, finished_naturally
+from edgescale.strategies.spec import Confidence
 
 
 def group_confidences(confidences: Sequence[float], window: int) -> list[float]:
@@ -105,12 +106,7 @@ def consensus_share(weights: dict[str, float]) -> float:
 class ConfidenceController(Unstaged):
     """``conf@k``: offline (every sample to its end, then the weighted vote) or online."""
 
-    k: int = 8
-    keep: float = 0.9
-    window: int = 16
-    online: bool = False
-    warmup: int = 4
-    consensus: float = 0.95
+    spec: Confidence
     probe_slots: int = 0
     probe_cells: int = 0
     order: list[int] = field(default_factory=list)  # finished samples, in finish order
@@ -118,27 +114,27 @@ class ConfidenceController(Unstaged):
 
     @property
     def n_seqs(self) -> int:
-        return self.k
+        return self.spec.k
 
     @property
     def n_initial(self) -> int:
-        return min(self.warmup, self.k) if self.online else self.k
+        return min(self.spec.warmup, self.spec.k) if self.spec.online else self.spec.k
 
     def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None:
         self.order.extend(finished_naturally(gen, events))
-        if not self.online:
+        if not self.spec.online:
             return "all-finished" if not gen.live else None
         if self.threshold is None:
             if gen.live:
                 return None  # the warm-up runs to its end
-            scores = [s for s in (trace_score(gen.states[i], self.window) for i in self.order) if s is not None]
-            self.threshold = float(np.quantile(scores, 1 - self.keep)) if scores else -math.inf
+            scores = [s for s in (trace_score(gen.states[i], self.spec.window) for i in self.order) if s is not None]
+            self.threshold = float(np.quantile(scores, 1 - self.spec.keep)) if scores else -math.inf
             if self._agreed(gen, book):
                 return "consensus"
             gen.activate(gen.pending())
         else:
             for i in list(gen.live):
-                tail = tail_confidence(gen.states[i], self.window)
+                tail = tail_confidence(gen.states[i], self.spec.window)
                 if tail is not None and tail < self.threshold:
                     gen.cancel(i, "low-confidence")
             if any(e.finish_reason in ("stop", "length") for e in events) and self._agreed(gen, book):
@@ -147,11 +143,11 @@ class ConfidenceController(Unstaged):
         return "all-finished" if not gen.live else None
 
     def _agreed(self, gen: BatchGenerator, book: AnswerBook) -> bool:
-        out = weighted_vote(gen, book, self.order, keep=1.0, window=self.window)
-        return bool(out.weights) and consensus_share(out.weights) >= self.consensus
+        out = weighted_vote(gen, book, self.order, keep=1.0, window=self.spec.window)
+        return bool(out.weights) and consensus_share(out.weights) >= self.spec.consensus
 
     def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision:
         # online: the stopped traces never finished, so the survivors are already filtered
-        out = weighted_vote(gen, book, self.order, keep=1.0 if self.online else self.keep, window=self.window)
+        out = weighted_vote(gen, book, self.order, keep=1.0 if self.spec.online else self.spec.keep, window=self.spec.window)
         winner = out.winner if out.winner is not None else (self.order[0] if self.order else None)
         return Decision(out.answer, winner, out.votes)

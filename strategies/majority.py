@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from edgescale.runtime.generate import BatchGenerator
 from edgescale.strategies.base import AnswerBook, Decision, OneBatch, vote
 from edgescale.strategies.confidence import weighted_vote
-from edgescale.strategies.spec import ConfidenceVote
+from edgescale.strategies.spec import Confidence
 
 
 @dataclass
@@ -22,7 +22,7 @@ class MajorityController(OneBatch):
     """k samples run to their end; majority vote (``confidence``: DeepConf's weighted vote).
     k=1 is ``single``."""
 
-    confidence: ConfidenceVote | None = None
+    confidence: Confidence | None = None
 
     def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision:
         finished = [s.index for s in gen.states if s.finished]

@@ -73,8 +73,7 @@ def build_controller(
     if isinstance(strategy, Majority):
         return MajorityController(k=strategy.k, confidence=conf)
     if isinstance(strategy, Confidence):
-        return ConfidenceController(k=strategy.k, keep=strategy.keep, window=strategy.window, online=strategy.online,
-                                    warmup=strategy.warmup, consensus=strategy.consensus)
+        return ConfidenceController(strategy)
     if isinstance(strategy, FirstFinish):
         return ShortMController(m=1, k=strategy.k, answered=strategy.rule == "answered")
     if isinstance(strategy, ShortM):

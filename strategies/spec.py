@@ -45,15 +45,6 @@ def _rule_suffix(rule: str) -> str:
 
 
 @dataclass(frozen=True)
-class ConfidenceVote:
-    """DeepConf's settings (strategies/confidence.py)."""
-
-    keep: float = 0.9  # share of the answered traces that vote (the most confident)
-    window: int = 16  # tokens per group confidence
-    topk: int = 5  # candidates per token confidence
-
-
-@dataclass(frozen=True)
 class Single:
     name = "single"
 
@@ -122,15 +113,16 @@ class Adaptive:
 
 @dataclass(frozen=True)
 class Confidence:
-    """``conf@k``: DeepConf, offline or online (strategies/confidence.py)."""
+    """``conf@k``: DeepConf, offline or online (strategies/confidence.py). Its defaults are
+    also the settings of ``maj@k:vote=conf`` and ``adaptive:...,vote=conf``."""
 
     k: int = 8
-    keep: float = 0.9
-    window: int = 16
-    topk: int = 5
+    keep: float = 0.9  # share of the answered traces that vote (the most confident)
+    window: int = 16  # tokens per group confidence
+    topk: int = 5  # candidates per token confidence
     online: bool = False
-    warmup: int = 4
-    consensus: float = 0.95
+    warmup: int = 4  # online: samples that run to their end first and set the threshold
+    consensus: float = 0.95  # online: the weighted share of the leading answer that stops the query
     name = "conf"
 
     def spec(self) -> str:
@@ -182,12 +174,12 @@ class Escalate:
 Strategy = Union[Single, Majority, FirstFinish, ShortM, BestOfK, Adaptive, EarlyExit, Confidence, Auto, Escalate]
 
 
-def confidence_of(strategy: Strategy) -> ConfidenceVote | None:
+def confidence_of(strategy: Strategy) -> Confidence | None:
     """The DeepConf settings a strategy decides with (None: it counts votes)."""
     if isinstance(strategy, Confidence):
-        return ConfidenceVote(keep=strategy.keep, window=strategy.window, topk=strategy.topk)
+        return strategy
     if isinstance(strategy, (Majority, Adaptive)) and strategy.vote == "conf":
-        return ConfidenceVote()
+        return Confidence()
     return None
 
 
