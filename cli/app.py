@@ -20,6 +20,7 @@ from edgescale.cli.plan_cmd import plan
 from edgescale.cli.quant_cmd import convert, quant_report, quantize
 from edgescale.cli.run_cmd import run
 from edgescale.cli.serve_cmd import serve
+from edgescale.cli.tune_cmd import tune
 from edgescale.errors import EdgescaleError
 from edgescale.runtime.backends import BackendRegistry
 
@@ -39,6 +40,7 @@ def build_app() -> typer.Typer:
     app.command("serve")(serve)
     app.command("models")(models)
     app.command("bench")(bench)
+    app.command("tune")(tune)
     app.command("devices")(devices)
     app.command("plan")(plan)
     app.command("convert")(convert)
@@ -50,6 +52,7 @@ def build_app() -> typer.Typer:
 def main(argv: list[str] | None = None, *, registry: BackendRegistry | None = None) -> int:
     """Run the CLI; ``registry``: the backends commands load models with (default: built-in)."""
     app = build_app()
+    argv = optional_values(list(sys.argv[1:] if argv is None else argv))
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="edgescale", obj=registry)
         return rc if isinstance(rc, int) else 0  # a typer.Exit inside a command returns its code
@@ -77,6 +80,17 @@ def main(argv: list[str] | None = None, *, registry: BackendRegistry | None = No
             raise
         sys.stderr.write(f"error: internal error: {type(exc).__name__}: {exc} (set EDGESCALE_DEBUG=1 for a traceback)\n")
         return INTERNAL_ERROR
+
+
+def optional_values(argv: list[str]) -> list[str]:
+    """``--ray`` with no address (last, or before another option) means ``--ray local``:
+    click has no options whose value is optional."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("local")
+    return out
 
 
 def _is_usage_error(exc: BaseException) -> bool:

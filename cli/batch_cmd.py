@@ -16,26 +16,23 @@ finishes the job.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import deque
 from dataclasses import replace
-from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Optional
 
 import typer
 
 from edgescale.cli import options as opt
-from edgescale.cli.common import backends, decode_utf8, interrupts_deferred, notify, print_json
+from edgescale.cli.batch_lines import Line, submit_line
+from edgescale.cli.common import backends, interrupts_deferred, notify, print_json
 from edgescale import limits
-from edgescale.errors import EdgescaleError, UsageError
+from edgescale.errors import UsageError
 
 if TYPE_CHECKING:
     from edgescale.api import Runtime
     from edgescale.settings import AskSettings
-    from edgescale.strategies.result import Result
-    from edgescale.strategies.scheduler import Request
 
 RESUME = typer.Option(None, "--resume", help="Output file of an interrupted run: skip the input lines it "
                                              "already answers (append the new results to it with >>).")
@@ -67,6 +64,11 @@ def batch(
     resume: Optional[Path] = RESUME,
     parallel: str = PARALLEL,
     no_prefix_cache: bool = opt.NO_PREFIX_CACHE,
+    ray: Optional[str] = opt.RAY,
+    actors: Optional[int] = opt.ACTORS,
+    threads_per_actor: int = opt.THREADS_PER_ACTOR,
+    retries: int = opt.RETRIES,
+    policy: Optional[str] = opt.POLICY,
 ) -> None:
     """Answer JSONL queries from stdin, one JSON result per line on stdout, in input order."""
     from edgescale.api import Runtime
@@ -83,28 +85,34 @@ def batch(
     skip = answered_lines(resume) if resume is not None else 0
     lanes = parse_parallel(parallel)
     out = _Writer()
+    pending: deque[Line] = deque()
     try:
-        config = SchedulerConfig(max_running=lanes or 1, expect_running=lanes or 1, memory_bytes=parse_size(memory),
-                                 prefix_cache=not no_prefix_cache)
-        per_query = samples_of(ask_settings(**defaults, names=CLI_NAMES).strategy)
-        with Runtime.load(model, backend=backend, threads=threads, n_gpu_layers=gpu_layers,
-                          registry=backends(ctx), notify=notify, scheduler=config,
-                          width=per_query * (lanes or 8)) as rt:
-            if rt.backend_choice is not None:
-                notify(f"backend auto: {rt.backend_choice.name} ({rt.backend_choice.reason})")
-            if lanes is None:
-                lanes = auto_parallel(rt, ask_settings(**defaults, names=CLI_NAMES))
-                notify(f"--parallel auto: {lanes} line(s) in flight")
-                rt.configure_scheduler(replace(config, max_running=lanes, expect_running=lanes))
-            pending: deque[_Line] = deque()
-            for n, raw_line in _lines(sys.stdin.buffer, skip):
-                pending.append(_submit(rt, n, raw_line, defaults))
-                while len(pending) >= lanes or (pending and pending[0].ready()):
+        if ray is not None:
+            _batch_on_ray(ray, actors, threads_per_actor, retries, defaults, skip, lanes, out,
+                          model=model, backend=backend, gpu_layers=gpu_layers, memory=parse_size(memory),
+                          prefix_cache=not no_prefix_cache, policy=policy)
+        else:
+            config = SchedulerConfig(max_running=lanes or 1, expect_running=lanes or 1,
+                                     memory_bytes=parse_size(memory), prefix_cache=not no_prefix_cache)
+            per_query = samples_of(ask_settings(**defaults, names=CLI_NAMES).strategy)
+            with Runtime.load(model, backend=backend, threads=threads, n_gpu_layers=gpu_layers,
+                              registry=backends(ctx), notify=notify, scheduler=config,
+                              width=per_query * (lanes or 8)) as rt:
+                rt.use_policy(policy)
+                if rt.backend_choice is not None:
+                    notify(f"backend auto: {rt.backend_choice.name} ({rt.backend_choice.reason})")
+                if lanes is None:
+                    lanes = auto_parallel(rt, ask_settings(**defaults, names=CLI_NAMES))
+                    notify(f"--parallel auto: {lanes} line(s) in flight")
+                    rt.configure_scheduler(replace(config, max_running=lanes, expect_running=lanes))
+                for n, raw_line in _lines(sys.stdin.buffer, skip):
+                    pending.append(submit_line(rt, n, raw_line, defaults))
+                    while len(pending) >= lanes or (pending and pending[0].ready()):
+                        out.write(pending.popleft())
+                while pending:
                     out.write(pending.popleft())
-            while pending:
-                out.write(pending.popleft())
     except KeyboardInterrupt:
-        for line in pending if "pending" in locals() else ():
+        for line in pending:
             line.cancel()
         done = skip + out.written
         typer.echo(f"interrupted: {out.written} result line(s) written ({done} input line(s) answered in all); "
@@ -116,57 +124,40 @@ def batch(
         raise typer.Exit(1)
 
 
-class _Line:
-    """One input line on its way: a submitted query, or already an error record."""
+def _batch_on_ray(address: str, actors: int | None, threads: int, retries: int, defaults: dict[str, Any], skip: int,
+                  lanes: int | None, out: _Writer, *, model: str | None, backend: str, gpu_layers: int | None,
+                  memory: int | None, prefix_cache: bool, policy: str | None) -> None:
+    from edgescale.cluster.connect import ClusterOptions
+    from edgescale.cluster.jobs import batch_on_ray
+    from edgescale.cluster.workers import WorkerSpec
+    from edgescale.settings import CLI_NAMES, ask_settings
+    from edgescale.strategies.spec import samples_of
 
-    def __init__(self, n: int, item_id: Any, future: Future[Result] | None = None,
-                 error: str | None = None, request: Request | None = None) -> None:
-        self.n, self.item_id, self.future, self.error, self.request = n, item_id, future, error, request
-
-    def ready(self) -> bool:
-        return self.future is None or self.future.done()
-
-    def cancel(self) -> None:
-        if self.request is not None:
-            self.request.cancel()
-
-    def record(self) -> dict[str, Any]:
-        if self.future is not None:
-            try:
-                result = self.future.result()
-            except EdgescaleError as exc:
-                self.error = str(exc)
-            else:
-                return {"id": self.item_id, "ok": True, **result.to_dict()}
-        return {"id": self.item_id, "line": self.n, "ok": False, "error": f"line {self.n}: {self.error}"}
+    options = ClusterOptions(address=address, actors=actors, threads_per_actor=threads, retries=retries)
+    per_query = samples_of(ask_settings(**defaults, names=CLI_NAMES).strategy)
+    spec = WorkerSpec(model, backend=backend, threads=threads, gpu_layers=gpu_layers, lanes=lanes or 0,
+                      memory_bytes=memory, prefix_cache=prefix_cache, width=per_query * (lanes or 8),
+                      policy=policy)
+    batch_on_ray(options, spec, defaults, _lines(sys.stdin.buffer, skip), out.emit, notify)
 
 
 class _Writer:
+    """Result lines on the stdout the command started with (a Ray session sends Ray's own
+    messages, which it prints on stdout, to stderr meanwhile)."""
+
     def __init__(self) -> None:
+        self.stream = sys.stdout
         self.written = 0
         self.failures = 0
 
-    def write(self, line: _Line) -> None:
-        record = line.record()  # waits for the line's query
+    def write(self, line: Line) -> None:
+        self.emit(line.record())  # waits for the line's query
+
+    def emit(self, record: dict[str, Any]) -> None:
         with interrupts_deferred():
-            print_json(record)
+            print_json(record, self.stream)
             self.written += 1
         self.failures += not record["ok"]
-
-
-def _submit(rt: Runtime, n: int, raw: bytes, defaults: dict[str, Any]) -> _Line:
-    from edgescale.settings import record_prompt, settings_from_record
-
-    item_id: Any = None
-    try:
-        item = _parse_line(raw)
-        item_id = item.get("id")
-        settings = settings_from_record(item, defaults)
-        request = rt.request(record_prompt(item), strategy=settings.strategy, budget=settings.budget,
-                             options=settings.options)
-        return _Line(n, item_id, rt.scheduler.submit(request), request=request)
-    except EdgescaleError as exc:
-        return _Line(n, item_id, error=str(exc))
 
 
 def parse_parallel(text: str) -> int | None:
@@ -221,14 +212,3 @@ def _lines(stream: BinaryIO, skip: int) -> Iterator[tuple[int, bytes]]:
         seen += 1
         if seen > skip:
             yield n, line
-
-
-def _parse_line(raw: bytes) -> dict[str, Any]:
-    line = decode_utf8(raw, "the line")
-    try:
-        item = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(item, dict):
-        raise UsageError("expected a JSON object")
-    return item

@@ -56,6 +56,11 @@ def bench(
     parallel: int = typer.Option(1, "--parallel", "-P", help="Strategies of one question decoding together in the "
                                  "shared loop (1 = one at a time; records made together are kept apart)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object instead of a table."),
+    ray: str | None = opt.RAY,
+    actors: int | None = opt.ACTORS,
+    threads_per_actor: int = opt.THREADS_PER_ACTOR,
+    retries: int = opt.RETRIES,
+    policy: str | None = opt.POLICY,
 ) -> None:
     """Run strategies on benchmark questions, interleaved per question; report accuracy (95% CI),
     tokens, wall time and memory per strategy, with ratios to maj@k."""
@@ -70,7 +75,7 @@ def bench(
         dataset=dataset, strategies=parse_strategies(strategies), limit=limit or None, offset=offset,
         model=model, backend=backend, threads=threads, max_tokens=max_tokens, seed=seed,
         prompt_style=prompt_style, shots=shots, raw=raw, stop=tuple(stop), deadline_s=parse_duration(deadline),
-        memory_bytes=parse_size(memory), out=out, parallel=parallel,
+        memory_bytes=parse_size(memory), out=out, parallel=parallel, policy=policy,
     )
     if out is not None:
         from edgescale.evals.plots import require_matplotlib
@@ -78,7 +83,15 @@ def bench(
         require_matplotlib()
     items = load_items(config)
     with _Progress(len(items) * len(config.strategies)) as on_progress:
-        run = run_bench(config, on_progress=on_progress, items=items)
+        if ray is not None:
+            from edgescale.cli.common import notify
+            from edgescale.cluster.connect import ClusterOptions
+            from edgescale.cluster.jobs import bench_on_ray
+
+            cluster = ClusterOptions(address=ray, actors=actors, threads_per_actor=threads_per_actor, retries=retries)
+            run = bench_on_ray(cluster, config, items, notify, on_progress)
+        else:
+            run = run_bench(config, on_progress=on_progress, items=items)
     summary = _summary(run)
     if out is not None:
         _write_outputs(out, run, summary)

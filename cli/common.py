@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, TextIO
 
 import typer
 
@@ -17,9 +17,11 @@ if TYPE_CHECKING:
     from edgescale.runtime.backends import BackendRegistry
 
 
-def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+def print_json(obj: Any, stream: TextIO | None = None) -> None:
+    """One JSON line on ``stream`` (default: stdout as it is now)."""
+    out = sys.stdout if stream is None else stream
+    out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    out.flush()
 
 
 def read_stdin_prompt() -> str:

@@ -37,3 +37,15 @@ DEADLINE = typer.Option(None, "--deadline", help="Latency budget per query, e.g.
 MEMORY = typer.Option(None, "--memory", help="Memory budget, e.g. 512MB or 1GB.")
 JSON = typer.Option(False, "--json", help="Print one JSON result object.")
 NO_PREFIX_CACHE = typer.Option(False, "--no-prefix-cache", help="Read every prompt in full (no prompt KV reuse).")
+RAY = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                   help="Run on a Ray cluster (needs edgescale[cluster]): --ray alone starts a local Ray instance; "
+                        "auto joins the one `ray start` runs here; HOST:PORT joins that head node.")
+ACTORS = typer.Option(None, "--actors", min=1, help="With --ray: worker actors, each loading the model once "
+                      "(default: as many as the cluster's CPUs hold at --threads-per-actor).")
+THREADS_PER_ACTOR = typer.Option(1, "--threads-per-actor", min=1,
+                                 help="With --ray: CPU threads each actor decodes with (and reserves from Ray).")
+RETRIES = typer.Option(2, "--retries", min=0, help="With --ray: times Ray restarts a worker that died and "
+                       "retries its unfinished lines before they become error records.")
+POLICY = typer.Option(None, "--policy", envvar="EDGESCALE_POLICY",
+                      help="auto's policy for this model and task, fitted by `edgescale tune --task NAME` "
+                           "(default: the built-in one).")

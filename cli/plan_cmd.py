@@ -23,6 +23,7 @@ def plan(
     deadline: Optional[str] = opt.DEADLINE,
     memory: Optional[str] = opt.MEMORY,
     as_json: bool = opt.JSON,
+    policy: Optional[str] = opt.POLICY,
 ) -> None:
     """Show the plan (strategy, samples, KV cells, predicted time and peak memory) for a prompt."""
     from edgescale.api import Runtime
@@ -34,6 +35,7 @@ def plan(
                             memory=memory, names=CLI_NAMES)
     with Runtime.load(model, backend=backend, threads=threads, registry=backends(ctx), notify=notify,
                       width=samples_of(settings.strategy)) as rt:
+        rt.use_policy(policy)
         p = rt.plan(text, strategy=settings.strategy, budget=settings.budget, options=settings.options)
         engine_backend, choice = rt.engine.backend_name, rt.backend_choice
     reason = choice.reason if choice is not None else f"--backend {backend}"

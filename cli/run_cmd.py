@@ -33,6 +33,7 @@ def run(
     deadline: Optional[str] = opt.DEADLINE,
     memory: Optional[str] = opt.MEMORY,
     as_json: bool = opt.JSON,
+    policy: Optional[str] = opt.POLICY,
 ) -> None:
     """Answer one prompt with the chosen strategy; stream the text of a single sample."""
     from edgescale.api import Runtime
@@ -47,6 +48,7 @@ def run(
     )
     with Runtime.load(model, backend=backend, threads=threads, n_gpu_layers=gpu_layers, registry=backends(ctx),
                       notify=notify, width=samples_of(settings.strategy)) as rt:
+        rt.use_policy(policy)
         if rt.backend_choice is not None:
             notify(f"backend auto: {rt.backend_choice.name} ({rt.backend_choice.reason})")
         stream = not as_json and settings.streams

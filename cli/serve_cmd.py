@@ -38,7 +38,7 @@ MAX_TOKENS_LIMIT = typer.Option(4096, "--max-tokens-limit", help="Largest 'max_t
 MAX_BODY = typer.Option("1MB", "--max-body", help="Largest request body.")
 PREFILL_CHUNK = typer.Option(64, "--prefill-chunk",
                              help="Prompt tokens a reading query adds to each shared step.")
-POLICY = typer.Option("fifo", "--policy", help="Queue order: fifo, or edf (earliest deadline first).")
+QUEUE_ORDER = typer.Option("fifo", "--queue-order", help="Queue order: fifo, or edf (earliest deadline first).")
 TYPICAL_PROMPT = 512  # tokens: what the shared context is first sized for, per request
 GRACE = typer.Option("10s", "--grace", help="On SIGTERM: how long in-flight requests may take to finish.")
 
@@ -66,7 +66,8 @@ def serve(
     max_body: str = MAX_BODY,
     prefill_chunk: int = PREFILL_CHUNK,
     no_prefix_cache: bool = opt.NO_PREFIX_CACHE,
-    policy: str = POLICY,
+    queue_order: str = QUEUE_ORDER,
+    policy: Optional[str] = opt.POLICY,
     grace: str = GRACE,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, SSE streaming)."""
@@ -93,7 +94,7 @@ def serve(
                             deadline=deadline_ms / 1000 if deadline_ms else None)
     lanes = parse_parallel(parallel)
     scheduler = SchedulerConfig(memory_bytes=parse_size(memory), max_running=lanes or 1, max_queue=max_queue,
-                                policy=policy.strip().lower(), prefix_cache=not no_prefix_cache,
+                                policy=queue_order.strip().lower(), prefix_cache=not no_prefix_cache,
                                 prefill_chunk=prefill_chunk)
     body_limit = parse_size(max_body)
     assert body_limit is not None
@@ -115,6 +116,7 @@ def serve(
 
         rt = Runtime.load(model, backend=backend, threads=threads, n_gpu_layers=gpu_layers, registry=registry,
                           notify=notify, scheduler=scheduler, width=8 * (lanes or 1))
+        rt.use_policy(policy)
         n = lanes if lanes is not None else auto_parallel(rt, settings)
         # a server's requests come one by one: size the shared context up front for n of them
         # of the default length, not for the first

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from edgescale.runtime.auto_backend import BackendChoice
     from edgescale.devices.profile import DeviceProfile
+    from edgescale.strategies.policy import AutoPolicy
     from edgescale.strategies.runner import Query
 
 __all__ = ["AskOptions", "Budget", "Prompt", "Runtime", "load_engine"]
@@ -87,6 +88,9 @@ class Runtime:
         self._scheduler: Scheduler | None = None
         self._lock = threading.Lock()
         self.backend_choice: BackendChoice | None = None  # set when loaded with backend="auto"
+        self.policy: AutoPolicy | None = None  # auto's policy (None: the default, with a notice)
+        self._policy_noted = False
+        self._policies: dict[str, AutoPolicy] = {}  # tuned policies by task name, as loaded
 
     @classmethod
     def load(
@@ -122,6 +126,27 @@ class Runtime:
         rt = cls(engine, str(model) if model else "", notify=notify, scheduler=scheduler)
         rt.backend_choice = choice
         return rt
+
+    def use_policy(self, policy: str | AutoPolicy | None) -> AutoPolicy | None:
+        """Make ``auto`` use a policy: the one ``edgescale tune`` fitted for this model and the
+        task named, or one given (None: the default policy). UsageError when there is none."""
+        from edgescale.strategies.policy import AutoPolicy
+
+        if isinstance(policy, str):
+            policy = self.tuned_policy(policy)
+        assert policy is None or isinstance(policy, AutoPolicy)
+        self.policy = policy
+        self._policy_noted = self.policy is not None
+        return self.policy
+
+    def tuned_policy(self, task: str) -> AutoPolicy:
+        """The policy ``edgescale tune`` fitted for this model and ``task`` (read once)."""
+        from edgescale.strategies.policy import load_policy
+
+        with self._lock:
+            if task not in self._policies:
+                self._policies[task] = load_policy(self.engine.info.path.name, task)
+            return self._policies[task]
 
     def configure_scheduler(self, config: SchedulerConfig) -> None:
         """Set how the shared decode loop runs; only before the first query."""
@@ -220,7 +245,15 @@ class Runtime:
         shape = QueryShape(prompt_tokens=len(tokens), max_new_tokens=opts.max_tokens, strategy=strat,
                            context_cells=self.engine.info.n_ctx_train or None)
         timing = SharedTiming(self.profile(), others) if timed else None
-        return plan(shape, timing, memory_model(self.engine), budget)
+        if isinstance(strat, Auto) and strat.policy is not None:
+            return plan(shape, timing, memory_model(self.engine), budget, self.tuned_policy(strat.policy))
+        chosen = plan(shape, timing, memory_model(self.engine), budget, self.policy)
+        if isinstance(strat, Auto) and not self._policy_noted:
+            self._policy_noted = True
+            if self.notify is not None:
+                self.notify("auto: no tuned policy for this model and task (--policy NAME, after `edgescale tune "
+                            "--task NAME`); using the default one, fitted on the packaged arithmetic questions")
+        return chosen
 
     def request(
         self,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,7 @@ class BenchConfig:
     memory_bytes: int | None = None
     out: Path | None = None
     parallel: int = 1  # strategies of one question decoding together in the shared loop
+    policy: str | None = None  # auto's tuned policy (task name) for plain `auto`; None: the default
 
     def settings(self) -> dict[str, Any]:
         """Everything besides dataset, item, strategy, model and seed that shapes the output."""
@@ -195,7 +196,7 @@ def _record(config: BenchConfig, run: dict[str, Any], item: Item, index: int, st
     }
 
 
-class _Session:
+class BenchSession:
     """The loaded runtime and baseline, made on the first query that needs them."""
 
     def __init__(self, config: BenchConfig, runtime: Runtime | None = None) -> None:
@@ -203,6 +204,7 @@ class _Session:
         self.runtime: Runtime | None = runtime
         self._owns_runtime = runtime is None
         self.baseline: SequentialBaseline | None = None
+        self.longest = 0  # longest prompt from the first baseline question on (sizes its context)
 
     def rt(self) -> Runtime:
         if self.runtime is None:
@@ -231,7 +233,7 @@ class _Session:
             self.runtime.close()
 
 
-def _ask(session: _Session, config: BenchConfig, strat: BenchStrategy, tokens: list[int], item: Item,
+def _ask(session: BenchSession, config: BenchConfig, strat: BenchStrategy, tokens: list[int], item: Item,
          longest: int, model: str) -> Result:
     options = config.options(item)
     if strat.baseline is not None:
@@ -258,73 +260,147 @@ def load_items(config: BenchConfig) -> tuple[Item, ...]:
     return items
 
 
+@dataclass(frozen=True)
+class BenchJob:
+    """What every query of a run shares: its settings, questions and record fields."""
+
+    config: BenchConfig
+    items: tuple[Item, ...]
+    run_fields: dict[str, Any]  # dataset, model, seed, settings id and settings of every record
+
+    @property
+    def model(self) -> str:
+        return str(self.run_fields["model"])
+
+
+Pending = Sequence[tuple[int, Sequence[BenchStrategy]]]  # (question index, strategies still to run)
+# runs the pending queries, calling emit(question index, strategy, record) for each new record
+Executor = Callable[[BenchJob, Pending, Callable[[int, BenchStrategy, dict[str, Any]], None]], None]
+
+
 def run_bench(config: BenchConfig, *, on_progress: ProgressCallback | None = None,
-              items: Sequence[Item] | None = None, runtime: Runtime | None = None) -> BenchRun:
+              items: Sequence[Item] | None = None, runtime: Runtime | None = None,
+              executor: Executor | None = None, model: str | None = None) -> BenchRun:
     """Run (or resume) every strategy on every question; return the records of this selection.
 
     ``items`` (default: loaded from ``config``) and ``runtime`` (default: loaded
     on the first query that needs it, closed at the end) may be given by the caller;
     a given runtime is used as is and its ``model_name`` keys the records.
+    ``executor`` (default: this process, question after question) runs the queries
+    the store does not hold yet, e.g. on a Ray cluster (``edgescale.cluster``); then
+    ``model`` names the model the records are keyed by.
     """
     t0 = time.perf_counter()
     items = tuple(items) if items is not None else load_items(config)
+    if model is None:
+        model = runtime.model_name if runtime is not None else model_key(config.model, config.backend)
+    config = _with_policies(config, runtime.engine.info.path.name if runtime is not None else model)
     strategies = config.strategies
-    model = runtime.model_name if runtime is not None else model_key(config.model, config.backend)
     settings = config.settings()
-    run_fields = {
+    job = BenchJob(config, items, {
         "dataset": dataset_key(config.dataset), "model": model, "seed": config.seed,
         "settings_id": settings_id(settings), "settings": settings,
-    }
+    })
     store = ResultStore(config.out)
-    keys = {
-        (i, s.spec): (run_fields["dataset"], item.id, s.spec, model, config.seed, run_fields["settings_id"])
-        for i, item in enumerate(items) for s in strategies
-    }
     found: dict[str, list[dict[str, Any]]] = {s.label: [] for s in strategies}
     tallies = {s.label: [0, 0] for s in strategies}
-    total, done, resumed, ran = len(keys), 0, 0, 0
-    session = _Session(config, runtime)
-    longest = 0
-    try:
-        for i, item in enumerate(items):
-            shift = i % len(strategies)
-            order = strategies[shift:] + strategies[:shift]
-            todo = [s for s in order if store.get(keys[(i, s.spec)]) is None]
-            together = _run_together(session, config, item, [s for s in todo if s.baseline is None])
-            tokens: list[int] | None = None
-            for strat in order:
-                key: RecordKey = keys[(i, strat.spec)]
-                record = store.get(key)
-                if record is None:
-                    if strat.label in together:
-                        result, peak = together[strat.label]
-                    else:
-                        if tokens is None and strat.baseline is not None:
-                            tokens = session.rt().prompt_tokens(bench_prompt(item, config), config.options(item))
-                            longest = max(longest, _longest_prompt(session, config, items, i))
-                        was_reset = reset_peak()
-                        result = _ask(session, config, strat, tokens or [], item, longest, model)
-                        peak = current_peak(was_reset)
-                    record = _record(config, run_fields, item, i, strat, result, (peak.bytes, peak.per_query))
-                    record = store.add(record)
-                    ran += 1
-                else:
-                    resumed += 1
-                found[strat.label].append(record)
-                tallies[strat.label][0] += bool(record["correct"])
-                tallies[strat.label][1] += 1
-                done += 1
-                if on_progress is not None:
-                    on_progress(BenchProgress(done, total, resumed, i, tuple(
-                        Tally(s.label, *tallies[s.label]) for s in strategies)))
-    finally:
-        session.close()
+    counts = {"done": 0, "resumed": 0, "ran": 0}
+    total = len(items) * len(strategies)
+
+    def account(index: int, strat: BenchStrategy, record: dict[str, Any], resumed: bool) -> None:
+        found[strat.label].append(record)
+        tallies[strat.label][0] += bool(record["correct"])
+        tallies[strat.label][1] += 1
+        counts["done"] += 1
+        counts["resumed" if resumed else "ran"] += 1
+        if on_progress is not None:
+            on_progress(BenchProgress(counts["done"], total, counts["resumed"], index, tuple(
+                Tally(s.label, *tallies[s.label]) for s in strategies)))
+
+    pending: list[tuple[int, list[BenchStrategy]]] = []
+    for i, item in enumerate(items):
+        todo = []
+        for strat in _rotated(strategies, i):
+            record = store.get(record_key_of(job, item, strat))
+            if record is None:
+                todo.append(strat)
+            else:
+                account(i, strat, record, True)
+        if todo:
+            pending.append((i, todo))
+    run = executor if executor is not None else _LocalExecutor(runtime)
+    run(job, pending, lambda i, strat, record: account(i, strat, store.add(record), False))
     ordered = {s.label: _in_order(found[s.label], items) for s in strategies}
     threads = tuple(sorted({int(r["result"]["stats"]["threads"]) for rs in ordered.values() for r in rs}))
-    return BenchRun(config, model, items, settings, ordered, ran, threads, time.perf_counter() - t0)
+    return BenchRun(config, model, items, settings, ordered, counts["ran"], threads, time.perf_counter() - t0)
 
 
-def _run_together(session: _Session, config: BenchConfig, item: Item,
+def _with_policies(config: BenchConfig, model_file: str) -> BenchConfig:
+    """``auto``'s records are keyed by what its policy decides (a tuned one: ``auto:policy=NAME``, or
+    plain ``auto`` with ``config.policy``; else the default), so records of another fit are not reused."""
+    from edgescale.strategies.policy import DEFAULT_POLICY, load_policy
+    from edgescale.strategies.spec import Auto
+
+    out = []
+    for s in config.strategies:
+        if isinstance(s.strategy, Auto) and (s.strategy.policy or config.policy):
+            name = s.strategy.policy or config.policy
+            assert name is not None
+            policy_id = load_policy(model_file, name).id()
+            s = replace(s, spec=f"auto:policy={policy_id}", strategy=Auto(policy=name))
+        elif isinstance(s.strategy, Auto) and s.spec == "auto":
+            s = replace(s, spec=f"auto:policy={DEFAULT_POLICY.id()}")
+        out.append(s)
+    return replace(config, strategies=tuple(out))
+
+
+def _rotated(strategies: Sequence[BenchStrategy], index: int) -> list[BenchStrategy]:
+    shift = index % len(strategies)
+    return list(strategies[shift:]) + list(strategies[:shift])
+
+
+def record_key_of(job: BenchJob, item: Item, strat: BenchStrategy) -> RecordKey:
+    f = job.run_fields
+    return (f["dataset"], item.id, strat.spec, f["model"], job.config.seed, f["settings_id"])
+
+
+class _LocalExecutor:
+    """The queries in this process, question after question, each record kept as it is made."""
+
+    def __init__(self, runtime: Runtime | None) -> None:
+        self.runtime = runtime
+
+    def __call__(self, job: BenchJob, pending: Pending,
+                 emit: Callable[[int, BenchStrategy, dict[str, Any]], None]) -> None:
+        session = BenchSession(job.config, self.runtime)
+        try:
+            for i, todo in pending:
+                for strat, record in question_records(session, job, i, todo):
+                    emit(i, strat, record)
+        finally:
+            session.close()
+
+
+def question_records(session: BenchSession, job: BenchJob, index: int,
+                     todo: Sequence[BenchStrategy]) -> Iterator[tuple[BenchStrategy, dict[str, Any]]]:
+    """Run question ``index``'s strategies ``todo`` (in that order); yield each record as it is made."""
+    config, item = job.config, job.items[index]
+    together = _run_together(session, config, item, [s for s in todo if s.baseline is None])
+    tokens: list[int] | None = None
+    for strat in todo:
+        if strat.label in together:
+            result, peak = together[strat.label]
+        else:
+            if tokens is None and strat.baseline is not None:
+                tokens = session.rt().prompt_tokens(bench_prompt(item, config), config.options(item))
+                session.longest = max(session.longest, _longest_prompt(session, config, job.items, index))
+            was_reset = reset_peak()
+            result = _ask(session, config, strat, tokens or [], item, session.longest, job.model)
+            peak = current_peak(was_reset)
+        yield strat, _record(config, job.run_fields, item, index, strat, result, (peak.bytes, peak.per_query))
+
+
+def _run_together(session: BenchSession, config: BenchConfig, item: Item,
                   strategies: Sequence[BenchStrategy]) -> dict[str, tuple[Result, PeakRss]]:
     """With ``parallel`` > 1: the question's strategies submitted together (at most
     ``parallel`` at a time) to the shared loop; their RSS peak is the group's, not per query."""
@@ -346,7 +422,7 @@ def _run_together(session: _Session, config: BenchConfig, item: Item,
     return out
 
 
-def _longest_prompt(session: _Session, config: BenchConfig, items: Sequence[Item], start: int) -> int:
+def _longest_prompt(session: BenchSession, config: BenchConfig, items: Sequence[Item], start: int) -> int:
     """Longest prompt from question ``start`` on: sizes the baseline's context once, when it loads."""
     if session.baseline is not None:
         return 0

@@ -20,13 +20,16 @@ says when the prediction exceeds it.
   1. cheap first: one greedy sample with early-exit probing (every 32 tokens,
      window 2), so an answer is ready early and a confident one stops early;
   2. read its confidence: an answer exists and either the probes agreed or the
-     answer's tokens have a geometric-mean probability >= ``confidence`` (0.8);
+     answer's tokens have a geometric-mean probability >= the policy's
+     ``confidence`` (default 0.533; ``edgescale tune`` fits one per model and task,
+     see strategies/policy.py);
   3. only when unsure, and when one more wave still fits the deadline, run
      adaptive sampling (Beta rule) with the greedy answer counted as one vote,
      in the same batch (the prompt is not read again);
      its wave width is the batch size with the best measured throughput on this
      device (on a CPU that is small, on a GPU large), and k_max the most samples
-     that fit the memory and the time left (at most 16). Whether a wave fits is
+     that fit the memory and the time left (at most the policy's max, 8 by
+     default). A tuned policy may also say never to escalate. Whether a wave fits is
      decided twice: here for the worst case (every sample runs to the token
      cap), which sizes k_max, and at run time from how long the first sample
      actually was, which decides whether to escalate at all.
@@ -42,6 +45,7 @@ from edgescale import limits
 from edgescale.errors import BudgetInfeasible
 from edgescale.runtime.generate import batch_size
 from edgescale.runtime.memory import MemoryModel
+from edgescale.strategies.policy import AUTO_MAX_SAMPLES, DEFAULT_POLICY, AutoPolicy  # noqa: F401 (re-export)
 from edgescale.strategies.spec import (
     Adaptive,
     Auto,
@@ -52,9 +56,6 @@ from edgescale.strategies.spec import (
     with_samples,
 )
 
-AUTO_MAX_SAMPLES = 16
-AUTO_CONFIDENCE = 0.8
-AUTO_ESCALATION_CONF = 0.95
 AUTO_PROBE_EVERY = 32
 PROBE_TOKENS = 20
 CUE_TOKENS = 16  # room for the answer cue of a probe
@@ -215,10 +216,12 @@ def best_wave(profile: Timing, limit: int) -> int:
     return best
 
 
-def plan(shape: QueryShape, profile: Timing | None, memory: MemoryModel, budget: Budget) -> Plan:
+def plan(shape: QueryShape, profile: Timing | None, memory: MemoryModel, budget: Budget,
+         policy: AutoPolicy | None = None) -> Plan:
     """Choose strategy parameters, KV size and batch for one query within the budget and
     the model's context. ``profile`` None: no time predictions (only for a fixed strategy
-    without a deadline)."""
+    without a deadline). ``policy``: what ``auto`` escalates to and when (default:
+    :data:`~edgescale.strategies.policy.DEFAULT_POLICY`)."""
     if shape.prompt_tokens < 1 or shape.max_new_tokens < 1:
         raise BudgetInfeasible("a query needs a prompt and at least one new token")
     notes: list[str] = []
@@ -232,7 +235,7 @@ def plan(shape: QueryShape, profile: Timing | None, memory: MemoryModel, budget:
     if isinstance(shape.strategy, Auto):
         if profile is None:
             raise ValueError("auto needs a device profile")
-        chosen = _plan_auto(shape, profile, memory, budget, mem_k, notes)
+        chosen = _plan_auto(shape, profile, memory, budget, mem_k, notes, policy or DEFAULT_POLICY)
     else:
         if profile is None and budget.deadline_s is not None:
             raise ValueError("a deadline needs a device profile")
@@ -308,30 +311,35 @@ def _finish(shape: QueryShape, strategy: Strategy, k: int, probes: int, predicte
     )
 
 
-def _escalation(k_max: int, wave: int) -> Adaptive:
-    """auto's stage 2: the Beta rule at 0.95, waves and window no wider than k_max."""
-    escalation = with_samples(Adaptive(conf=AUTO_ESCALATION_CONF, wave=wave), k_max)
+def _escalation(k_max: int, wave: int, base: Adaptive) -> Adaptive:
+    """auto's stage 2: the policy's adaptive rule, waves and window no wider than k_max."""
+    escalation = with_samples(replace(base, wave=wave), k_max)
     assert isinstance(escalation, Adaptive)
     return escalation
 
 
 def _plan_auto(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: Budget, mem_k: int,
-               notes: list[str]) -> Plan:
+               notes: list[str], policy: AutoPolicy) -> Plan:
     stage1 = EarlyExit(every=AUTO_PROBE_EVERY, window=2, k=1, probe=PROBE_TOKENS)
     t1 = profile.predict(prompt_tokens=shape.prompt_tokens, k=1, new_tokens=shape.max_new_tokens)
-    k_cap = min(AUTO_MAX_SAMPLES, mem_k - 1)  # stage 1's sample stays in the batch
+    if policy is not DEFAULT_POLICY:
+        notes.append(policy.describe())
+    base = policy.escalation
+    k_cap = min(base.max if base is not None else 0, mem_k - 1)  # stage 1's sample stays in the batch
     if shape.context_cells is not None:
         while k_cap >= 2 and _cells(memory, shape.prompt_tokens, k_cap + 1, shape.max_new_tokens, 1) > \
                 shape.context_cells:
             k_cap -= 1
-    wave = min(best_wave(profile, k_cap), k_cap)
+    wave = min(best_wave(profile, k_cap), k_cap) if k_cap >= 1 else 1
     one_wave = profile.predict(prompt_tokens=shape.prompt_tokens, k=wave, new_tokens=shape.max_new_tokens)
     escalate: Adaptive | None = None
     t2: float | None = None
-    if k_cap < 2:
+    if base is None:
+        notes.append("the policy escalates never: sampling did not pay on its task")
+    elif k_cap < 2:
         notes.append("memory or the model's context allows too few samples: no escalation")
     elif budget.deadline_s is None:
-        escalate = _escalation(k_cap, wave)
+        escalate = _escalation(k_cap, wave, base)
         t2 = one_wave + (math.ceil(k_cap / wave) - 1) * shape.max_new_tokens * profile.step_time(wave)
     else:
         left = budget.deadline_s - t1
@@ -339,7 +347,7 @@ def _plan_auto(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: 
             # Sized for the worst case (every sample runs to max_new_tokens) not even one wave
             # fits; answers are usually much shorter, so the run decides once it has seen how
             # long the first sample took.
-            escalate = _escalation(k_cap, wave)
+            escalate = _escalation(k_cap, wave, base)
             t2 = one_wave
             notes.append(
                 f"if every sample ran to {shape.max_new_tokens} tokens there would be no time to escalate (the "
@@ -351,16 +359,16 @@ def _plan_auto(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: 
             per_wave = shape.max_new_tokens * profile.step_time(wave)
             waves = 1 + int((left - one_wave) // per_wave) if per_wave > 0 else 1
             k_max = max(2, min(k_cap, waves * wave))
-            escalate = _escalation(k_max, wave)
+            escalate = _escalation(k_max, wave, base)
             t2 = one_wave + (math.ceil(k_max / wave) - 1) * per_wave
     peak2 = 0
     if escalate is not None:
         notes.append(f"escalates to {escalate.spec()} when the first answer's certainty is below "
-                     f"{AUTO_CONFIDENCE:g} and its probes did not agree")
+                     f"{policy.confidence:g} and its probes did not agree")
         k2 = samples_of(escalate) + 1  # the waves and stage 1's sample, in one batch
         cells2 = _cells(memory, shape.prompt_tokens, k2, shape.max_new_tokens, 1)
         peak2 = memory.peak(n_seqs=k2 + 1, n_cells=cells2, n_batch=_batch(shape.prompt_tokens, k2, 1))
-    chosen = Escalate(stage1=stage1, escalation=escalate, confidence=AUTO_CONFIDENCE)
+    chosen = Escalate(stage1=stage1, escalation=escalate, confidence=policy.confidence)
     first = _finish(
         shape, chosen, 1, 1, t1, memory, mem_k, notes, budget=budget, escalate_predicted_s=t2,
         escalate_wave_s=one_wave if escalate is not None else None,

@@ -9,7 +9,7 @@
                                 DeepConf: votes weighted by trace confidence (strategies/confidence.py)
     adaptive[:max=16,conf=0.95,wave=4,rule=beta|esc,window=4,vote=count|conf,refill=eager|lazy]
     early-exit[:every=32,window=2,k=1,probe=20]
-    auto                        the planner picks (needs a budget and a device profile)
+    auto[:policy=NAME]          the planner picks, by the default policy or one `edgescale tune` fitted
 
 ``@k`` may be left out (``ffs``, ``maj``); the caller's default k is used then.
 ``rule`` of ffs and short-m@k: ``answered`` (the default) counts only finished samples
@@ -31,7 +31,7 @@ VALID_FORMS = (
     "single, maj@K[:vote=count|conf], ffs@K[:rule=answered|any], short-M@K[:rule=answered|any], best@K, "
     "conf@K[:keep=0.9,window=16,topk=5,online=0|1,warmup=4,consensus=0.95], "
     "adaptive[:max=16,conf=0.95,wave=4,rule=beta|esc,window=4,vote=count|conf,refill=eager|lazy], "
-    "early-exit[:every=32,window=2,k=1,probe=20], auto"
+    "early-exit[:every=32,window=2,k=1,probe=20], auto[:policy=NAME]"
 )
 MAX_SAMPLES = limits.MAX_SAMPLES
 FINISH_RULES = ("answered", "any")  # who counts as a finisher in ffs / short-m@k
@@ -149,12 +149,14 @@ class EarlyExit:
 
 @dataclass(frozen=True)
 class Auto:
-    """auto as asked for: the planner turns it into an :class:`Escalate`."""
+    """auto as asked for: the planner turns it into an :class:`Escalate`. ``policy``: the
+    task name of a tuned policy (``auto:policy=NAME``; None: the runtime's policy)."""
 
+    policy: str | None = None
     name = "auto"
 
     def spec(self) -> str:
-        return "auto"
+        return "auto" if self.policy is None else f"auto:policy={self.policy}"
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,15 @@ def _finish_rule(spec: str, tail: str) -> str:
     return str(rule)
 
 
+def _auto(spec: str, tail: str) -> Auto:
+    key, _, value = tail.partition("=")
+    if key.strip() != "policy" or not value.strip():
+        raise _fail(spec, "auto takes one parameter: auto:policy=NAME (a task tuned by `edgescale tune`)")
+    from edgescale.strategies.policy import check_name
+
+    return Auto(policy=check_name(value.strip()))
+
+
 def parse_strategy(spec: str, *, default_k: int = limits.DEFAULT_K) -> Strategy:
     """Parse a spec string; raise InvalidSpec (one line, naming the valid forms) if it is bad."""
     if not isinstance(spec, str):
@@ -287,8 +298,8 @@ def parse_strategy(spec: str, *, default_k: int = limits.DEFAULT_K) -> Strategy:
     try:
         if head in ("single", "greedy") and not tail:
             return Single()
-        if head == "auto" and not tail:
-            return Auto()
+        if head == "auto":
+            return Auto() if not tail else _auto(spec, tail)
         m = _AT_K.match(head)
         if m and (not tail or m.group(1) in ("ffs", "maj", "majority", "sc", "conf")):
             k = _count(spec, m.group(2), default_k, "k")

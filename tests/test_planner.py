@@ -10,16 +10,27 @@ from edgescale.devices.profile import DeviceProfile
 from edgescale.errors import BudgetInfeasible
 from edgescale.runtime.memory import MemoryModel
 from edgescale.strategies.planner import (
-    AUTO_MAX_SAMPLES,
     MEMORY_SAFETY,
     Budget,
+    Plan,
     QueryShape,
+    Timing,
     best_wave,
-    plan,
 )
+from edgescale.strategies.planner import plan as plan_with
+from edgescale.strategies.policy import AutoPolicy
+from edgescale.strategies.spec import Adaptive
 from edgescale.strategies.spec import Escalate, FirstFinish, Majority, ShortM, Single, parse_strategy
 
 MB = 2**20
+# auto's sizing is tested with a wide escalation (the hand-set rule before `edgescale tune`), so that
+# waves, k_max and deadlines have room to differ; tests/test_tune.py covers the policies themselves
+WIDE = AutoPolicy("wide", 0.8, Adaptive(max=16, conf=0.95))
+AUTO_MAX_SAMPLES = 16
+
+
+def plan(shape: QueryShape, profile: Timing | None, memory: MemoryModel, budget: Budget) -> Plan:
+    return plan_with(shape, profile, memory, budget, WIDE)
 
 
 def profile(steps: dict[int, float], prefill_tok_s: float = 1000.0) -> DeviceProfile:

@@ -72,7 +72,7 @@ def test_canonical_spec_round_trips(spec: str) -> None:
     ("maj@8:x=1", "unknown parameter"),
     ("ffs@8:rule=first", "rule must be answered or any"),
     ("short-2@4:m=3", "unknown parameter"),
-    ("auto:fast", "unknown strategy"),
+    ("auto:fast", "auto takes one parameter"),
     ("best@99999999999999999999999", "between 1 and 64"),
 ])
 def test_invalid_forms_name_the_valid_ones(text: str, needle: str) -> None:

@@ -1,0 +1,169 @@
+"""What runs on the Ray nodes: a per-node check, and the worker actors.
+
+Each worker actor loads the model once, with an explicit thread count (Ray sets
+``OMP_NUM_THREADS=1`` in its workers; llama.cpp takes its count from us), and
+runs the local scheduler: a batch worker answers one input line per call, up to
+``lanes`` calls at once (a threaded actor, so the calls share the decode loop);
+a bench worker runs one question's strategies per call, exactly as
+``edgescale bench`` does on one machine. Nothing here forks: the llama.cpp
+build check, a subprocess on one machine, runs as a Ray task of its own on each
+node (:func:`check_node`) before the actors start.
+
+These classes are plain Python; :mod:`edgescale.cluster.pool` makes them Ray actors.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+from edgescale.errors import EdgescaleError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgescale.api import Runtime
+    from edgescale.evals.bench import BenchJob, BenchStrategy
+    from edgescale.strategies.scheduler import SchedulerConfig
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker loads and how its decode loop runs."""
+
+    model: str | None
+    backend: str = "llama.cpp"
+    threads: int = 1
+    gpu_layers: int | None = None
+    lanes: int = 1  # queries in flight in the worker's decode loop
+    memory_bytes: int | None = None
+    prefix_cache: bool = True
+    width: int = 1  # sequences a step the loop expects (sizes the context)
+    policy: str | None = None  # auto's tuned policy (the file must be in every node's cache)
+
+
+def node_name() -> str:
+    """This node as error messages name it: host name and Ray's address for it."""
+    try:
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+    except Exception:  # outside Ray, or before it is connected
+        ip = "?"
+    return f"{socket.gethostname()} ({ip})"
+
+
+def on_node(exc: EdgescaleError) -> EdgescaleError:
+    """The same error, its message naming the node it happened on."""
+    named = type(exc)(f"on node {node_name()}: {exc}")
+    named.exit_code = exc.exit_code
+    return named
+
+
+def check_node(model: str | None, backend: str) -> dict[str, Any]:
+    """On one node: the model resolves there, and (llama.cpp) the build loads and decodes on
+    its CPU. A build that dies of a signal takes this task's worker with it, which the
+    driver reports as a crash on that node."""
+    from edgescale.runtime.backends import default_backends
+
+    try:
+        path = default_backends().get(backend).resolve(model)
+    except EdgescaleError as exc:
+        raise on_node(exc) from None
+    if default_backends().canonical(backend) == "llama.cpp":
+        from edgescale.devices.buildcheck import _probe_here
+
+        _probe_here(path)
+    return {"node": node_name(), "model": path.name}
+
+
+class _Worker:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self._rt: Runtime | None = None
+        self.sched: SchedulerConfig | None = None
+        self._lock = threading.Lock()
+
+    def runtime(self) -> Runtime:
+        """The loaded model and its decode loop (loaded on the first call, again after a restart)."""
+        with self._lock:
+            if self._rt is None:
+                from edgescale.api import Runtime
+                from edgescale.strategies.scheduler import SchedulerConfig
+
+                s = self.spec
+                lanes = max(1, s.lanes)
+                self.sched = SchedulerConfig(max_running=lanes, expect_running=lanes, memory_bytes=s.memory_bytes,
+                                             prefix_cache=s.prefix_cache)
+                try:
+                    rt = Runtime.load(s.model, backend=s.backend, threads=s.threads, n_gpu_layers=s.gpu_layers,
+                                      scheduler=self.sched, width=s.width)
+                    rt.use_policy(s.policy)
+                    self._rt = rt
+                except EdgescaleError as exc:
+                    raise on_node(exc) from None
+            return self._rt
+
+    def hello(self) -> dict[str, Any]:
+        """Load the model; say where and with what this worker runs."""
+        rt = self.runtime()
+        return {"node": node_name(), "pid": os.getpid(), "model": rt.model_name,
+                "threads": rt.engine.n_threads}
+
+
+class BatchWorker(_Worker):
+    """Answers `edgescale batch` lines, ``lanes`` at a time in one decode loop
+    (``lanes`` 0: as many as ``--parallel auto`` picks for this worker's device)."""
+
+    def __init__(self, spec: WorkerSpec, defaults: dict[str, Any]) -> None:
+        super().__init__(spec)
+        self.defaults = defaults
+
+    def runtime(self) -> Runtime:
+        rt = super().runtime()
+        with self._lock:
+            if self.spec.lanes == 0:  # first load, or again after a restart
+                from dataclasses import replace
+
+                from edgescale.cli.batch_cmd import auto_parallel
+                from edgescale.settings import CLI_NAMES, ask_settings
+
+                assert self.sched is not None
+                lanes = auto_parallel(rt, ask_settings(**self.defaults, names=CLI_NAMES))
+                rt.configure_scheduler(replace(self.sched, max_running=lanes, expect_running=lanes))
+                self.spec = replace(self.spec, lanes=lanes)
+        return rt
+
+    def hello(self) -> dict[str, Any]:
+        return {**super().hello(), "lanes": self.spec.lanes}
+
+    def answer(self, n: int, raw: bytes, defaults: dict[str, Any]) -> dict[str, Any]:
+        from edgescale.cli.batch_lines import submit_line
+
+        return submit_line(self.runtime(), n, raw, defaults).record()
+
+
+class BenchWorker(_Worker):
+    """Runs `edgescale bench` questions: every pending strategy of one question per call, in a
+    :class:`~edgescale.evals.bench.BenchSession` made from the job's settings."""
+
+    def __init__(self, job: BenchJob) -> None:
+        from edgescale.evals.bench import BenchSession
+
+        super().__init__(WorkerSpec(job.config.model, job.config.backend))
+        self.job = job
+        self.session = BenchSession(job.config)
+
+    def runtime(self) -> Runtime:
+        with self._lock:
+            try:
+                return self.session.rt()
+            except EdgescaleError as exc:
+                raise on_node(exc) from None
+
+    def question(self, index: int, todo: Sequence[BenchStrategy]) -> list[tuple[str, dict[str, Any]]]:
+        """(strategy label, record) of each strategy in ``todo``, in that order."""
+        from edgescale.evals.bench import question_records
+
+        return [(strat.label, record) for strat, record in question_records(self.session, self.job, index, todo)]
