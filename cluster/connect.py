@@ -18,6 +18,7 @@ import os
 import sys
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from edgescale.errors import BackendUnavailable, UsageError
@@ -58,8 +59,28 @@ def require_ray() -> ModuleType:
 
 
 def is_loopback(address: str) -> bool:
+    """Whether the cluster at ``address`` runs on this machine's loopback (``auto``: the
+    address Ray's discovery would find, from ``RAY_ADDRESS`` or the file ``ray start`` writes)."""
+    if address == "auto":
+        found = _discovered_address()
+        if found is None:
+            return False
+        address = found
     host = address.rsplit(":", 1)[0].strip("[]").lower()
     return address == "local" or host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _discovered_address() -> str | None:
+    """What ``ray.init(address="auto")`` joins, read the way Ray reads it, without importing
+    Ray (whose node address is fixed when it is imported)."""
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env and env != "auto":
+        return env
+    tmp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    try:
+        return (Path(tmp) / "ray" / "ray_current_cluster").read_text().strip() or None
+    except OSError:
+        return None
 
 
 @contextmanager

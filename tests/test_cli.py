@@ -152,7 +152,9 @@ def test_batch_interrupted_says_how_many_lines_and_how_to_resume() -> None:
     import signal
 
     env = {**os.environ, "EDGESCALE_THREADS": "2"}
-    proc = subprocess.Popen([*CLI, "batch", "-n", "8"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    from tests.conftest import INTERRUPTIBLE_CLI
+
+    proc = subprocess.Popen([*INTERRUPTIBLE_CLI, "batch", "-n", "8"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, text=True)
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write('{"id": 1, "prompt": "What is 2+2?"}\n')

@@ -8,6 +8,7 @@ the one-machine records line for line.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -19,6 +20,8 @@ from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
+
+from tests.conftest import INTERRUPTIBLE_CLI
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "edgescale.cli"]
@@ -53,7 +56,14 @@ def test_every_ray_server_of_the_cluster_listens_on_loopback_only(cluster: str) 
     listening = [c for c in psutil.net_connections("inet")
                  if c.status == psutil.CONN_LISTEN and c.pid in ray_pids]
     assert listening, "no Ray server found"
-    assert all(c.laddr.ip in ("127.0.0.1", "::1") for c in listening), [c.laddr for c in listening]
+    exposed = [c.laddr for c in listening if not _loopback(c.laddr.ip)]
+    assert not exposed, exposed
+
+
+def _loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is IPv4 loopback on an IPv6 socket
+    return (mapped or addr).is_loopback
 
 
 def cli(*args: str, stdin: str = "", timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -122,8 +132,8 @@ def job_until(args: list[str], stdin: str, out: Path, lines: int, act: Callable[
     ended), ``act`` on it; then wait for the job. Its exit code and stderr."""
     env = {**os.environ, **LOOPBACK, "EDGESCALE_THREADS": "1"}
     with out.open("w") as sink:
-        proc = subprocess.Popen([*CLI, *args], stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.PIPE,
-                                text=True, env=env)
+        proc = subprocess.Popen([*INTERRUPTIBLE_CLI, *args], stdin=subprocess.PIPE, stdout=sink,
+                                stderr=subprocess.PIPE, text=True, env=env)
         assert proc.stdin is not None and proc.stderr is not None
         proc.stdin.write(stdin)
         proc.stdin.close()
