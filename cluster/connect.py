@@ -99,7 +99,7 @@ def ray_cluster(options: ClusterOptions) -> Iterator[ModuleType]:
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"cannot join the Ray cluster at {options.address}: {_first_line(exc)}") from None
+        raise UsageError(f"cannot join the Ray cluster at {options.address}: {first_line(exc)}") from None
     try:
         with redirect_stdout(sys.stderr):  # Ray prints task retries and errors on stdout
             yield ray
@@ -123,6 +123,6 @@ def actor_count(ray: ModuleType, options: ClusterOptions) -> int:
     return options.actors
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from edgescale.cluster.connect import ClusterOptions, _first_line
+from edgescale.cluster.connect import ClusterOptions, first_line
 from edgescale.cluster.workers import check_node
 from edgescale.errors import BackendUnavailable, EdgescaleError, UsageError
 
@@ -55,7 +55,7 @@ class ActorPool:
     def hello(self) -> list[dict[str, Any]]:
         """Every actor loaded its model: where each one runs and how many calls it takes at once
         (errors name the node)."""
-        infos = [self.ray.get(a.hello.remote()) for a in self.actors]
+        infos = self.ray.get([a.hello.remote() for a in self.actors])  # the actors load at once
         self.limit = [int(info.get("lanes") or limit) for info, limit in zip(infos, self.limit)]
         return infos
 
@@ -84,10 +84,10 @@ class ActorPool:
             self._drop(ref)
             tries = 1 + self.retries
             return Failed(f"its Ray worker died on every try ({tries} {'try' if tries == 1 else 'tries'}): "
-                          f"{_first_line(exc)}")
+                          f"{first_line(exc)}")
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if isinstance(exc.cause, Exception) else exc
-            return Failed(f"{type(cause).__name__}: {_first_line(cause)}")
+            return Failed(f"{type(cause).__name__}: {first_line(cause)}")
         finally:
             self._release(ref)
 
@@ -136,7 +136,7 @@ def check_nodes(ray: ModuleType, model: str | None, backend: str) -> list[dict[s
             cause = exc.cause
             if isinstance(cause, EdgescaleError):
                 raise cause from None
-            raise UsageError(f"on node {node.get('NodeManagerAddress')}: {_first_line(exc)}") from None
+            raise UsageError(f"on node {node.get('NodeManagerAddress')}: {first_line(exc)}") from None
         except ray.exceptions.WorkerCrashedError:
             raise BackendUnavailable(f"llama.cpp dies on node {node.get('NodeManagerAddress')} (its worker process "
                                      "crashed loading the model); rebuild llama.cpp there: "

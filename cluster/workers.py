@@ -25,7 +25,6 @@ from edgescale.errors import EdgescaleError
 if TYPE_CHECKING:  # pragma: no cover
     from edgescale.api import Runtime
     from edgescale.evals.bench import BenchJob, BenchStrategy
-    from edgescale.strategies.scheduler import SchedulerConfig
 
 
 @dataclass(frozen=True)
@@ -72,38 +71,20 @@ def check_node(model: str | None, backend: str) -> dict[str, Any]:
     except EdgescaleError as exc:
         raise on_node(exc) from None
     if default_backends().canonical(backend) == "llama.cpp":
-        from edgescale.devices.buildcheck import _probe_here
+        from edgescale.devices.buildcheck import probe_in_process
 
-        _probe_here(path)
+        probe_in_process(path)
     return {"node": node_name(), "model": path.name}
 
 
 class _Worker:
-    def __init__(self, spec: WorkerSpec) -> None:
-        self.spec = spec
-        self._rt: Runtime | None = None
-        self.sched: SchedulerConfig | None = None
+    """What every worker answers: its runtime (subclasses load it) and where it runs."""
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
 
     def runtime(self) -> Runtime:
-        """The loaded model and its decode loop (loaded on the first call, again after a restart)."""
-        with self._lock:
-            if self._rt is None:
-                from edgescale.api import Runtime
-                from edgescale.strategies.scheduler import SchedulerConfig
-
-                s = self.spec
-                lanes = max(1, s.lanes)
-                self.sched = SchedulerConfig(max_running=lanes, expect_running=lanes, memory_bytes=s.memory_bytes,
-                                             prefix_cache=s.prefix_cache)
-                try:
-                    rt = Runtime.load(s.model, backend=s.backend, threads=s.threads, n_gpu_layers=s.gpu_layers,
-                                      scheduler=self.sched, width=s.width)
-                    rt.use_policy(s.policy)
-                    self._rt = rt
-                except EdgescaleError as exc:
-                    raise on_node(exc) from None
-            return self._rt
+        raise NotImplementedError
 
     def hello(self) -> dict[str, Any]:
         """Load the model; say where and with what this worker runs."""
@@ -117,22 +98,41 @@ class BatchWorker(_Worker):
     (``lanes`` 0: as many as ``--parallel auto`` picks for this worker's device)."""
 
     def __init__(self, spec: WorkerSpec, defaults: dict[str, Any]) -> None:
-        super().__init__(spec)
+        super().__init__()
+        self.spec = spec
         self.defaults = defaults
+        self._rt: Runtime | None = None
 
     def runtime(self) -> Runtime:
-        rt = super().runtime()
+        """The loaded model and its decode loop (loaded on the first call, again after a restart)."""
         with self._lock:
-            if self.spec.lanes == 0:  # first load, or again after a restart
-                from dataclasses import replace
+            if self._rt is None:
+                self._rt = self._load()
+            return self._rt
 
-                from edgescale.cli.batch_cmd import auto_parallel
-                from edgescale.settings import CLI_NAMES, ask_settings
+    def _load(self) -> Runtime:
+        from dataclasses import replace
 
-                assert self.sched is not None
-                lanes = auto_parallel(rt, ask_settings(**self.defaults, names=CLI_NAMES))
-                rt.configure_scheduler(replace(self.sched, max_running=lanes, expect_running=lanes))
-                self.spec = replace(self.spec, lanes=lanes)
+        from edgescale.api import Runtime
+        from edgescale.strategies.scheduler import SchedulerConfig
+
+        s = self.spec
+        lanes = max(1, s.lanes)
+        sched = SchedulerConfig(max_running=lanes, expect_running=lanes, memory_bytes=s.memory_bytes,
+                                prefix_cache=s.prefix_cache)
+        try:
+            rt = Runtime.load(s.model, backend=s.backend, threads=s.threads, n_gpu_layers=s.gpu_layers,
+                              scheduler=sched, width=s.width)
+            rt.use_policy(s.policy)
+        except EdgescaleError as exc:
+            raise on_node(exc) from None
+        if s.lanes == 0:  # --parallel auto: this worker's own pick (on a restart too)
+            from edgescale.cli.batch_cmd import auto_parallel
+            from edgescale.settings import CLI_NAMES, ask_settings
+
+            lanes = auto_parallel(rt, ask_settings(**self.defaults, names=CLI_NAMES))
+            rt.configure_scheduler(replace(sched, max_running=lanes, expect_running=lanes))
+            self.spec = replace(s, lanes=lanes)
         return rt
 
     def hello(self) -> dict[str, Any]:
@@ -151,7 +151,7 @@ class BenchWorker(_Worker):
     def __init__(self, job: BenchJob) -> None:
         from edgescale.evals.bench import BenchSession
 
-        super().__init__(WorkerSpec(job.config.model, job.config.backend))
+        super().__init__()
         self.job = job
         self.session = BenchSession(job.config)
 

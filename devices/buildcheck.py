@@ -234,7 +234,7 @@ def installed_build() -> dict[str, Any] | None:
 
 
 # -- the subprocess side -------------------------------------------------------------
-def _probe_here(model: Path | None) -> BuildReport:
+def probe_in_process(model: Path | None) -> BuildReport:
     from edgescale.runtime import _llama_ffi as ffi
 
     be = ffi.backend()
@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = resolve_model(args.model) if args.model else None
         t0 = time.perf_counter()
-        report = _probe_here(model) if args.no_cache else probe(model)
+        report = probe_in_process(model) if args.no_cache else probe(model)
     except EdgescaleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
