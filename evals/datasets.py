@@ -17,6 +17,7 @@ arc-challenge  ``arc_challenge/test_rc_5shot`` (test)        1172   choice
 csqa           ``csqa/rc_0shot`` (validation)                1221   choice
 boolq          ``boolq/rc_0shot`` (validation)               3270   yesno
 mmlu           ``hf_datasets/hails/mmlu_no_train/*/test``    14042  choice
+add-1d         generated (:mod:`edgescale.evals.generated`)  500    number
 arith-1d       generated (:mod:`edgescale.evals.generated`)  1000   number
 arith-2d       generated (:mod:`edgescale.evals.generated`)  1000   number
 =============  ===========================================  =====  ========
@@ -270,6 +271,8 @@ _DATASETS: tuple[_Dataset, ...] = (
     ),
     _Dataset("boolq", "BoolQ validation, yes/no questions about a passage", _read_boolq),
     _Dataset("mmlu", "MMLU test, 57 subjects, multiple choice", _read_mmlu),
+    _Dataset("add-1d", "generated: one-digit plus, every sum once per 100 (evals/generated.py)",
+             lambda count: generated.arithmetic("add-1d", count)),
     _Dataset("arith-1d", "generated: one-digit plus, minus, times (evals/generated.py)",
              lambda count: generated.arithmetic("arith-1d", count)),
     _Dataset("arith-2d", "generated: two-digit plus, minus (evals/generated.py)",

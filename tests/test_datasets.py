@@ -45,7 +45,7 @@ def loaded() -> dict[str, list[Item]]:
 
 def test_dataset_names() -> None:
     assert dataset_names() == (
-        "gsm8k", "math500", "arc-easy", "arc-challenge", "csqa", "boolq", "mmlu", "arith-1d", "arith-2d",
+        "gsm8k", "math500", "arc-easy", "arc-challenge", "csqa", "boolq", "mmlu", "add-1d", "arith-1d", "arith-2d",
     )  # fmt: skip
 
 
@@ -116,6 +116,7 @@ def test_kinds_per_dataset(loaded: dict[str, list[Item]]) -> None:
         "csqa": {"choice"},
         "boolq": {"yesno"},
         "mmlu": {"choice"},
+        "add-1d": {"number"},
         "arith-1d": {"number"},
         "arith-2d": {"number"},
     }
@@ -354,7 +355,7 @@ def test_boolq_few_shot_prompt_keeps_one_question_label(loaded: dict[str, list[I
 
 
 # -- generated arithmetic sets ------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["arith-1d", "arith-2d"])
+@pytest.mark.parametrize("name", ["add-1d", "arith-1d", "arith-2d"])
 def test_generated_sets_are_fixed_by_their_seed_and_right(name: str) -> None:
     import re
 
@@ -369,5 +370,22 @@ def test_generated_sets_are_fixed_by_their_seed_and_right(name: str) -> None:
         op = next(w for w in re.findall(r"[a-z+x-]+", it.question) if w in ops)
         assert it.answer == str(ops[op](a, b)) and int(it.answer) >= 0 and it.kind == "number"
         assert prompt_for(it, "bare") == it.question and it.question.endswith("Answer with a number.")
-    width = 1 if name == "arith-1d" else 2
+    width = 2 if name == "arith-2d" else 1
     assert all(len(x) == width for it in items for x in re.findall(r"\d+", it.question))
+    # worked examples for few-shot prompts, from their own stream, in the form the instruction asks
+    shots = items[0].fewshot
+    assert len(shots) == 3 and all(it.fewshot == shots for it in items)
+    assert all(a.endswith(f"The answer is {a.split('= ')[1].split('.')[0]}.") for _, a in shots)
+    assert not {q for q, _ in shots} & {it.question for it in items[:100]}
+    assert prompt_for(items[0], "few-shot").startswith(f"Question: {shots[0][0]}\nAnswer: {shots[0][1]}")
+
+
+def test_add_1d_asks_every_sum_once_per_block_of_100() -> None:
+    import re
+
+    items = load("add-1d")
+    assert len(items) == 500
+    for block in range(5):
+        pairs = {tuple(int(x) for x in re.findall(r"\d+", it.question)) for it in items[100 * block:100 * block + 100]}
+        assert pairs == {(a, b) for a in range(10) for b in range(10)}
+    assert items[0].question.startswith("What is ") and items[100].question.startswith("Compute ")
