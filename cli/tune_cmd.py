@@ -15,7 +15,8 @@ from edgescale.settings import parse_duration, parse_size
 
 TASK = typer.Option(..., "--task", help="Name to save the policy under (use it with --policy NAME).")
 CANDIDATES = typer.Option("adaptive:max=8,adaptive:max=16", "--candidates",
-                          help="What auto may escalate to: comma-separated adaptive specs, each run on every question.")
+                          help="What auto may escalate to: comma-separated adaptive or conf@K specs (each may "
+                               "set temp=), each run on every question.")
 LIMIT = typer.Option(100, "--limit", min=1, help="Questions to fit on.")
 OFFSET = typer.Option(0, "--offset", min=0, help="Skip this many questions first (keep the questions you "
                       "report on out of the fit).")

@@ -17,7 +17,15 @@ from edgescale import limits
 from edgescale.errors import UsageError
 from edgescale.runtime.sampling import SamplingConfig
 from edgescale.strategies.planner import Budget
-from edgescale.strategies.spec import Auto, Majority, Single, Strategy, draws_one_sample, parse_strategy
+from edgescale.strategies.spec import (
+    Auto,
+    Majority,
+    Single,
+    Strategy,
+    draws_one_sample,
+    parse_strategy,
+    spec_temperature,
+)
 
 ANSWER_KINDS = ("auto", "number", "choice", "yesno", "text")
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|sec|m|min)?\s*$", re.IGNORECASE)
@@ -41,7 +49,9 @@ class AskOptions:
     choices: tuple[str, ...] = ()
 
     def sampling_for(self, strategy: Strategy) -> SamplingConfig:
-        temp = self.temperature
+        temp = self.temperature  # --temperature, when given, holds for every strategy
+        if temp is None:
+            temp = spec_temperature(strategy)  # the spec's own: maj@8:temp=0.5
         if temp is None:  # one sample: greedy; several: they must differ
             temp = 0.0 if draws_one_sample(strategy) else limits.MULTI_SAMPLE_TEMPERATURE
         return SamplingConfig(temperature=temp, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p)

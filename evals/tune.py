@@ -4,8 +4,8 @@ The fit follows compute-optimal test-time scaling (Snell et al. 2024) with
 stage 1's certainty as the difficulty bin:
 
 1. run ``auto``'s stage 1 alone (one greedy early-exit sample) on every
-   question, and every candidate escalation (adaptive sampling specs) on its
-   own, through the bench engine (a resumable store);
+   question, and every candidate escalation (adaptive sampling or ``conf@k``
+   specs) on its own, through the bench engine (a resumable store);
 2. for every candidate and every certainty threshold, replay the policy "keep
    stage 1's answer when it has one and its probes agreed or its certainty is
    at least the threshold; else take the candidate's answer": its accuracy, and
@@ -17,9 +17,10 @@ stage 1's certainty as the difficulty bin:
    than noise and at least ``min_gain``: a tuned ``auto`` is never worse than
    its stage 1 by more than noise.
 
-The replay counts the candidate as if run alone; in ``auto`` the escalation also
-counts stage 1's answer as one vote, so the real policy is at least as
-well-informed. Report it on other questions than it was fitted on
+The replay counts the candidate as if run alone. In ``auto`` an adaptive
+escalation also counts stage 1's answer as one vote, so the real policy is at
+least as well-informed; a ``conf@k`` escalation runs on new samples alone, as
+replayed (its samples' seeds differ: they are samples 1..k of the query). Report it on other questions than it was fitted on
 (``edgescale bench --policy TASK --offset ...``).
 """
 
@@ -40,7 +41,7 @@ from edgescale.evals.bench import (
     run_bench,
 )
 from edgescale.strategies.policy import AutoPolicy, check_name
-from edgescale.strategies.spec import Adaptive, Auto
+from edgescale.strategies.spec import Adaptive, Auto, Confidence, Escalation
 
 STAGE1_ONLY = AutoPolicy(task="stage-1", confidence=1.0, escalation=None)
 DEFAULT_CANDIDATES = ("adaptive:max=8", "adaptive:max=16")
@@ -130,7 +131,7 @@ def _noise(a: Option, b: Option, n: int) -> float:
     return max(TOLERANCE * n, math.sqrt(discordant))
 
 
-def policy_of(fit: Fit, task: str, model: str, specs: dict[str, Adaptive], about: dict[str, Any]) -> AutoPolicy:
+def policy_of(fit: Fit, task: str, model: str, specs: dict[str, Escalation], about: dict[str, Any]) -> AutoPolicy:
     c = fit.chosen
     escalation = specs[c.escalation] if c.escalation is not None else None
     confidence = min(1.0, c.threshold) if escalation is not None else 1.0
@@ -159,10 +160,10 @@ def tune(config: BenchConfig, task: str, candidates: Sequence[str] = DEFAULT_CAN
 
     check_name(task)
     parsed = parse_strategies(",".join(candidates))
-    specs: dict[str, Adaptive] = {}
+    specs: dict[str, Escalation] = {}
     for c in parsed:
-        if not isinstance(c.strategy, Adaptive):
-            raise UsageError(f"tune candidates are adaptive specs (what auto escalates to), got {c.label!r}")
+        if not isinstance(c.strategy, (Adaptive, Confidence)):
+            raise UsageError(f"tune candidates are adaptive or conf@k specs (what auto escalates to), got {c.label!r}")
         specs[c.label] = c.strategy
     items = load_items(config)
     with Runtime.load(config.model, backend=config.backend, threads=config.threads) as rt:

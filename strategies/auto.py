@@ -7,9 +7,11 @@ Both stages run in one batch over one prefilled prompt (no second prefill):
    at least ``plan.confidence``) the query ends there;
 2. otherwise, when the plan allows an escalation and the time left fits a wave
    as long as sample 0 turned out to be (checked now, with the device
-   profile's step times and the steps observed so far; the plan's wave width
-   is halved until it fits, down to 2), adaptive sampling starts on samples
-   1..k with sample 0's answer counted as a vote.
+   profile's step times and the steps observed so far; the plan's first wave
+   is halved until it fits, down to 2), the escalation runs on samples 1..k:
+   adaptive sampling with sample 0's answer counted as a vote, or DeepConf
+   (``conf@k``, offline or online) on samples 1..k alone, falling back to
+   sample 0's answer when none of them has one.
 
 The deadline covers both stages; the result records the outcome
 (``confident``, ``escalated``, ``no-escalation``, ``no-time-to-escalate``) and
@@ -27,9 +29,10 @@ from typing import Callable, Sequence
 from edgescale.runtime.generate import BatchGenerator, TokenEvent
 from edgescale.strategies.adaptive import AdaptiveController
 from edgescale.strategies.base import AnswerBook, Decision, answer_logprob
+from edgescale.strategies.confidence import ConfidenceController
 from edgescale.strategies.early_exit import EarlyExitController
 from edgescale.strategies.result import Outcome, ProbeRecord
-from edgescale.strategies.spec import Adaptive
+from edgescale.strategies.spec import Adaptive, Escalation, first_wave, samples_of, with_first_wave
 
 ESCALATION_LENGTH_MARGIN = 1.25  # a wave is expected to run this much longer than sample 0 did
 
@@ -42,21 +45,21 @@ def certainty_of(gen: BatchGenerator, book: AnswerBook, index: int) -> float | N
 
 @dataclass
 class AutoController:
-    """Stage 1 (one early-exit sample) then, if unsure and in time, adaptive waves in the same batch."""
+    """Stage 1 (one early-exit sample) then, if unsure and in time, the escalation in the same batch."""
 
     stage1: EarlyExitController
-    escalation: Adaptive | None
+    escalation: Escalation | None
     confidence: float
     max_new_tokens: int
     step_time: Callable[[int], float] | None = None  # the device profile's seconds per step at k live
-    adaptive: AdaptiveController | None = None
+    stage2: AdaptiveController | ConfidenceController | None = None
     first: Decision | None = None
     state: str = "no-escalation"
     certainty: float | None = None
 
     @property
     def n_seqs(self) -> int:
-        return 1 + (self.escalation.max if self.escalation is not None else 0)
+        return 1 + (samples_of(self.escalation) if self.escalation is not None else 0)
 
     @property
     def n_initial(self) -> int:
@@ -79,8 +82,8 @@ class AutoController:
         return Outcome(self.state, self.certainty)
 
     def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None:
-        if self.adaptive is not None:
-            return self.adaptive.on_step(gen, events, book)
+        if self.stage2 is not None:
+            return self.stage2.on_step(gen, events, book)
         rule = self.stage1.on_step(gen, events, book)
         if rule is None:
             return None
@@ -99,28 +102,34 @@ class AutoController:
             self.state = "no-time-to-escalate"
             return rule
         self.state = "escalated"
-        self.adaptive = AdaptiveController(
-            k_max=esc.max, threshold=esc.conf, wave=wave, rule=esc.rule, window=esc.window,
-            prior=(first.answer,) if first.answer is not None else (),
-        )
-        gen.activate(gen.pending()[: self.adaptive.n_initial])
+        esc = with_first_wave(esc, wave)
+        if isinstance(esc, Adaptive):
+            self.stage2 = AdaptiveController(
+                k_max=esc.max, threshold=esc.conf, wave=esc.wave, rule=esc.rule, window=esc.window,
+                prior=(first.answer,) if first.answer is not None else (), refill=esc.refill,
+            )
+        else:
+            self.stage2 = ConfidenceController(esc)
+        gen.activate(gen.pending()[: self.stage2.n_initial])
         return None
 
     def _wave_that_fits(self, gen: BatchGenerator) -> int:
-        """The widest wave (the plan's width, halved until it fits, at least 2) whose samples,
-        as long as sample 0 was plus a margin, finish in the time left; 0 if none does."""
+        """The widest first wave (the plan's width, halved until it fits, at least 2; offline
+        DeepConf's k or nothing) whose samples, as long as sample 0 was plus a margin, finish in
+        the time left; 0 if none does."""
         esc = self.escalation
         if esc is None:
             return 0
+        width = first_wave(esc)
         if gen.deadline is None:
-            return esc.wave
+            return width
         st = gen.states[0]
         steps = self.max_new_tokens
         if st.finish_reason in ("stop", "early-exit"):
             steps = min(steps, math.ceil(ESCALATION_LENGTH_MARGIN * (len(st.tokens) + 1)))
         observed = (gen.now() - gen.stats.prefill_s) / max(1, gen.stats.decode_steps)  # k=1, probes included
         left = gen.deadline - gen.clock()
-        wave = esc.wave
+        wave = width
         while wave >= 2:
             if self.step_time is not None:
                 per_step = max(self.step_time(wave), observed * self.step_time(wave) / self.step_time(1))
@@ -128,14 +137,18 @@ class AutoController:
                 per_step = observed * wave  # no profile: assume batching buys nothing (a CPU)
             if steps * per_step <= left:
                 return wave
+            if with_first_wave(esc, 2) == esc:
+                return 0  # offline DeepConf starts all its samples at once
             wave //= 2
         return 0
 
     def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision:
-        if self.adaptive is None:
+        if self.stage2 is None:
             return self.stage1.decide(gen, book)
-        out = self.adaptive.decide(gen, book)
+        out = self.stage2.decide(gen, book)
         first = self.first
+        if out.answer is None and first is not None and first.answer is not None:
+            return first  # no escalated sample has an answer: stage 1's stands
         if out.winner is None and first is not None and out.answer is not None and out.answer == first.answer:
             return Decision(out.answer, first.winner, out.votes)  # sample 0's answer won the vote
         return out

@@ -24,8 +24,9 @@ says when the prediction exceeds it.
      ``confidence`` (default 0.533; ``edgescale tune`` fits one per model and task,
      see strategies/policy.py);
   3. only when unsure, and when one more wave still fits the deadline, run
+     the policy's escalation in the same batch (the prompt is not read again):
      adaptive sampling (Beta rule) with the greedy answer counted as one vote,
-     in the same batch (the prompt is not read again);
+     or DeepConf (``conf@k``, its warm-up as the first wave) on new samples;
      its wave width is the batch size with the best measured throughput on this
      device (on a CPU that is small, on a GPU large), and k_max the most samples
      that fit the memory and the time left (at most the policy's max, 8 by
@@ -49,10 +50,14 @@ from edgescale.strategies.policy import AUTO_MAX_SAMPLES, DEFAULT_POLICY, AutoPo
 from edgescale.strategies.spec import (
     Adaptive,
     Auto,
+    Confidence,
     EarlyExit,
     Escalate,
+    Escalation,
     Strategy,
+    first_wave,
     samples_of,
+    with_first_wave,
     with_samples,
 )
 
@@ -132,7 +137,7 @@ class Plan:
     profile_measured: bool | None = None  # the predictions come from a measured device profile
 
     @property
-    def escalate_to(self) -> Adaptive | None:
+    def escalate_to(self) -> Escalation | None:
         return self.strategy.escalation if isinstance(self.strategy, Escalate) else None
 
     @property
@@ -311,10 +316,11 @@ def _finish(shape: QueryShape, strategy: Strategy, k: int, probes: int, predicte
     )
 
 
-def _escalation(k_max: int, wave: int, base: Adaptive) -> Adaptive:
-    """auto's stage 2: the policy's adaptive rule, waves and window no wider than k_max."""
-    escalation = with_samples(replace(base, wave=wave), k_max)
-    assert isinstance(escalation, Adaptive)
+def _escalation(k_max: int, wave: int, base: Escalation) -> Escalation:
+    """auto's stage 2: the policy's escalation with at most k_max samples, its first wave
+    ``wave`` wide (adaptive's waves and window, online DeepConf's warm-up no wider than k_max)."""
+    escalation = with_samples(with_first_wave(base, wave), k_max)
+    assert isinstance(escalation, (Adaptive, Confidence))
     return escalation
 
 
@@ -325,14 +331,16 @@ def _plan_auto(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: 
     if policy is not DEFAULT_POLICY:
         notes.append(policy.describe())
     base = policy.escalation
-    k_cap = min(base.max if base is not None else 0, mem_k - 1)  # stage 1's sample stays in the batch
+    k_cap = min(samples_of(base) if base is not None else 0, mem_k - 1)  # stage 1's sample stays in the batch
     if shape.context_cells is not None:
         while k_cap >= 2 and _cells(memory, shape.prompt_tokens, k_cap + 1, shape.max_new_tokens, 1) > \
                 shape.context_cells:
             k_cap -= 1
     wave = min(best_wave(profile, k_cap), k_cap) if k_cap >= 1 else 1
+    if isinstance(base, Confidence):
+        wave = max(1, min(first_wave(base), k_cap))  # DeepConf's warm-up (or all k) is its first wave
     one_wave = profile.predict(prompt_tokens=shape.prompt_tokens, k=wave, new_tokens=shape.max_new_tokens)
-    escalate: Adaptive | None = None
+    escalate: Escalation | None = None
     t2: float | None = None
     if base is None:
         notes.append("the policy escalates never: sampling did not pay on its task")

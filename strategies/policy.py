@@ -6,8 +6,9 @@ says, for one model and one task:
 
 - ``confidence``: the certainty at or above which stage 1's answer stands
   (probes that agreed also make it stand); below it the query escalates;
-- ``escalation``: the adaptive sampling that then runs in the same batch, or
-  None when sampling does not pay on this task (stage 1 alone).
+- ``escalation``: what then runs in the same batch (an adaptive sampling spec, or
+  DeepConf's ``conf@k``), or None when sampling does not pay on this task (stage 1
+  alone).
 
 ``edgescale tune`` fits one from labelled questions (:mod:`edgescale.evals.tune`)
 and saves it next to the device profiles, keyed by the model file and a task
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgescale.errors import UsageError
-from edgescale.strategies.spec import Adaptive, parse_strategy
+from edgescale.strategies.spec import Adaptive, Confidence, Escalation, parse_strategy
 
 AUTO_MAX_SAMPLES = 8  # the default policy's escalation samples at most this many
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -35,7 +36,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 class AutoPolicy:
     task: str
     confidence: float
-    escalation: Adaptive | None
+    escalation: Escalation | None
     model: str = ""  # the model file it was fitted for ("" for the default)
     fitted: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)  # how, and the figures
 
@@ -60,7 +61,8 @@ class AutoPolicy:
 # escalating below certainty 0.533 to adaptive:max=8 49%, 104.1 tokens; always escalating 53%, 236.8.
 # (The rule before it, set by hand: certainty 0.8, then adaptive:max=16.)
 DEFAULT_POLICY = AutoPolicy(
-    task="default", confidence=0.533, escalation=Adaptive(max=AUTO_MAX_SAMPLES, conf=0.95),
+    task="default", confidence=0.533,
+    escalation=Adaptive(max=AUTO_MAX_SAMPLES, conf=0.95, wave=4, refill="eager", temp=0.8),
     fitted={"source": "the default: fitted on 100 packaged arith-1d questions (offset 100) for SmolLM2-135M"},
 )
 
@@ -69,8 +71,8 @@ def policy_from_dict(data: dict[str, Any]) -> AutoPolicy:
     try:
         esc = data.get("escalation")
         escalation = parse_strategy(esc) if esc else None
-        if escalation is not None and not isinstance(escalation, Adaptive):
-            raise ValueError(f"escalation must be an adaptive spec, got {esc!r}")
+        if escalation is not None and not isinstance(escalation, (Adaptive, Confidence)):
+            raise ValueError(f"escalation must be an adaptive or conf@k spec, got {esc!r}")
         return AutoPolicy(task=str(data["task"]), confidence=float(data["confidence"]), escalation=escalation,
                           model=str(data.get("model", "")), fitted=dict(data.get("fitted") or {}))
     except (KeyError, TypeError, ValueError) as exc:

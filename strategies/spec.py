@@ -1,13 +1,13 @@
 """Strategy spec strings: one syntax for the CLI and the API.
 
     single                      one sample (greedy by default)
-    maj@8   majority@8          self-consistency: 8 samples, majority vote
+    maj@8[:vote=count|conf,temp=T]  self-consistency: 8 samples, majority vote
     ffs@8[:rule=answered|any]   first finish search: first finished sample wins
     short-3@8[:rule=answered|any]  stop when 3 of 8 have finished, vote among them
     best@8                      8 samples, highest self-certainty answer wins
-    conf@8[:keep=0.9,window=16,topk=5,online=0|1,warmup=4,consensus=0.95]
+    conf@8[:keep=0.9,window=16,topk=5,online=0|1,warmup=4,consensus=0.95,temp=T]
                                 DeepConf: votes weighted by trace confidence (strategies/confidence.py)
-    adaptive[:max=16,conf=0.95,wave=4,rule=beta|esc,window=4,vote=count|conf,refill=eager|lazy]
+    adaptive[:max=16,conf=0.8,wave=2,rule=beta|esc,window=4,vote=count|conf,refill=lazy|eager,temp=0.4]
     early-exit[:every=32,window=2,k=1,probe=20]
     auto[:policy=NAME]          the planner picks, by the default policy or one `edgescale tune` fitted
 
@@ -15,7 +15,10 @@
 ``rule`` of ffs and short-m@k: ``answered`` (the default) counts only finished samples
 whose answer can be extracted as finishers; ``any`` is the papers' rule (every sample
 that stops finishes). ``maj@8:vote=conf`` and ``adaptive:...,vote=conf`` decide by
-DeepConf's confidence-weighted vote instead of counting.
+DeepConf's confidence-weighted vote instead of counting. ``temp`` (maj, conf,
+adaptive: ``maj@8:temp=0.5``) is the samples' temperature, in (0, 2], so strategies at
+different temperatures compare in one run; ``--temperature``, when given, overrides it;
+unset, the multi-sample default (0.8) applies.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from edgescale import limits
 from edgescale.errors import InvalidSpec
 
 VALID_FORMS = (
-    "single, maj@K[:vote=count|conf], ffs@K[:rule=answered|any], short-M@K[:rule=answered|any], best@K, "
-    "conf@K[:keep=0.9,window=16,topk=5,online=0|1,warmup=4,consensus=0.95], "
-    "adaptive[:max=16,conf=0.95,wave=4,rule=beta|esc,window=4,vote=count|conf,refill=eager|lazy], "
+    "single, maj@K[:vote=count|conf,temp=T], ffs@K[:rule=answered|any], short-M@K[:rule=answered|any], best@K, "
+    "conf@K[:keep=0.9,window=16,topk=5,online=0|1,warmup=4,consensus=0.95,temp=T], "
+    "adaptive[:max=16,conf=0.8,wave=2,rule=beta|esc,window=4,vote=count|conf,refill=lazy|eager,temp=0.4], "
     "early-exit[:every=32,window=2,k=1,probe=20], auto[:policy=NAME]"
 )
 MAX_SAMPLES = limits.MAX_SAMPLES
@@ -56,10 +59,12 @@ class Single:
 class Majority:
     k: int = 8
     vote: str = "count"  # or "conf": DeepConf's weighted vote with the default settings
+    temp: float | None = None  # the samples' temperature (None: the option's)
     name = "maj"
 
     def spec(self) -> str:
-        return f"maj@{self.k}" + ("" if self.vote == "count" else f":vote={self.vote}")
+        params = ([] if self.vote == "count" else [f"vote={self.vote}"]) + _temp(self.temp)
+        return f"maj@{self.k}" + (":" + ",".join(params) if params else "")
 
 
 @dataclass(frozen=True)
@@ -94,20 +99,26 @@ class BestOfK:
 
 @dataclass(frozen=True)
 class Adaptive:
+    """Adaptive sampling (strategies/adaptive.py). The defaults are the ones measured to save
+    (docs/BENCHMARKS.md, "Adaptive that saves"): Beta rule at 0.8 (two agreeing answers
+    stop), waves of 2 refilled lazily, samples at temperature 0.4. Before: conf 0.95, wave
+    4, eager refill, temperature 0.8 (``adaptive:conf=0.95,wave=4,refill=eager,temp=0.8``)."""
+
     max: int = 16
-    conf: float = 0.95
-    wave: int = 4
+    conf: float = 0.8
+    wave: int = 2
     rule: str = "beta"
     window: int = 4
     vote: str = "count"  # the final decision: counted, or DeepConf's weighted vote ("conf")
-    refill: str = "eager"  # when a finished sample is replaced: at once, or "lazy" (strategies/adaptive.py)
+    refill: str = "lazy"  # when a finished sample is replaced: at once ("eager"), or "lazy" (strategies/adaptive.py)
+    temp: float = 0.4  # the samples' temperature (--temperature, when given, overrides it)
     name = "adaptive"
 
     def spec(self) -> str:
         return (
             f"adaptive:max={self.max},conf={self.conf:g},wave={self.wave},rule={self.rule},"
             f"window={self.window}" + ("" if self.vote == "count" else f",vote={self.vote}")
-            + ("" if self.refill == "eager" else f",refill={self.refill}")
+            + f",refill={self.refill},temp={self.temp:g}"
         )
 
 
@@ -123,12 +134,17 @@ class Confidence:
     online: bool = False
     warmup: int = 4  # online: samples that run to their end first and set the threshold
     consensus: float = 0.95  # online: the weighted share of the leading answer that stops the query
+    temp: float | None = None  # the samples' temperature (None: the option's)
     name = "conf"
 
     def spec(self) -> str:
         params = [f"{f}={_fmt(getattr(self, f))}" for f in ("keep", "window", "topk", "online", "warmup", "consensus")
-                  if getattr(self, f) != getattr(Confidence, f)]
+                  if getattr(self, f) != getattr(Confidence, f)] + _temp(self.temp)
         return f"conf@{self.k}" + (":" + ",".join(params) if params else "")
+
+
+def _temp(temp: float | None) -> list[str]:
+    return [] if temp is None else [f"temp={temp:g}"]
 
 
 def _fmt(value: object) -> str:
@@ -165,7 +181,7 @@ class Escalate:
     than ``confidence`` and the probes did not agree, ``escalation`` in the same batch."""
 
     stage1: EarlyExit
-    escalation: Adaptive | None
+    escalation: Escalation | None
     confidence: float
     name = "auto"
 
@@ -173,6 +189,7 @@ class Escalate:
         return "auto"
 
 
+Escalation = Union[Adaptive, Confidence]  # what auto's stage 2 may run
 Strategy = Union[Single, Majority, FirstFinish, ShortM, BestOfK, Adaptive, EarlyExit, Confidence, Auto, Escalate]
 
 
@@ -182,7 +199,32 @@ def confidence_of(strategy: Strategy) -> Confidence | None:
         return strategy
     if isinstance(strategy, (Majority, Adaptive)) and strategy.vote == "conf":
         return Confidence()
+    if isinstance(strategy, Escalate) and strategy.escalation is not None:
+        return confidence_of(strategy.escalation)
     return None
+
+
+def spec_temperature(strategy: Strategy) -> float | None:
+    """The temperature a strategy's spec sets for its samples (auto: its escalation's), if any."""
+    if isinstance(strategy, Escalate):
+        return strategy.escalation.temp if strategy.escalation is not None else None
+    return strategy.temp if isinstance(strategy, (Majority, Adaptive, Confidence)) else None
+
+
+def first_wave(strategy: Escalation) -> int:
+    """How many samples an escalation starts with: adaptive's wave, online DeepConf's
+    warm-up, offline DeepConf's k."""
+    if isinstance(strategy, Adaptive):
+        return min(strategy.wave, strategy.max)
+    return min(strategy.warmup, strategy.k) if strategy.online else strategy.k
+
+
+def with_first_wave(strategy: Escalation, width: int) -> Escalation:
+    """The escalation starting ``width`` samples at once (adaptive's wave, online DeepConf's
+    warm-up; offline DeepConf runs all its samples at once and is returned as it is)."""
+    if isinstance(strategy, Adaptive):
+        return replace(strategy, wave=width)
+    return replace(strategy, warmup=width) if strategy.online else strategy
 
 
 def draws_one_sample(strategy: Strategy) -> bool:
@@ -195,13 +237,13 @@ _AT_K = re.compile(r"^(maj|majority|ffs|best|sc|conf)(?:@(\d+))?$")
 _SHORT = re.compile(r"^short-(\d+)(?:@(\d+))?$")
 _PARAM_TYPES: dict[str, dict[str, type]] = {
     "adaptive": {"max": int, "conf": float, "wave": int, "rule": str, "window": int, "vote": str,
-                 "refill": str},
+                 "refill": str, "temp": float},
     "early-exit": {"every": int, "window": int, "k": int, "probe": int},
 }
 _FINISH_PARAM_TYPES: dict[str, type] = {"rule": str}
-_VOTE_PARAM_TYPES: dict[str, type] = {"vote": str}
+_VOTE_PARAM_TYPES: dict[str, type] = {"vote": str, "temp": float}
 _CONF_PARAM_TYPES: dict[str, type] = {"keep": float, "window": int, "topk": int, "online": int, "warmup": int,
-                                      "consensus": float}
+                                      "consensus": float, "temp": float}
 
 
 def _fail(spec: str, why: str) -> InvalidSpec:
@@ -235,7 +277,14 @@ def _vote(spec: str, vote: str) -> str:
     return vote
 
 
+def _check_temp(spec: str, temp: float | None) -> float | None:
+    if temp is not None and not 0 < temp <= 2:
+        raise _fail(spec, "temp must be in (0, 2]")
+    return temp
+
+
 def _check_confidence(spec: str, s: Confidence) -> Confidence:
+    _check_temp(spec, s.temp)
     if not 0 < s.keep <= 1:
         raise _fail(spec, "keep must be in (0, 1]")
     if not 1 <= s.window <= 4096 or not 1 <= s.topk <= 1000:
@@ -249,6 +298,7 @@ def _check_confidence(spec: str, s: Confidence) -> Confidence:
 
 def _check_adaptive(spec: str, s: Adaptive) -> Adaptive:
     _vote(spec, s.vote)
+    _check_temp(spec, s.temp)
     if s.refill not in ("eager", "lazy"):
         raise _fail(spec, "refill must be eager or lazy")
     if not 1 <= s.max <= MAX_SAMPLES:
@@ -305,7 +355,9 @@ def parse_strategy(spec: str, *, default_k: int = limits.DEFAULT_K) -> Strategy:
             k = _count(spec, m.group(2), default_k, "k")
             kind = m.group(1)
             if kind in ("maj", "majority", "sc"):
-                return Majority(k, vote=_vote(spec, _params(spec, _VOTE_PARAM_TYPES, tail).get("vote", "count")))
+                params = _params(spec, _VOTE_PARAM_TYPES, tail)
+                return Majority(k, vote=_vote(spec, params.get("vote", "count")),
+                                temp=_check_temp(spec, params.get("temp")))
             if kind == "conf":
                 params = {"warmup": min(Confidence.warmup, k), **_params(spec, _CONF_PARAM_TYPES, tail)}
                 return _check_confidence(spec, Confidence(k, **params))

@@ -12,7 +12,7 @@ from edgescale.runtime.generate import GenerationConfig, SeqState, token_confide
 from edgescale.runtime.sampling import GREEDY
 from edgescale.strategies.confidence import group_confidences, trace_score
 from edgescale.strategies.runner import Query, run_query
-from edgescale.strategies.spec import confidence_of, parse_strategy
+from edgescale.strategies.spec import EarlyExit, Escalate, confidence_of, parse_strategy
 from tests.fake_engine import VOCAB, FakeEngine
 from tests.test_strategies import pad, plan_of
 
@@ -91,3 +91,36 @@ def test_adaptive_can_decide_by_weight() -> None:
     margins = [UNSURE, SURE, UNSURE, SURE]
     res = ask(FakeEngine(scripts, margins=margins), "adaptive:max=4,wave=4,conf=0.99,vote=conf")
     assert res.answer == "7" and res.stop_reason == "k-max-reached"
+
+
+# -- auto escalating to DeepConf ------------------------------------------------------
+def ask_auto(engine: FakeEngine, escalate: str, confidence: float = 0.8):  # type: ignore[no-untyped-def]
+    strategy = Escalate(stage1=EarlyExit(every=32, window=2, k=1, probe=20), escalation=parse_strategy(escalate),
+                        confidence=confidence)  # type: ignore[arg-type]
+    conf = confidence_of(strategy)
+    assert conf is not None  # the escalation's DeepConf settings make the engine score tokens from sample 0 on
+    config = GenerationConfig(max_new_tokens=400, sampling=GREEDY, confidence_top_k=conf.topk)
+    return run_query(engine, Query(prompt_tokens=list(b"Q?"), plan=plan_of(strategy, 400), answer_kind="number",
+                                   config=config))
+
+
+def test_auto_escalates_to_online_deepconf_on_new_samples() -> None:
+    # sample 0 is unsure and says 7; the warm-up (samples 1-2, sure) agrees on 5: consensus, nothing more starts
+    scripts = [pad("7", 30), pad("5", 40), pad("5", 41), pad("9", 200), pad("9", 200)]
+    margins = [5.0, SURE, SURE, UNSURE, UNSURE]
+    eng = FakeEngine(scripts, margins=margins)
+    res = ask_auto(eng, "conf@4:online=1,warmup=2")
+    assert res.outcome.name == "escalated" and res.stop_reason == "escalated:consensus"
+    assert res.answer == "5" and res.votes == {"5": 2}  # stage 1's answer does not vote in DeepConf
+    assert [s.index for s in res.samples] == [0, 1, 2]
+    assert eng.sessions == [1 + 4 + 1]  # one batch: sample 0, the four DeepConf samples, a probe slot
+    # offline DeepConf: all four run, and the weighted vote decides
+    offline = ask_auto(FakeEngine(scripts, margins=margins), "conf@4")
+    assert offline.answer == "5" and len(offline.samples) == 5 and offline.stop_reason == "escalated:all-finished"
+
+
+def test_auto_keeps_stage_one_answer_when_no_escalated_sample_has_one() -> None:
+    scripts = [pad("7", 30), " " + "z" * 40, " " + "z" * 41]
+    res = ask_auto(FakeEngine(scripts, margins=[5.0, SURE, SURE]), "conf@2")
+    assert res.outcome.name == "escalated" and len(res.samples) == 3
+    assert res.answer == "7" and res.winner == 0

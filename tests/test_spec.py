@@ -45,6 +45,9 @@ from edgescale.strategies.spec import (
     ("early-exit:every=32,window=2", EarlyExit(every=32, window=2)),
     ("early-exit:every=16,window=3,k=4,probe=10", EarlyExit(every=16, window=3, k=4, probe=10)),
     ("auto", Auto()),
+    ("maj@8:temp=0.5", Majority(8, temp=0.5)),
+    ("maj@4:vote=conf,temp=1.2", Majority(4, vote="conf", temp=1.2)),
+    ("adaptive:max=8,temp=0.4,refill=lazy", Adaptive(max=8, temp=0.4, refill="lazy")),
 ])
 def test_valid_forms(text: str, expected: object) -> None:
     assert parse_strategy(text, default_k=6) == expected
@@ -52,7 +55,9 @@ def test_valid_forms(text: str, expected: object) -> None:
 
 @pytest.mark.parametrize("spec", ["single", "maj@8", "ffs@3", "short-3@8", "best@2",
                                   "ffs@3:rule=any", "short-2@4:rule=any", "adaptive:max=8,wave=2",
-                                  "early-exit:every=16,window=3,k=2,probe=12", "auto"])
+                                  "early-exit:every=16,window=3,k=2,probe=12", "auto",
+                                  "maj@8:temp=0.5", "maj@8:vote=conf,temp=0.4", "adaptive:max=8,temp=0.4",
+                                  "conf@8:online=1,temp=0.6"])
 def test_canonical_spec_round_trips(spec: str) -> None:
     s = parse_strategy(spec)
     assert parse_strategy(s.spec()) == s
@@ -73,6 +78,10 @@ def test_canonical_spec_round_trips(spec: str) -> None:
     ("ffs@8:rule=first", "rule must be answered or any"),
     ("short-2@4:m=3", "unknown parameter"),
     ("auto:fast", "auto takes one parameter"),
+    ("maj@8:temp=0", "temp must be in (0, 2]"),
+    ("adaptive:temp=3", "temp must be in (0, 2]"),
+    ("conf@8:temp=-1", "temp must be in (0, 2]"),
+    ("maj@8:temp=hot", "temp must be a float"),
     ("best@99999999999999999999999", "between 1 and 64"),
 ])
 def test_invalid_forms_name_the_valid_ones(text: str, needle: str) -> None:
@@ -116,3 +125,24 @@ def test_parser_on_near_miss_specs(head: str, tail: str) -> None:
     except InvalidSpec:
         return
     assert parse_strategy(s.spec()) == s
+
+
+def test_a_spec_sets_its_temperature_and_the_option_overrides_it() -> None:
+    from edgescale.settings import AskOptions
+
+    assert AskOptions().sampling_for(parse_strategy("maj@8:temp=0.5")).temperature == 0.5
+    assert AskOptions(temperature=1.0).sampling_for(parse_strategy("maj@8:temp=0.5")).temperature == 1.0
+    assert AskOptions(temperature=1.0).sampling_for(parse_strategy("maj@8")).temperature == 1.0
+    assert AskOptions().sampling_for(parse_strategy("maj@8")).temperature == 0.8
+    assert AskOptions().sampling_for(parse_strategy("single")).temperature == 0.0
+
+
+def test_auto_samples_its_escalation_at_the_escalation_temperature() -> None:
+    from edgescale.settings import AskOptions
+    from edgescale.strategies.runner import generation_config
+    from edgescale.strategies.spec import Escalate
+
+    esc = Escalate(stage1=EarlyExit(k=1), escalation=Adaptive(max=4, temp=0.3), confidence=0.5)
+    config = generation_config(esc, AskOptions(), 64)
+    assert config.sampling.temperature == 0.3
+    assert dict(config.sampling_overrides)[0].temperature == 0.0  # stage 1 stays greedy

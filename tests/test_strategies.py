@@ -165,7 +165,7 @@ def test_adaptive_beta_stops_where_the_formula_says(answers: list[str]) -> None:
 
 def test_adaptive_batched_waves_refill_and_cancel() -> None:
     scripts = [pad("5", 30 + 3 * i) for i in range(12)]
-    res = ask(FakeEngine(scripts), "adaptive:max=12,wave=3")
+    res = ask(FakeEngine(scripts), "adaptive:max=12,wave=3,conf=0.95,refill=eager")
     assert res.answer == "5"
     assert res.stop_reason == "beta-confident"
     assert res.stats.samples_started < 12
@@ -173,11 +173,20 @@ def test_adaptive_batched_waves_refill_and_cancel() -> None:
     assert any(s.finish_reason == "cancelled" for s in res.samples)
 
 
+def test_default_adaptive_stops_at_two_agreeing_answers() -> None:
+    # Beta(3, 1): P(p1 > p2) = 0.875 >= 0.8; a wave of 2, nothing else started (lazy refill)
+    res = ask(FakeEngine([pad("5", 30 + i) for i in range(8)]), "adaptive:max=8")
+    assert res.answer == "5" and res.stop_reason == "beta-confident" and len(res.samples) == 2
+    # a split first wave: the live sample alone could not decide, so one more starts at a time
+    split = ask(FakeEngine([pad("5", 30), pad("6", 31), pad("5", 32), pad("5", 33), pad("5", 34)]), "adaptive:max=8")
+    assert split.answer == "5" and split.votes == {"5": 3, "6": 1} and split.stop_reason == "beta-confident"
+
+
 def test_esc_window_rule() -> None:
     assert esc_rule(["1", "2", "3", "3"], 2) and not esc_rule(["1", "2", "3"], 2)
     assert not esc_rule([None, None], 2)
     scripts = [pad(a, 30 + i) for i, a in enumerate(["1", "2", "3", "3", "4", "4"])]
-    res = ask(FakeEngine(scripts), "adaptive:max=6,wave=2,rule=esc,window=2")
+    res = ask(FakeEngine(scripts), "adaptive:max=6,wave=2,rule=esc,window=2,refill=eager")
     assert res.stop_reason == "esc-confident"
     assert sum(1 for s in res.samples if s.finish_reason == "stop") == 4
 
@@ -335,7 +344,7 @@ def test_auto_narrows_the_wave_to_fit_the_time_left() -> None:
 
 def test_lazy_refill_starts_no_sample_the_live_ones_may_make_unneeded() -> None:
     scripts = [pad("4", 30), pad("4", 40), pad("4", 50), pad("4", 200)]
-    eager = ask(FakeEngine(scripts), "adaptive:max=4,wave=3,conf=0.9")
+    eager = ask(FakeEngine(scripts), "adaptive:max=4,wave=3,conf=0.9,refill=eager")
     lazy = ask(FakeEngine(scripts), "adaptive:max=4,wave=3,conf=0.9,refill=lazy")
     assert eager.answer == lazy.answer == "4"
     assert eager.stop_reason == lazy.stop_reason == "beta-confident"

@@ -16,7 +16,7 @@ from edgescale.errors import UsageError
 from edgescale.evals.tune import fit_policy, policy_of
 from edgescale.strategies.planner import Budget, QueryShape, plan
 from edgescale.strategies.policy import DEFAULT_POLICY, AutoPolicy, load_policy, policy_path, save_policy
-from edgescale.strategies.spec import Adaptive, Escalate, parse_strategy
+from edgescale.strategies.spec import Adaptive, Confidence, Escalate, parse_strategy
 from tests.test_planner import CPU, SMOL
 
 
@@ -74,7 +74,7 @@ def test_policies_round_trip_next_to_the_profiles(tmp_path: Path, monkeypatch: p
     with pytest.raises(UsageError, match="bad policy / task name"):
         load_policy("m.gguf", "../x")
     path.write_text(json.dumps({"task": "arith", "confidence": 0.7, "escalation": "maj@8"}))
-    with pytest.raises(UsageError, match="adaptive spec"):
+    with pytest.raises(UsageError, match="adaptive or conf@k spec"):
         load_policy("m.gguf", "arith")
 
 
@@ -91,6 +91,19 @@ def test_the_planner_follows_the_policy() -> None:
     never = plan(auto_shape(), CPU, SMOL, Budget(), AutoPolicy("t", 1.0, None))
     assert isinstance(never.strategy, Escalate) and never.strategy.escalation is None
     assert any("escalates never" in n for n in never.notes)
+
+
+def test_a_policy_may_escalate_to_deepconf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    save_policy(AutoPolicy("conf", 0.5, parse_strategy("conf@8:online=1"), model="m.gguf"))  # type: ignore[arg-type]
+    policy = load_policy("m.gguf", "conf")
+    assert policy.escalation == Confidence(k=8, online=True) and "conf@8:online=1" in policy.describe()
+    p = plan(auto_shape(), CPU, SMOL, Budget(), policy)
+    esc = p.escalate_to
+    assert isinstance(esc, Confidence) and esc.k == 8 and esc.online and esc.warmup == 4
+    assert p.escalate_wave_s is not None and p.predicted_peak_bytes
+    small = plan(auto_shape(), CPU, SMOL, Budget(), AutoPolicy("t", 0.5, Confidence(k=3, online=True)))
+    assert small.escalate_to == Confidence(k=3, online=True, warmup=3)  # the warm-up fits in k
 
 
 CLI = [sys.executable, "-m", "edgescale.cli"]
