@@ -101,7 +101,7 @@ class AdaptiveController(Unstaged):
             winner = out.winner if out.winner is not None else (self.order[0] if self.order else None)
             return Decision(out.answer, winner, out.votes)
         # prior answers vote too; they came first, so they rank first in ties (winner None)
-        ballots = [(-1 - j, a) for j, a in enumerate(self.prior)]
+        ballots: list[tuple[int, str | None]] = [(-1 - j, a) for j, a in enumerate(self.prior)]
         ballots += [(i, book.value(gen.states[i])) for i in self.order]
         out = majority(ballots, lambda i: (-1, 0, i) if i < 0 else finish_order(gen.states[i]))
         winner = out.winner if out.winner is not None and out.winner >= 0 else None

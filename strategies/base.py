@@ -9,7 +9,7 @@ go on). ``decide`` then turns the samples into an answer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Hashable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from edgescale.runtime.generate import BatchGenerator, SeqState, TokenEvent
 from edgescale.strategies.answers import Extracted, extract
@@ -49,7 +49,7 @@ class AnswerBook:
         return "text" if self.of(st) is not None else None
 
 
-def finish_order(st: SeqState) -> Hashable:
+def finish_order(st: SeqState) -> tuple[int, int, int]:
     """Who finished first: earlier step, then fewer tokens, then lower index."""
     step = st.finished_step if st.finished_step is not None else 1 << 30
     return (step, len(st.tokens), st.index)
@@ -141,10 +141,17 @@ class OneBatch(Unstaged):
 
 
 class Controller(Protocol):
-    n_seqs: int  # sequences to allocate
-    n_initial: int  # sequences started at once
-    probe_slots: int  # spare sequence ids for probes
-    probe_cells: int  # KV cells one probe needs
+    @property
+    def n_seqs(self) -> int: ...  # sequences to allocate
+
+    @property
+    def n_initial(self) -> int: ...  # sequences started at once
+
+    @property
+    def probe_slots(self) -> int: ...  # spare sequence ids for probes
+
+    @property
+    def probe_cells(self) -> int: ...  # KV cells one probe needs
 
     @property
     def records(self) -> Sequence[ProbeRecord]:
