@@ -14,7 +14,7 @@ from edgescale.errors import UsageError
 from edgescale.settings import parse_duration, parse_size
 
 TASK = typer.Option(..., "--task", help="Name to save the policy under (use it with --policy NAME).")
-CANDIDATES = typer.Option("adaptive:max=8,adaptive:max=16", "--candidates",
+CANDIDATES = typer.Option("adaptive:max=8,conf@8:online=1,temp=0.4", "--candidates",
                           help="What auto may escalate to: comma-separated adaptive or conf@K specs (each may "
                                "set temp=), each run on every question.")
 LIMIT = typer.Option(100, "--limit", min=1, help="Questions to fit on.")

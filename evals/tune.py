@@ -44,7 +44,7 @@ from edgescale.strategies.policy import AutoPolicy, check_name
 from edgescale.strategies.spec import Adaptive, Auto, Confidence, Escalation
 
 STAGE1_ONLY = AutoPolicy(task="stage-1", confidence=1.0, escalation=None)
-DEFAULT_CANDIDATES = ("adaptive:max=8", "adaptive:max=16")
+DEFAULT_CANDIDATES = ("adaptive:max=8", "conf@8:online=1,temp=0.4")
 MIN_GAIN = 2  # questions escalation must win over stage 1 alone
 TOLERANCE = 0.01  # the least noise margin, as a share of the questions
 

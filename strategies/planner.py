@@ -21,12 +21,12 @@ says when the prediction exceeds it.
      window 2), so an answer is ready early and a confident one stops early;
   2. read its confidence: an answer exists and either the probes agreed or the
      answer's tokens have a geometric-mean probability >= the policy's
-     ``confidence`` (default 0.533; ``edgescale tune`` fits one per model and task,
+     ``confidence`` (default 0.952; ``edgescale tune`` fits one per model and task,
      see strategies/policy.py);
   3. only when unsure, and when one more wave still fits the deadline, run
      the policy's escalation in the same batch (the prompt is not read again):
-     adaptive sampling (Beta rule) with the greedy answer counted as one vote,
-     or DeepConf (``conf@k``, its warm-up as the first wave) on new samples;
+     DeepConf (``conf@k``, its warm-up as the first wave; the default) on new
+     samples, or adaptive sampling (Beta rule) with the greedy answer counted as one vote;
      its wave width is the batch size with the best measured throughput on this
      device (on a CPU that is small, on a GPU large), and k_max the most samples
      that fit the memory and the time left (at most the policy's max, 8 by
@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from edgescale import limits
 from edgescale.errors import BudgetInfeasible
@@ -84,10 +84,11 @@ class Budget:
     memory_bytes: int | None = None
 
 
-class Timing:
+class Timing(Protocol):
     """What the planner needs of a device profile (devices.profile.DeviceProfile fits)."""
 
-    measured: bool  # False: a conservative estimate (devices.estimate), not a measurement
+    @property
+    def measured(self) -> bool: ...  # pragma: no cover  (False: an estimate (devices.estimate), not a measurement)
 
     def predict(self, *, prompt_tokens: int, k: int, new_tokens: int) -> float: ...  # pragma: no cover
 
