@@ -19,6 +19,7 @@ from edgescale.evals.bench_report import StrategyRow, Summary
 from edgescale.evals.stats import Point, pareto_frontier
 
 INSTALL = "pip install 'edgescale[bench]'"
+MARKERS = "os^Dv<>pP*X"  # one per point, cycling; with the 10 default colours no two points look alike
 AXES = (
     ("tokens", "generated tokens per query (incl. probes, log scale)", "accuracy_vs_tokens.png"),
     ("wall", "mean wall time per query, s (log scale)", "accuracy_vs_wall.png"),
@@ -61,11 +62,12 @@ def _draw(plt: Any, summary: Summary, axis: str, xlabel: str, path: Path) -> Plo
     frontier = pareto_frontier(points)
     fig, ax = plt.subplots(figsize=(8.2, 4.6), dpi=120)
     try:
-        for p in points:  # named in the legend: text labels next to points collide when costs are close
+        for i, p in enumerate(points):  # named in the legend: text labels collide when costs are close
             row = rows[p.label]
             err = [[100 * max(0.0, p.accuracy - row.ci.low)], [100 * max(0.0, row.ci.high - p.accuracy)]]
-            ax.errorbar([max(p.cost, 1e-3)], [100 * p.accuracy], yerr=err, fmt="o", capsize=3, alpha=0.85,
-                        label=p.label)
+            # 10 colours cycle; 11 markers with them keep every (colour, marker) pair distinct to 110 rows
+            ax.errorbar([max(p.cost, 1e-3)], [100 * p.accuracy], yerr=err, fmt=MARKERS[i % len(MARKERS)],
+                        capsize=3, alpha=0.85, label=p.label)
         if frontier:
             right = max(max(p.cost for p in points), frontier[-1].cost) * 1.15
             xs = [max(p.cost, 1e-3) for p in frontier] + [right]
@@ -81,7 +83,7 @@ def _draw(plt: Any, summary: Summary, axis: str, xlabel: str, path: Path) -> Plo
         ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy, % (95% Wilson CI)")
-        ax.set_title(summary.title, fontsize=9)
+        fig.suptitle(summary.title, fontsize=9)  # over the figure: a long title is wider than the axes
         ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
         fig.savefig(path, format="png")
