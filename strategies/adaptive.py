@@ -3,7 +3,7 @@
 - Aggarwal et al., EMNLP 2023, "Let's Sample Step by Step: Adaptive-Consistency
   for Efficient Reasoning and Coding with LLMs": after each new sample, with a
   and b the counts of the two most common answers, stop when
-  P(p1 > p2) under Beta(a+1, b+1) >= threshold (0.95), or at k_max.
+  P(p1 > p2) under Beta(a+1, b+1) >= threshold (``conf``, 0.8 by default), or at k_max.
 - Li et al., ICLR 2024, "Escape Sky-high Cost: Early-stopping Self-Consistency
   for Multi-step Reasoning" (ESC): stop when all answers of a window of w
   samples agree.

@@ -12,6 +12,7 @@ OPTS = AskOptions(max_tokens=64, seed=11, answer="number")
 
 @pytest.mark.parametrize("spec", ["single", "maj@4", "ffs@4", "short-2@4", "best@4", "ffs@4:rule=any",
                                   "conf@4", "conf@4:online=1,warmup=2,window=8", "maj@4:vote=conf",
+                                  "maj@4:temp=0.4", "conf@4:online=1,warmup=2,window=8,temp=0.4", "adaptive:max=6",
                                   "adaptive:max=6,wave=3", "adaptive:max=6,wave=2,rule=esc,window=2",
                                   "early-exit:every=16,window=2", "early-exit:every=16,window=2,k=2"])
 def test_strategy_runs_end_to_end(runtime, spec: str) -> None:
@@ -65,3 +66,22 @@ def test_deadline_on_real_model(runtime) -> None:
     assert res.stop_reason == "deadline"
     assert res.stats.wall_s < 0.8 * 1.1 + 0.05
     assert all(s.finish_reason in ("deadline", "stop") for s in res.samples)
+
+
+def test_auto_escalates_to_deepconf_on_the_real_model(runtime) -> None:
+    """The default policy's kind of escalation (DeepConf online at T 0.4), forced by a
+    threshold no greedy answer reaches unless its probes agree."""
+    from edgescale.strategies.policy import AutoPolicy
+    from edgescale.strategies.spec import Confidence
+
+    runtime.use_policy(AutoPolicy("always", 1.01, Confidence(k=4, online=True, warmup=2, window=8, temp=0.4)))
+    try:
+        res = runtime.ask("What is 7 plus 8? Think step by step.", strategy="auto",
+                          options=AskOptions(max_tokens=64, seed=3, answer="number"))
+    finally:
+        runtime.use_policy(None)
+    assert res.stats.generated_tokens == sum(s.n_tokens for s in res.samples)
+    assert res.stop_reason.startswith(("escalated", "confident"))
+    if res.stop_reason.startswith("escalated"):  # stage 1, then DeepConf's own scored samples
+        assert len(res.samples) > 1 and all(s.confidence is not None for s in res.samples[1:] if s.n_tokens)
+        assert res.answer is None or res.answer in res.votes or res.samples[0].answer == res.answer
