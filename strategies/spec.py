@@ -100,7 +100,7 @@ class BestOfK:
 @dataclass(frozen=True)
 class Adaptive:
     """Adaptive sampling (strategies/adaptive.py). The defaults are the ones measured to save
-    (docs/BENCHMARKS.md, "Adaptive that saves"): Beta rule at 0.8 (two agreeing answers
+    (docs/BENCHMARKS.md, "Why adaptive did not save"): Beta rule at 0.8 (two agreeing answers
     stop), waves of 2 refilled lazily, samples at temperature 0.4. Before: conf 0.95, wave
     4, eager refill, temperature 0.8 (``adaptive:conf=0.95,wave=4,refill=eager,temp=0.8``)."""
 
