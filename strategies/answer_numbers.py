@@ -63,6 +63,9 @@ _MATH_AFTER_NUMBER = re.compile(r"[=+*/^\\{}<>]|\s-\s")
 _UNIT_POWER = re.compile(r"(?<=[A-Za-z])\s*\^\s*(?:[0-9]|\{\s*[0-9]\s*\})")  # "cm^2"
 _CURRENCY_AFTER = frozenset("\u20ac\u00a3\u00a5\u00a2")
 
+# a text that ends on an equation whose right side is a placeholder ("1 + 4 = N", "= ?") states
+# the question, not an answer: its last number is an operand
+_UNRESOLVED_END = re.compile(r"=[^\S\n]*(?:[A-Za-z]|\?+|_+)[^\S\n]*[.!]?\s*\Z")
 _GAP_LIMIT = 32  # characters allowed between "answer is" and its number
 _PRONOUN_WORDS = frozenset({"one"})  # "one of them": a number only where an answer is due
 
@@ -213,7 +216,10 @@ def _phrase_number(text: str) -> Extracted | None:
 
 def last_number(text: str) -> Extracted | None:
     """The last number in ``text`` that normalises to one: digits, or words ("eleven",
-    "twenty-one"; not the bare word "one", which is as often a pronoun)."""
+    "twenty-one"; not the bare word "one", which is as often a pronoun). None when the
+    text ends on an unresolved equation ("1 + 4 = N"): its numbers are the question's."""
+    if _UNRESOLVED_END.search(text):
+        return None
     tokens = [m.span() for m in _NUMBER_TOKEN.finditer(text)]
     tokens += [m.span() for m in WORD_NUMBER.finditer(text) if m.group(0).lower() not in _PRONOUN_WORDS]
     for span in sorted(tokens, reverse=True):

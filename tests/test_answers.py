@@ -210,6 +210,15 @@ def test_last_number_fallback() -> None:
     assert value("costs \\$1,000", "number") == "1000"
 
 
+def test_an_unresolved_equation_at_the_end_is_no_answer() -> None:
+    # measured on add-1d: SmolLM2 echoes the prompt's placeholder; the operand is not its answer
+    for text in ("1 + 4 = N", "9 + 3 = N.", "2 + 2 = ?", "7 * 8 = ___\n", "3+4 = n"):
+        assert value(text, "number") is None, text
+    assert value("1. 3 + 1 = 4.\n\nThe answer is N.", "number") == "4"  # resolved before the placeholder
+    assert value("x = 5", "number") == "5" and value("so 3 + 4 = 7", "number") == "7"
+    assert value("Is 2 + 2 = N? Yes, 4.", "number") == "4"  # the equation is not where the text ends
+
+
 def test_numbers_inside_identifiers_are_ignored() -> None:
     assert value("Use H2O and x2", "number") is None
     assert value("version v1.2 gives 5", "number") == "5"
