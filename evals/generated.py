@@ -25,8 +25,9 @@ in the next phrasing. A tuning split (offset 100) and a report split (offset 0) 
 hold the same sums in different words.
 
 Every item carries :data:`SHOTS` worked examples (drawn from their own stream, not
-from the set; add-1d's with two-digit numbers, since every one-digit sum is in it) for ``--prompt-style few-shot``, in the form the number instruction
-asks for ("6 + 3 = 9. The answer is 9."), which base models such as Gemma 3 270M need.
+from the set; add-1d's with two-digit numbers, since every one-digit sum is in it)
+for ``--prompt-style few-shot``, in the form the number instruction asks for
+("6 + 3 = 9. The answer is 9."), which base models such as Gemma 3 270M need.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ def _question(rng: random.Random, a: int, b: int, op: str) -> str:
         text = _STORIES[op].format(a=a, b=b)
     else:
         text = rng.choice(_PHRASINGS).format(a=a, b=b, word=word, sign=sign)
+    return _ask(text)
+
+
+def _ask(text: str) -> str:
     return f"{text} Answer with a number."
 
 
@@ -79,14 +84,14 @@ def _additions(count: int) -> list[Item]:
     fewshot = _exemplars("add-1d", ("plus",), 10, 19)  # every one-digit sum is in the set: none as an example
     phrasings = (*_PHRASINGS, _STORIES["plus"])
     items: list[Item] = []
-    for block, phrasing in enumerate(phrasings):
+    for phrasing in phrasings:
         pairs = [(a, b) for a in range(10) for b in range(10)]
         rng.shuffle(pairs)
         for a, b in pairs:
             if len(items) == count:
                 return items
             text = phrasing.format(a=a, b=b, word="plus", sign="+")
-            items.append(Item(id=f"add-1d-{len(items)}", question=f"{text} Answer with a number.",
+            items.append(Item(id=f"add-1d-{len(items)}", question=_ask(text),
                               answer=str(a + b), kind="number", fewshot=fewshot))
     return items
 

@@ -32,7 +32,7 @@ from edgescale.strategies.base import AnswerBook, Decision, answer_logprob
 from edgescale.strategies.confidence import ConfidenceController
 from edgescale.strategies.early_exit import EarlyExitController
 from edgescale.strategies.result import Outcome, ProbeRecord
-from edgescale.strategies.spec import Adaptive, Escalation, first_wave, samples_of, with_first_wave
+from edgescale.strategies.spec import Adaptive, Confidence, Escalation, first_wave, samples_of, with_first_wave
 
 ESCALATION_LENGTH_MARGIN = 1.25  # a wave is expected to run this much longer than sample 0 did
 
@@ -137,8 +137,8 @@ class AutoController:
                 per_step = observed * wave  # no profile: assume batching buys nothing (a CPU)
             if steps * per_step <= left:
                 return wave
-            if with_first_wave(esc, 2) == esc:
-                return 0  # offline DeepConf starts all its samples at once
+            if isinstance(esc, Confidence) and not esc.online:
+                return 0  # offline DeepConf starts all its samples at once: no narrower wave
             wave //= 2
         return 0
 
