@@ -66,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.table import Table
 
     from edgescale.api import Runtime
-    from edgescale.settings import parse_duration, parse_size
     from edgescale.evals.bench import BenchConfig, load_items, parse_strategies, run_bench
+    from edgescale.settings import parse_duration, parse_size
 
     strategies = parse_strategies(args.strategies)
     deadlines = [parse_duration(d) for d in args.deadlines.split(",")]

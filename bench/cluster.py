@@ -123,7 +123,8 @@ def main() -> None:
         mine, theirs = answers(r["run"]), answers(base["run"])
         same = sum(mine[k] != theirs[k] for k in theirs)
         steady = q / (r["wall"] - r["init"] - r["actors"])
-        print(f"| {r['name']} | {q / r['wall']:.3f} | {base['wall'] / r['wall']:.2f}x | {steady:.3f} | {r['wall']:.1f} | "
+        print(f"| {r['name']} | {q / r['wall']:.3f} | {base['wall'] / r['wall']:.2f}x | {steady:.3f} | "
+              f"{r['wall']:.1f} | "
               f"{r['init']:.1f} | {r['actors']:.1f} | {r['call_ms']:.2f} | {ray_s:.3f} | {same} of {len(theirs)} |")
 
 

@@ -28,7 +28,6 @@ import statistics
 import time
 from pathlib import Path
 
-
 PROMPT = "Write a short story about a robot who learns to paint."
 
 

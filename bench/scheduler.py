@@ -30,10 +30,10 @@ from typing import Any, Sequence
 
 from edgescale.api import Runtime
 from edgescale.evals.datasets import load, prompt_for
-from edgescale.runtime.llama_engine import LlamaCppEngine
 from edgescale.models.catalog import resolve_model
+from edgescale.runtime.llama_engine import LlamaCppEngine
+from edgescale.scheduler.config import SchedulerConfig
 from edgescale.strategies.planner import Budget
-from edgescale.strategies.scheduler import SchedulerConfig
 
 BASE = SchedulerConfig(memory_bytes=1024 * 2**20, max_running=1)
 
@@ -165,7 +165,7 @@ def main() -> None:
             try:
                 started = threading.Event()
                 running = [rt.submit(p, strategy="single", max_tokens=96, seed=1,
-                                     on_step=lambda gen, ev: started.set()) for p in zero[:4]]
+                                     on_step=lambda gen, ev, started=started: started.set()) for p in zero[:4]]
                 started.wait()  # the others are decoding
                 time.sleep(0.1)
                 mark = len(rt.scheduler.stats.recent)

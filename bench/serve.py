@@ -108,7 +108,7 @@ def eight_answers(url: str, questions: Sequence[str], ours: bool) -> dict[str, f
             samples += body["edgescale"]["samples"]
         else:
             with ThreadPoolExecutor(8) as pool:
-                done = list(pool.map(lambda seed: chat(url, q, temperature=0.8, seed=seed), range(8)))
+                done = list(pool.map(lambda seed, q=q: chat(url, q, temperature=0.8, seed=seed), range(8)))
             samples += len(done)
     return {"s_per_q": (time.perf_counter() - t0) / len(questions), "samples": samples / len(questions)}
 

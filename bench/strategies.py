@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgescale.evals.bench_report import StrategyRow, Summary
     from rich.table import Table
+
+    from edgescale.evals.bench_report import StrategyRow, Summary
 
 STRATEGIES = "single,maj@8,ffs@8,short-3@8,adaptive:max=8,early-exit,baseline@8"
 REFERENCE = "maj@8"
@@ -98,11 +99,12 @@ def _targets(columns: list[tuple[str, Summary]]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    from rich.console import Console
+
     from edgescale.errors import EdgescaleError
     from edgescale.evals.bench import BenchConfig, BenchProgress, parse_strategies, run_bench
     from edgescale.evals.bench_profiles import profile_for
     from edgescale.evals.bench_report import summarize
-    from rich.console import Console
 
     err = Console(stderr=True)
     columns: list[tuple[str, Summary]] = []

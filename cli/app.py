@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None, *, registry: BackendRegistry | None = No
             return int(getattr(exc, "exit_code", 2) or 2)
         if os.environ.get("EDGESCALE_DEBUG"):
             raise
-        sys.stderr.write(f"error: internal error: {type(exc).__name__}: {exc} (set EDGESCALE_DEBUG=1 for a traceback)\n")
+        sys.stderr.write(f"error: internal error: {type(exc).__name__}: {exc} "
+                         "(set EDGESCALE_DEBUG=1 for a traceback)\n")
         return INTERNAL_ERROR
 
 

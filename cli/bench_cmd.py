@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+
 from edgescale.cli import options as opt
 from edgescale.cli.common import print_json
 from edgescale.errors import UsageError
@@ -22,7 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_STRATEGIES = "single,maj@8,ffs@8,short-3@8,adaptive,early-exit"
 
 DATASET = typer.Option(..., "--dataset", "-d", help="gsm8k, math500, arc-easy, arc-challenge, csqa, boolq, mmlu; "
-                       "generated: arith-1d, arith-2d, add-1d; or the path of a JSONL file of {question, answer[, id, kind, choices]}.")
+                       "generated: arith-1d, arith-2d, add-1d; or the path of a JSONL file of "
+                       "{question, answer[, id, kind, choices]}.")
 STRATEGIES = typer.Option(DEFAULT_STRATEGIES, "--strategies", "-S",
                           help="Comma-separated strategy specs (see `run --help`), plus baseline@K: K sequential "
                                "llama-cpp-python completions and a majority vote.")
@@ -100,8 +102,9 @@ def bench(
 
         print_json({**summary_dict(summary), **_run_info(run)})
         return
-    from edgescale.evals.bench_report import rich_table
     from rich.console import Console
+
+    from edgescale.evals.bench_report import rich_table
 
     Console(file=sys.stdout, width=200).print(rich_table(summary))
     typer.echo(f"{run.ran} queries run, {len(items) * len(config.strategies) - run.ran} resumed from --out; "

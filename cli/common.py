@@ -25,25 +25,22 @@ def print_json(obj: Any, stream: TextIO | None = None) -> None:
 
 
 def read_stdin_prompt() -> str:
+    from edgescale.settings import decode_utf8
+
     if sys.stdin is None or sys.stdin.isatty():
         raise UsageError("no prompt: pass one as an argument or pipe it on stdin")
-    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8", "surrogateescape")
+    if hasattr(sys.stdin, "buffer"):
+        raw = sys.stdin.buffer.read()
+    else:
+        raw = sys.stdin.read().encode("utf-8", "surrogateescape")
     return decode_utf8(raw, "stdin")
-
-
-def decode_utf8(raw: bytes, where: str) -> str:
-    """Input bytes as text; anything but UTF-8 is a usage error naming the first bad byte."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        bad = raw[exc.start : exc.start + 1].hex()
-        raise UsageError(f"{where} is not UTF-8 text (byte 0x{bad} at offset {exc.start})") from None
 
 
 def backends(ctx: typer.Context) -> BackendRegistry:
     """The backend registry this command runs with: the one ``cli.app.main`` was given
     (tests register a scripted engine there), else the built-in backends."""
-    from edgescale.runtime.backends import BackendRegistry, default_backends
+    from edgescale.loader import default_backends
+    from edgescale.runtime.backends import BackendRegistry
 
     obj = ctx.find_root().obj
     return obj if isinstance(obj, BackendRegistry) else default_backends()

@@ -49,14 +49,14 @@ def devices(
         with Runtime.load(model, backend="llama.cpp" if auto else backend, threads=n_threads, notify=notify) as rt:
             profile = rt.calibrate()
         if auto:
-            from edgescale.runtime.auto_backend import ensure_onnx_form
+            from edgescale.loader import ensure_onnx_form
 
             typer.echo("converting the model to ONNX (cached) and measuring ONNX Runtime too", err=True)
             with Runtime.load(ensure_onnx_form(model_path), backend="onnx", threads=n_threads, notify=notify) as rt:
                 rt.calibrate()
     choices = []
     if auto:
-        from edgescale.runtime.auto_backend import choose_backend
+        from edgescale.loader import choose_backend
 
         choices = [(w, choose_backend(model_path, threads=n_threads, width=w)) for w in (1, 8, 32)]
     if as_json:

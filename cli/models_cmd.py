@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 
 from edgescale.cli.common import print_json
 from edgescale.cli.options import JSON
@@ -11,7 +12,7 @@ def models(as_json: bool = JSON) -> None:
     """List the catalog models, whether each is installed, and how to install it."""
     from edgescale.models.catalog import DEFAULT_MODEL, catalog, is_installed
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for e in catalog():
         rows.append({
             "name": e.name,

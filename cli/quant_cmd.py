@@ -67,16 +67,17 @@ def convert(
 def quantize(
     model: str = typer.Argument(..., help="Source GGUF file or catalog name."),
     out: Path = typer.Argument(..., help="Destination .gguf file."),
-    qtype: str = typer.Option(..., "--type", help="Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K_S | Q4_K_M | Q5_K_M | Q6_K | F16"),
+    qtype: str = typer.Option(..., "--type",
+                              help="Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K_S | Q4_K_M | Q5_K_M | Q6_K | F16"),
     report: bool = typer.Option(False, "--report", help="Also measure perplexity and greedy agreement vs the source."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing destination."),
     threads: Optional[int] = opt.THREADS,
     as_json: bool = opt.JSON,
 ) -> None:
     """Quantise a GGUF with llama.cpp's own quantiser (warns when the source is already quantised)."""
+    from edgescale.evals.quality import quality_report
     from edgescale.models.catalog import resolve_model
     from edgescale.quant.quantize import quantize as run
-    from edgescale.quant.report import quality_report
 
     src = resolve_model(model)
     n = _threads(threads)
@@ -104,8 +105,8 @@ def quant_report(
     as_json: bool = opt.JSON,
 ) -> None:
     """Perplexity on a fixed text (shipped with edgescale) and greedy agreement with a reference."""
+    from edgescale.evals.quality import quality_report
     from edgescale.models.catalog import resolve_model
-    from edgescale.quant.report import quality_report
 
     def path_of(name: str) -> Path:
         p = Path(name).expanduser()

@@ -13,7 +13,8 @@ from edgescale.cli.common import backends, notify, print_json, read_stdin_prompt
 
 def run(
     ctx: typer.Context,
-    prompt: Optional[str] = typer.Argument(None, help="The prompt; read from stdin when omitted and stdin is not a TTY."),
+    prompt: Optional[str] = typer.Argument(None,
+                                           help="The prompt; read from stdin when omitted and stdin is not a TTY."),
     model: Optional[str] = opt.MODEL,
     backend: str = opt.BACKEND,
     strategy: Optional[str] = opt.STRATEGY,
@@ -71,8 +72,8 @@ def run(
     )
 
 
-def _streamer():  # type: ignore[no-untyped-def]
-    def on_step(gen, events) -> None:  # type: ignore[no-untyped-def]
+def _streamer():
+    def on_step(gen, events) -> None:
         for ev in events:
             if ev.index == 0 and ev.delta:
                 sys.stdout.write(ev.delta)

@@ -7,7 +7,6 @@ kind it names, or the defaults given here. See ``edgescale.serve``.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -71,39 +70,42 @@ def serve(
     grace: str = GRACE,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, SSE streaming)."""
-    from edgescale.cli.batch_cmd import parse_parallel
-    from edgescale.serve.protocol import Defaults, Limits
+    from edgescale.api import RuntimeSpec
+    from edgescale.scheduler.config import SchedulerConfig
+    from edgescale.serve.protocol import Limits, defaults_of
     from edgescale.serve.state import ServeConfig
-    from edgescale.settings import ask_settings, parse_duration, parse_size
-    from edgescale.strategies.scheduler import SchedulerConfig
+    from edgescale.settings import parse_duration, parse_lanes, parse_size
 
     _need_serve_extra()
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, got {port}")
     if api_key is not None and not api_key.strip():
         raise UsageError("--api-key is empty")
-    if deadline_ms is not None and deadline_ms <= 0:
-        raise UsageError("--deadline-ms must be positive")
     for name, value, hi in (("--max-n", max_n, 64), ("--max-queue", max_queue, 1 << 16),
                             ("--max-prompt-tokens", max_prompt_tokens, 1 << 24),
                             ("--max-tokens-limit", max_tokens_limit, 32768)):
         if not 1 <= value <= hi:
             raise UsageError(f"{name} must be between 1 and {hi}, got {value}")
-    # the defaults go through the same validation as every request
-    settings = ask_settings(strategy=strategy, max_tokens=max_tokens, seed=seed, answer=answer,
-                            deadline=deadline_ms / 1000 if deadline_ms else None)
-    lanes = parse_parallel(parallel)
-    scheduler = SchedulerConfig(memory_bytes=parse_size(memory), max_running=lanes or 1, max_queue=max_queue,
-                                policy=queue_order.strip().lower(), prefix_cache=not no_prefix_cache,
-                                prefill_chunk=prefill_chunk)
+    # the defaults go through the same validation as every request (--deadline-ms is read there)
+    defaults, settings = defaults_of(strategy=strategy, deadline_ms=deadline_ms, answer=answer, seed=seed,
+                                     max_tokens=max_tokens)
+    lanes = parse_lanes(parallel)
     body_limit = parse_size(max_body)
     assert body_limit is not None
     config = ServeConfig(
         host=host, port=port, api_key=api_key.strip() if api_key else None, grace_s=parse_duration(grace) or 0.0,
-        defaults=Defaults(strategy=strategy, deadline_ms=deadline_ms, answer=settings.options.answer, seed=seed,
-                          max_tokens=max_tokens),
+        defaults=defaults,
         limits=Limits(max_body_bytes=body_limit, max_prompt_tokens=max_prompt_tokens,
                       max_tokens=max_tokens_limit, max_n=max_n),
+    )
+    # a server's requests come one by one: the shared context is sized up front for as many
+    # as run at once, each of the default length (not for the first one)
+    spec = RuntimeSpec(
+        model, backend=backend, threads=threads, gpu_layers=gpu_layers, lanes=lanes, policy=policy,
+        scheduler=SchedulerConfig(memory_bytes=parse_size(memory), max_queue=max_queue,
+                                  policy=queue_order.strip().lower(), prefix_cache=not no_prefix_cache,
+                                  prefill_chunk=prefill_chunk),
+        reserve_tokens=max_tokens + TYPICAL_PROMPT, width=8 * (lanes if isinstance(lanes, int) else 1),
     )
     registry = backends(ctx)
     path = registry.get(backend).resolve(model)  # a missing model fails now, before the port opens
@@ -111,21 +113,15 @@ def serve(
 
     def load() -> tuple[Runtime, str]:
         from edgescale.api import Runtime
-        from edgescale.cli.batch_cmd import auto_parallel
         from edgescale.runtime.memory import memory_model
 
-        rt = Runtime.load(model, backend=backend, threads=threads, n_gpu_layers=gpu_layers, registry=registry,
-                          notify=notify, scheduler=scheduler, width=8 * (lanes or 1))
-        rt.use_policy(policy)
-        n = lanes if lanes is not None else auto_parallel(rt, settings)
-        # a server's requests come one by one: size the shared context up front for n of them
-        # of the default length, not for the first
-        cells = n * (max_tokens + TYPICAL_PROMPT)
-        rt.configure_scheduler(replace(scheduler, max_running=n, expect_running=n, min_cells=cells))
+        rt = Runtime.open(spec, settings, registry=registry, notify=notify)
+        sched = rt.scheduler_config
+        n = sched.max_running
         chosen = f", backend auto: {rt.backend_choice.reason}" if rt.backend_choice is not None else ""
         kv = (f"memory budget {memory}" if memory else
-              f"KV cache for {cells} tokens ({cells * memory_model(rt.engine).kv_bytes_per_cell / 2**20:.0f} MB; "
-              "--memory sets a budget)")
+              f"KV cache for {sched.min_cells} tokens "
+              f"({sched.min_cells * memory_model(rt.engine).kv_bytes_per_cell / 2**20:.0f} MB; --memory sets a budget)")
         return rt, (f"{model_id} on {rt.engine.backend_name} ({rt.engine.n_threads} threads), up to {n} "
                     f"quer{'y' if n == 1 else 'ies'} at once, {kv}{chosen}")
 

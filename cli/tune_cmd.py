@@ -52,7 +52,8 @@ def tune(
     from edgescale.evals.datasets import PROMPT_STYLES
     from edgescale.evals.tune import tune as fit
     from edgescale.models.catalog import cache_dir
-    from edgescale.strategies.policy import check_name, save_policy
+    from edgescale.strategies.policy import save_policy
+    from edgescale.strategies.spec import check_name
 
     check_name(task)
     if prompt_style not in PROMPT_STYLES:

@@ -9,26 +9,30 @@ files stay resumable (``--resume`` / the same ``--out``).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from edgescale.cluster.connect import ClusterOptions, actor_count, ray_cluster
 from edgescale.cluster.pool import ActorPool, Failed, check_nodes, in_order
-from edgescale.cluster.workers import BatchWorker, BenchWorker, WorkerSpec
+from edgescale.cluster.workers import BatchWorker, BenchWorker
 from edgescale.errors import EdgescaleError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgescale.api import RuntimeSpec
 
 WINDOW_PER_SLOT = 2  # calls submitted but not yet written, per call an actor takes at once
 
 
-def batch_on_ray(options: ClusterOptions, spec: WorkerSpec, defaults: dict[str, Any],
+def batch_on_ray(options: ClusterOptions, spec: RuntimeSpec, defaults: dict[str, Any],
                  lines: Iterable[tuple[int, bytes]], write: Callable[[dict[str, Any]], None],
                  notify: Callable[[str], None]) -> None:
     """Answer ``(line number, bytes)`` lines on the cluster; ``write`` gets each record, in order."""
-    from edgescale.cli.batch_lines import error_record, line_id
+    from edgescale.batch import error_record, line_id
 
     with ray_cluster(options) as ray:
         n = actor_count(ray, options)
         nodes = check_nodes(ray, spec.model, spec.backend)
-        pool = ActorPool(ray, BatchWorker, (spec, defaults), n=n, per_actor=spec.lanes, options=options)
+        per_actor = spec.lanes if isinstance(spec.lanes, int) else 0  # auto: as many as each actor's hello says
+        pool = ActorPool(ray, BatchWorker, (spec, defaults), n=n, per_actor=per_actor, options=options)
         try:
             _announce(notify, pool.hello(), nodes, options)
             defaults_ref = ray.put(defaults)

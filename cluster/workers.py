@@ -17,29 +17,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from edgescale.errors import EdgescaleError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgescale.api import Runtime
+    from edgescale.api import Runtime, RuntimeSpec
     from edgescale.evals.bench import BenchJob, BenchStrategy
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker loads and how its decode loop runs."""
-
-    model: str | None
-    backend: str = "llama.cpp"
-    threads: int = 1
-    gpu_layers: int | None = None
-    lanes: int = 1  # queries in flight in the worker's decode loop
-    memory_bytes: int | None = None
-    prefix_cache: bool = True
-    width: int = 1  # sequences a step the loop expects (sizes the context)
-    policy: str | None = None  # auto's tuned policy (the file must be in every node's cache)
 
 
 def node_name() -> str:
@@ -64,7 +48,7 @@ def check_node(model: str | None, backend: str) -> dict[str, Any]:
     """On one node: the model resolves there, and (llama.cpp) the build loads and decodes on
     its CPU. A build that dies of a signal takes this task's worker with it, which the
     driver reports as a crash on that node."""
-    from edgescale.runtime.backends import default_backends
+    from edgescale.loader import default_backends
 
     try:
         path = default_backends().get(backend).resolve(model)
@@ -94,10 +78,10 @@ class _Worker:
 
 
 class BatchWorker(_Worker):
-    """Answers `edgescale batch` lines, ``lanes`` at a time in one decode loop
-    (``lanes`` 0: as many as ``--parallel auto`` picks for this worker's device)."""
+    """Answers `edgescale batch` lines, ``spec.lanes`` at a time in one decode loop
+    (``"auto"``: as many as ``--parallel auto`` picks for this worker's device)."""
 
-    def __init__(self, spec: WorkerSpec, defaults: dict[str, Any]) -> None:
+    def __init__(self, spec: RuntimeSpec, defaults: dict[str, Any]) -> None:
         super().__init__()
         self.spec = spec
         self.defaults = defaults
@@ -111,35 +95,19 @@ class BatchWorker(_Worker):
             return self._rt
 
     def _load(self) -> Runtime:
-        from dataclasses import replace
-
         from edgescale.api import Runtime
-        from edgescale.strategies.scheduler import SchedulerConfig
+        from edgescale.settings import CLI_NAMES, ask_settings
 
-        s = self.spec
-        lanes = max(1, s.lanes)
-        sched = SchedulerConfig(max_running=lanes, expect_running=lanes, memory_bytes=s.memory_bytes,
-                                prefix_cache=s.prefix_cache)
         try:
-            rt = Runtime.load(s.model, backend=s.backend, threads=s.threads, n_gpu_layers=s.gpu_layers,
-                              scheduler=sched, width=s.width)
-            rt.use_policy(s.policy)
+            return Runtime.open(self.spec, ask_settings(**self.defaults, names=CLI_NAMES))
         except EdgescaleError as exc:
             raise on_node(exc) from None
-        if s.lanes == 0:  # --parallel auto: this worker's own pick (on a restart too)
-            from edgescale.cli.batch_cmd import auto_parallel
-            from edgescale.settings import CLI_NAMES, ask_settings
-
-            lanes = auto_parallel(rt, ask_settings(**self.defaults, names=CLI_NAMES))
-            rt.configure_scheduler(replace(sched, max_running=lanes, expect_running=lanes))
-            self.spec = replace(s, lanes=lanes)
-        return rt
 
     def hello(self) -> dict[str, Any]:
-        return {**super().hello(), "lanes": self.spec.lanes}
+        return {**super().hello(), "lanes": self.runtime().scheduler_config.max_running}
 
     def answer(self, n: int, raw: bytes, defaults: dict[str, Any]) -> dict[str, Any]:
-        from edgescale.cli.batch_lines import submit_line
+        from edgescale.batch import submit_line
 
         return submit_line(self.runtime(), n, raw, defaults).record()
 

@@ -1,13 +1,19 @@
 """The Python API: ``Runtime.load(model)`` then ``runtime.ask(prompt, strategy=..., budget=...)``.
 
-One path for every query: the prompt becomes tokens (in the caller's thread), and
-the runtime's :class:`~edgescale.strategies.scheduler.Scheduler` plans it when it
-reaches the head of the queue (a :class:`~edgescale.strategies.planner.Plan` of
-strategy objects, KV size and predictions, made from the load of the moment) and
-runs it in the shared decode loop with whatever else is running. ``ask`` is safe to
-call from several threads at once; ``ask_async`` awaits in an asyncio task.
-Strategy and budget defaults are the CLI's: no strategy and no budget is
-``single``; a budget alone is ``auto`` (``edgescale.settings.resolve_strategy``).
+One path for every query: the prompt becomes tokens (in the caller's thread) and a
+:class:`~edgescale.scheduler.request.Request` holding everything its plan is made
+from (its :class:`~edgescale.deadline.Deadline`, made here once; the auto policy; the
+device profile when the plan needs times). The runtime's
+:class:`~edgescale.scheduler.loop.Scheduler` plans it when it reaches the head of the
+queue (from the load of that moment) and runs it in the shared decode loop with
+whatever else is running. ``ask`` is safe to call from several threads at once;
+``ask_async`` awaits in an asyncio task. Strategy and budget defaults are the CLI's:
+no strategy and no budget is ``single``; a budget alone is ``auto``
+(``edgescale.settings.resolve_strategy``).
+
+One assembly: :meth:`Runtime.open` takes a :class:`RuntimeSpec` (model, backend,
+threads, lanes ``N`` or auto, policy, scheduler settings) and is what ``batch``,
+``serve``, ``bench``, the Ray workers and :meth:`Runtime.load` all call.
 
 Planning never measures the device: without a cached speed profile the planner
 uses a conservative estimate (``devices.estimate``) and ``notify`` hears about it
@@ -17,57 +23,47 @@ once; ``calibrate()`` (or ``edgescale devices --calibrate``) measures it.
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, Union
 
-from edgescale.errors import EmptyPrompt, UsageError
-from edgescale.runtime.backends import BackendRegistry, LoadRequest, default_backends
+from edgescale import limits
+from edgescale.deadline import Deadline
+from edgescale.errors import ContextOverflow, EmptyPrompt, UsageError
+from edgescale.loader import BackendChoice, LoadSpec, load_engine
+from edgescale.runtime.backends import BackendRegistry
 from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import BatchGenerator, TokenEvent
-from edgescale.settings import AskOptions, resolve_strategy
+from edgescale.scheduler.config import SchedulerConfig
+from edgescale.scheduler.loop import Scheduler
+from edgescale.scheduler.request import Request, plan_request
+from edgescale.settings import AskOptions, AskSettings, resolve_strategy
 from edgescale.strategies.planner import Budget, Plan
 from edgescale.strategies.result import Result
-from edgescale.strategies.scheduler import Request, Scheduler, SchedulerConfig
-from edgescale.strategies.spec import Strategy
+from edgescale.strategies.spec import Auto, Single, Strategy, samples_of
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-    from edgescale.runtime.auto_backend import BackendChoice
     from edgescale.devices.profile import DeviceProfile
     from edgescale.strategies.policy import AutoPolicy
-    from edgescale.strategies.runner import Query
 
-__all__ = ["AskOptions", "Budget", "Prompt", "Runtime", "load_engine"]
+__all__ = ["AskOptions", "Budget", "LoadSpec", "Prompt", "Runtime", "RuntimeSpec", "load_engine"]
 
 Prompt = Union[str, Sequence[Mapping[str, str]]]  # text, or chat messages
 
 
-def load_engine(
-    model: str | Path | None = None,
-    *,
-    backend: str = "llama.cpp",
-    threads: int | None = None,
-    n_gpu_layers: int | None = None,
-    registry: BackendRegistry | None = None,
-    notify: Callable[[str], None] | None = None,
-    width: int = 1,
-) -> Engine:
-    """Resolve a model reference and load it on the named backend (``registry``: the
-    built-in backends unless given). ``threads`` None: the cores free right now; more
-    threads than the machine has are cut to its core count (``notify`` hears why).
-    ``n_gpu_layers`` None: as many as fit the GPU (none on a CPU-only build)."""
-    from edgescale.devices.cpu import clamp_threads, default_threads
-
-    n_threads = default_threads() if threads is None else threads
-    n_threads, note = clamp_threads(n_threads)
-    if note is not None and notify is not None:
-        notify(note)
-    backends = registry if registry is not None else default_backends()
-    return backends.load(backend, LoadRequest(model=model, threads=n_threads, n_gpu_layers=n_gpu_layers,
-                                              width=width))
+@dataclass(frozen=True)
+class RuntimeSpec(LoadSpec):
+    """What to load (:class:`~edgescale.loader.LoadSpec`: model, backend, threads, GPU layers)
+    and how its shared decode loop runs (picklable: Ray workers get one). ``width`` None:
+    lanes x the defaults' samples."""
+    # queries decoding at once: N, "auto" (the device profile and the memory budget), or None (as
+    # ``scheduler`` says); N and auto size the shared context for that many
+    lanes: int | Literal["auto"] | None = None
+    scheduler: SchedulerConfig = SchedulerConfig()  # the loop's other settings
+    policy: str | None = None  # auto's tuned policy, by task name (None: the default policy)
+    reserve_tokens: int = 0  # size the shared context up front for ``lanes`` queries of this many tokens
 
 
 class Runtime:
@@ -91,6 +87,35 @@ class Runtime:
         self.policy: AutoPolicy | None = None  # auto's policy (None: the default, with a notice)
         self._policy_noted = False
         self._policies: dict[str, AutoPolicy] = {}  # tuned policies by task name, as loaded
+        self._cue_tokens: int | None = None
+
+    @classmethod
+    def open(cls, spec: RuntimeSpec, defaults: AskSettings | None = None, *,
+             registry: BackendRegistry | None = None, notify: Callable[[str], None] | None = None) -> "Runtime":
+        """The one assembly: load ``spec.model``, use its policy, and size the shared decode
+        loop for ``spec.lanes`` queries (auto: enough queries that a step reaches the width
+        with the best throughput in the device profile, as many as ``defaults``' memory
+        budget allows). ``defaults``: what a typical query asks for (its strategy's
+        samples size the lanes and the expected width)."""
+        settings = defaults or AskSettings(Single(), Budget(), AskOptions())
+        per_query = max(1, samples_of(settings.strategy))
+        width = spec.width if spec.width is not None else per_query * (
+            spec.lanes if isinstance(spec.lanes, int) else 8)
+        engine, choice = load_engine(replace(spec, width=width), registry=registry, notify=notify)
+        rt = cls(engine, str(spec.model) if spec.model else "", notify=notify)
+        rt.backend_choice = choice
+        try:
+            rt.use_policy(spec.policy)
+            config = spec.scheduler
+            if spec.lanes is not None:
+                lanes = rt.auto_lanes(settings) if spec.lanes == "auto" else spec.lanes
+                config = replace(config, max_running=lanes, expect_running=lanes,
+                                 min_cells=max(config.min_cells, lanes * spec.reserve_tokens))
+            rt.configure_scheduler(config)
+        except BaseException:
+            rt.close()
+            raise
+        return rt
 
     @classmethod
     def load(
@@ -105,37 +130,35 @@ class Runtime:
         scheduler: SchedulerConfig = SchedulerConfig(),
         width: int = 1,
     ) -> "Runtime":
-        """``backend="auto"``: the backend this device's measured profiles favour at ``width``
-        sequences a step (:attr:`backend_choice` says which and why)."""
-        from edgescale.runtime.backends import default_backends
+        """Load a model with one query decoding at a time unless ``scheduler`` says otherwise
+        (:meth:`open` with a :class:`RuntimeSpec`). ``backend="auto"``: the backend this
+        device's measured profiles favour at ``width`` sequences a step
+        (:attr:`backend_choice` says which and why)."""
+        spec = RuntimeSpec(model=str(model) if model is not None else None, backend=backend, threads=threads,
+                           gpu_layers=n_gpu_layers, scheduler=scheduler, width=width)
+        return cls.open(spec, registry=registry, notify=notify)
 
-        from edgescale.devices.cpu import clamp_threads, default_threads
+    def auto_lanes(self, settings: AskSettings) -> int:
+        """Queries in flight for ``--parallel auto``: enough that the batch reaches the width
+        with the best throughput in the device profile, as many as the memory budget allows."""
+        from edgescale.runtime.memory import memory_model
+        from edgescale.scheduler.config import cells_in_budget
+        from edgescale.strategies.planner import best_wave
 
-        backends = registry if registry is not None else default_backends()
-        n_threads, note = clamp_threads(default_threads() if threads is None else threads)
-        if note is not None and notify is not None:
-            notify(note)
-        choice = None
-        if backends.canonical(backend) == "auto":
-            from edgescale.runtime.auto_backend import choose_backend
-
-            choice = choose_backend(model, threads=n_threads, width=width)
-            backend, model = choice.name, choice.model
-        engine = load_engine(model, backend=backend, threads=n_threads, n_gpu_layers=n_gpu_layers,
-                             registry=backends, width=width)
-        rt = cls(engine, str(model) if model else "", notify=notify, scheduler=scheduler)
-        rt.backend_choice = choice
-        return rt
+        per_query = max(1, samples_of(settings.strategy))
+        lanes = max(1, best_wave(self.profile(), limits.MAX_SAMPLES) // per_query)
+        if settings.budget.memory_bytes is not None:
+            one = self.plan("What is the answer?", strategy=settings.strategy, budget=settings.budget,
+                            options=settings.options)
+            room = cells_in_budget(memory_model(self.engine), settings.budget.memory_bytes,
+                                   n_ids=lanes * per_query, max_batch=256)
+            lanes = max(1, min(lanes, room // max(1, one.n_cells)))
+        return min(lanes, limits.MAX_PARALLEL)
 
     def use_policy(self, policy: str | AutoPolicy | None) -> AutoPolicy | None:
         """Make ``auto`` use a policy: the one ``edgescale tune`` fitted for this model and the
         task named, or one given (None: the default policy). UsageError when there is none."""
-        from edgescale.strategies.policy import AutoPolicy
-
-        if isinstance(policy, str):
-            policy = self.tuned_policy(policy)
-        assert policy is None or isinstance(policy, AutoPolicy)
-        self.policy = policy
+        self.policy = self.tuned_policy(policy) if isinstance(policy, str) else policy
         self._policy_noted = self.policy is not None
         return self.policy
 
@@ -154,6 +177,11 @@ class Runtime:
             if self._scheduler is not None:
                 raise UsageError("the scheduler is already running")
             self._scheduler_config = config
+
+    @property
+    def scheduler_config(self) -> SchedulerConfig:
+        """How the shared decode loop runs (``max_running``: the queries decoding at once)."""
+        return self._scheduler_config
 
     @property
     def scheduler(self) -> Scheduler:
@@ -189,8 +217,6 @@ class Runtime:
             tokens = self.engine.format_messages(prompt, chat=options.chat)
         n_ctx = self.engine.info.n_ctx_train
         if len(tokens) >= n_ctx:
-            from edgescale.errors import ContextOverflow
-
             raise ContextOverflow(f"prompt is {len(tokens)} tokens; the model's context holds {n_ctx}")
         return tokens
 
@@ -229,31 +255,34 @@ class Runtime:
     def plan(self, prompt: Prompt, *, strategy: str | Strategy | None = None, budget: Budget | None = None,
              options: AskOptions | None = None, **overrides: Any) -> Plan:
         """What ``ask`` would run for this prompt, without running it."""
-        opts = replace(options or AskOptions(), **overrides)
-        return self._plan(self.prompt_tokens(prompt, opts), strategy, budget or Budget(), opts)
-
-    def _plan(self, tokens: Sequence[int], strategy: str | Strategy | None, budget: Budget,
-              opts: AskOptions, others: int = 0) -> Plan:
-        """Plan a query that will share each step with ``others`` live sequences."""
         from edgescale.runtime.memory import memory_model
-        from edgescale.strategies.planner import QueryShape, SharedTiming, plan
-        from edgescale.strategies.spec import Auto
 
-        budgeted = budget.deadline_s is not None or budget.memory_bytes is not None
-        strat = resolve_strategy(strategy, None, budgeted=budgeted)
-        timed = isinstance(strat, Auto) or budget.deadline_s is not None
-        shape = QueryShape(prompt_tokens=len(tokens), max_new_tokens=opts.max_tokens, strategy=strat,
-                           context_cells=self.engine.info.n_ctx_train or None)
-        timing = SharedTiming(self.profile(), others) if timed else None
-        if isinstance(strat, Auto) and strat.policy is not None:
-            return plan(shape, timing, memory_model(self.engine), budget, self.tuned_policy(strat.policy))
-        chosen = plan(shape, timing, memory_model(self.engine), budget, self.policy)
-        if isinstance(strat, Auto) and not self._policy_noted:
+        request = self.request(prompt, strategy=strategy, budget=budget, options=options, **overrides)
+        chosen = plan_request(request, memory_model(self.engine), others=0, now=request.arrival).plan
+        self._planned(request)
+        return chosen
+
+    def _policy_for(self, strategy: Strategy) -> AutoPolicy | None:
+        """auto's policy: the one a spec names (``auto:policy=NAME``), else the runtime's."""
+        if not isinstance(strategy, Auto):
+            return None
+        return self.tuned_policy(strategy.policy) if strategy.policy is not None else self.policy
+
+    def _planned(self, request: Request) -> None:
+        """A request was planned: the first auto query planned with the default policy says so once."""
+        if isinstance(request.strategy, Auto) and request.policy is None and not self._policy_noted:
             self._policy_noted = True
             if self.notify is not None:
                 self.notify("auto: no tuned policy for this model and task (--policy NAME, after `edgescale tune "
                             "--task NAME`); using the default one, fitted on the packaged arithmetic questions")
-        return chosen
+
+    def cue_tokens(self) -> int:
+        """Tokens of the probes' answer cue on this engine (what a probe's KV room counts)."""
+        if self._cue_tokens is None:
+            from edgescale.strategies.early_exit import ANSWER_CUE
+
+            self._cue_tokens = len(self.engine.tokenize(ANSWER_CUE, add_special=False, parse_special=False))
+        return self._cue_tokens
 
     def request(
         self,
@@ -268,31 +297,26 @@ class Runtime:
     ) -> Request:
         """The query as the scheduler takes it (tokenized now; planned when admitted).
         ``arrival``: when it arrived (``time.perf_counter()``; default now): its deadline
-        counts from then."""
-        from edgescale.strategies.runner import Query, generation_config
-
-        arrival = time.perf_counter() if arrival is None else arrival
+        (``budget.deadline_s``) counts from then."""
+        deadline = Deadline.after(budget.deadline_s if budget is not None else None, arrival)
         opts = replace(options or AskOptions(), **overrides)
         tokens = self.prompt_tokens(prompt, opts)
         budget = budget or Budget()
-
-        def prepare(others: int, waited: float) -> Query:
-            left = None if budget.deadline_s is None else max(1e-3, budget.deadline_s - waited)
-            chosen = self._plan(tokens, strategy, replace(budget, deadline_s=left), opts, others)
-            profile = self._profile if chosen.predicted_s is not None else None
-            return Query(
-                prompt_tokens=tokens, plan=chosen,
-                config=generation_config(chosen.strategy, opts, chosen.max_new_tokens),
-                answer_kind=opts.answer, choices=opts.choices, deadline_s=budget.deadline_s,
-                model_name=self.model_name, step_time=profile.step_time if profile is not None else None,
-            )
-
-        return Request(prompt_tokens=tokens, prepare=prepare, deadline_s=budget.deadline_s, on_step=on_step,
-                       arrival=arrival)
+        strat = resolve_strategy(strategy, None, budgeted=deadline.bounded or budget.memory_bytes is not None)
+        timed = isinstance(strat, Auto) or deadline.bounded
+        return Request(
+            prompt_tokens=tokens, strategy=strat, options=opts, deadline=deadline, memory_bytes=budget.memory_bytes,
+            answer_kind=opts.answer, choices=opts.choices, policy=self._policy_for(strat),
+            timing=self.profile() if timed else None, cue_tokens=self.cue_tokens(),
+            context_cells=self.engine.info.n_ctx_train or None, model_name=self.model_name, on_step=on_step,
+        )
 
     def submit(self, prompt: Prompt, **kwargs: Any) -> Future[Result]:
         """Queue a query and return at once: a future of its result (see :meth:`ask`)."""
-        return self.scheduler.submit(self.request(prompt, **kwargs))
+        request = self.request(prompt, **kwargs)
+        future = self.scheduler.submit(request)
+        future.add_done_callback(lambda f: None if f.cancelled() or f.exception() else self._planned(request))
+        return future
 
     async def ask_async(self, prompt: Prompt, **kwargs: Any) -> Result:
         """:meth:`ask` for asyncio: the query runs in the shared loop while the task awaits."""
@@ -305,4 +329,7 @@ class Runtime:
         auto when a budget is given), ``budget``, ``options`` or AskOptions fields as keywords
         (max_tokens=..., seed=...), and ``on_step`` (called in the scheduler's thread after
         every step of this query)."""
-        return self.submit(prompt, **kwargs).result()
+        request = self.request(prompt, **kwargs)
+        result = self.scheduler.submit(request).result()
+        self._planned(request)  # (in the caller's thread: before the answer is printed)
+        return result

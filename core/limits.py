@@ -11,6 +11,7 @@ MAX_SAMPLES = 64  # sequences one query may sample (k, adaptive max)
 MAX_NEW_TOKENS = 32768  # new tokens per sample
 MAX_TEMPERATURE = 5.0
 MAX_SEED = 2**63 - 1
+MAX_PARALLEL = 64  # queries in flight at once in one decode loop (batch --parallel, serve --parallel)
 
 # defaults of a query
 DEFAULT_MAX_TOKENS = 256

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from edgescale import limits
 from edgescale.errors import UsageError
-from edgescale.runtime.sampling import SamplingConfig
+from edgescale.strategies.generation import GenerationOptions
 from edgescale.strategies.planner import Budget
 from edgescale.strategies.spec import (
     Auto,
     Majority,
     Single,
     Strategy,
-    draws_one_sample,
     parse_strategy,
-    spec_temperature,
 )
 
 ANSWER_KINDS = ("auto", "number", "choice", "yesno", "text")
@@ -33,28 +31,15 @@ _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
-class AskOptions:
-    """Per-query generation options (validated by ``ask_settings``)."""
+class AskOptions(GenerationOptions):
+    """Per-query options (validated by ``ask_settings``): how samples are drawn
+    (:class:`~edgescale.strategies.generation.GenerationOptions`), how the prompt is
+    formatted and what kind of answer is extracted."""
 
-    max_tokens: int = limits.DEFAULT_MAX_TOKENS
-    temperature: float | None = None  # None: greedy for one sample, MULTI_SAMPLE_TEMPERATURE otherwise
-    top_k: int = limits.DEFAULT_TOP_K
-    top_p: float = limits.DEFAULT_TOP_P
-    min_p: float = limits.DEFAULT_MIN_P
-    seed: int = limits.DEFAULT_SEED
-    stop: tuple[str, ...] = ()
     system: str | None = None
     chat: bool = True
     answer: str = "auto"
     choices: tuple[str, ...] = ()
-
-    def sampling_for(self, strategy: Strategy) -> SamplingConfig:
-        temp = self.temperature  # --temperature, when given, holds for every strategy
-        if temp is None:
-            temp = spec_temperature(strategy)  # the spec's own: maj@8:temp=0.5
-        if temp is None:  # one sample: greedy; several: they must differ
-            temp = 0.0 if draws_one_sample(strategy) else limits.MULTI_SAMPLE_TEMPERATURE
-        return SamplingConfig(temperature=temp, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p)
 
 
 @dataclass(frozen=True)
@@ -66,6 +51,15 @@ class AskSettings:
     @property
     def streams(self) -> bool:
         return isinstance(self.strategy, Single)
+
+
+def decode_utf8(raw: bytes, where: str) -> str:
+    """Input bytes as text; anything but UTF-8 is a usage error naming the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 1].hex()
+        raise UsageError(f"{where} is not UTF-8 text (byte 0x{bad} at offset {exc.start})") from None
 
 
 def parse_duration(text: str | float | None) -> float | None:
@@ -102,6 +96,19 @@ def parse_size(text: str | int | None) -> int | None:
     if size <= 0:
         raise UsageError("the memory budget must be positive")
     return size
+
+
+def parse_lanes(text: str, name: str = "--parallel") -> int | Literal["auto"]:
+    """Queries in flight at once: a count from 1 to ``limits.MAX_PARALLEL``, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        raise UsageError(f"{name} must be a number or auto, got {text!r}") from None
+    if not 1 <= n <= limits.MAX_PARALLEL:
+        raise UsageError(f"{name} must be between 1 and {limits.MAX_PARALLEL}, got {n}")
+    return n
 
 
 def resolve_strategy(spec: str | Strategy | None, samples: int | None, *, budgeted: bool) -> Strategy:
@@ -173,17 +180,25 @@ RECORD_FIELDS = ("id", "prompt", "question", "strategy", "k", "max_tokens", "tem
                  "choices", "stop", "system", "deadline")
 
 
-def _typed(record: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
-    if key not in record or record[key] is None:
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "a list",
+               dict: "an object"}
+
+
+def typed_field(record: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    """``record[key]`` when present and not null, checked to be of ``kind`` (a JSON
+    boolean is no number); ``default`` otherwise. UsageError naming the field."""
+    value = record.get(key)
+    if value is None:
         return default
-    value = record[key]
     if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-        raise UsageError(f"field {key!r} has the wrong type")
+        kinds = (kind,) if isinstance(kind, type) else kind
+        want = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
+        raise UsageError(f"field {key!r} must be {want}")
     return value
 
 
 def _strings(record: Mapping[str, Any], key: str) -> list[str]:
-    value = _typed(record, key, (list, str), [])
+    value = typed_field(record, key, (list, str), [])
     items = [value] if isinstance(value, str) else value
     if not all(isinstance(x, str) for x in items):
         raise UsageError(f"field {key!r} must hold strings")
@@ -196,14 +211,14 @@ def settings_from_record(record: Mapping[str, Any], defaults: Mapping[str, Any])
     if unknown:
         raise UsageError(f"unknown field(s) {', '.join(unknown)}")
     fields = dict(defaults)
-    fields["strategy"] = _typed(record, "strategy", str, defaults.get("strategy"))
-    fields["samples"] = _typed(record, "k", int, defaults.get("samples"))
-    fields["max_tokens"] = _typed(record, "max_tokens", int, defaults.get("max_tokens", limits.DEFAULT_MAX_TOKENS))
-    fields["temperature"] = _typed(record, "temperature", (int, float), defaults.get("temperature"))
-    fields["seed"] = _typed(record, "seed", int, defaults.get("seed", limits.DEFAULT_SEED))
-    fields["answer"] = _typed(record, "answer", str, defaults.get("answer", "auto"))
-    fields["system"] = _typed(record, "system", str, defaults.get("system"))
-    fields["deadline"] = _typed(record, "deadline", (str, int, float), defaults.get("deadline"))
+    fields["strategy"] = typed_field(record, "strategy", str, defaults.get("strategy"))
+    fields["samples"] = typed_field(record, "k", int, defaults.get("samples"))
+    fields["max_tokens"] = typed_field(record, "max_tokens", int, defaults.get("max_tokens", limits.DEFAULT_MAX_TOKENS))
+    fields["temperature"] = typed_field(record, "temperature", (int, float), defaults.get("temperature"))
+    fields["seed"] = typed_field(record, "seed", int, defaults.get("seed", limits.DEFAULT_SEED))
+    fields["answer"] = typed_field(record, "answer", str, defaults.get("answer", "auto"))
+    fields["system"] = typed_field(record, "system", str, defaults.get("system"))
+    fields["deadline"] = typed_field(record, "deadline", (str, int, float), defaults.get("deadline"))
     if "stop" in record:
         fields["stop"] = _strings(record, "stop")
     if "choices" in record:

@@ -142,7 +142,7 @@ class BuildReport:
 
 def report_from_dict(data: Mapping[str, Any]) -> BuildReport:
     known = {f.name for f in fields(BuildReport)}
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+    kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
     return BuildReport(**kw)
 
 

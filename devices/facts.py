@@ -112,7 +112,7 @@ def from_dict(data: Mapping[str, Any]) -> DeviceInfo:
     body["cpu"] = _build(CpuInfo, cpu, "cpu")
     body["gpus"] = [_build(GpuInfo, g, "gpu") for g in body.get("gpus", [])]
     body["backends"] = [_build(BackendInfo, b, "backend") for b in body.get("backends", [])]
-    return _build(DeviceInfo, body, "device")  # type: ignore[no-any-return]
+    return _build(DeviceInfo, body, "device")
 
 
 def human_bytes(n: float) -> str:

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgescale.errors import BackendUnavailable, UsageError
 from edgescale import limits
+from edgescale.answers.extract import extract
+from edgescale.errors import BackendUnavailable, UsageError
 from edgescale.runtime.memory import peak_rss_bytes
-from edgescale.strategies.answers import extract
 from edgescale.strategies.result import Result, Sample, Stats
 from edgescale.strategies.voting import majority
 
@@ -146,7 +146,8 @@ class SequentialBaseline:
         generated = sum(s.n_tokens for s in samples)
         stats = Stats(
             prompt_tokens=len(prompt), generated_tokens=generated, probe_tokens=0, decode_steps=generated,
-            wall_s=wall, prefill_s=prefill_s, ttft_s=ttft, peak_kv_bytes=int((len(prompt) + longest) * self._kv_per_cell),
+            wall_s=wall, prefill_s=prefill_s, ttft_s=ttft,
+            peak_kv_bytes=int((len(prompt) + longest) * self._kv_per_cell),
             kv_bytes_allocated=int(self.n_ctx * self._kv_per_cell), peak_rss_bytes=peak_rss_bytes(),
             threads=self.n_threads, backend="llama-cpp-python (sequential)", samples_started=len(samples),
         )

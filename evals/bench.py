@@ -23,15 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from edgescale import limits
-from edgescale.api import Budget, Runtime
-from edgescale.strategies.scheduler import SchedulerConfig
-from edgescale.settings import AskOptions
+from edgescale.api import Budget, Runtime, RuntimeSpec
 from edgescale.errors import UsageError
 from edgescale.evals import datasets
 from edgescale.evals.baseline import BaselineQuery, BaselineSpec, SequentialBaseline, parse_baseline
 from edgescale.evals.datasets import Item
 from edgescale.evals.rss import PeakRss, current_peak, reset_peak
 from edgescale.evals.store import RecordKey, ResultStore, settings_id
+from edgescale.scheduler.config import SchedulerConfig
+from edgescale.settings import AskOptions
 from edgescale.strategies.result import Result
 from edgescale.strategies.spec import Strategy, parse_strategy
 
@@ -150,7 +150,7 @@ def dataset_key(name: str) -> str:
 
 def model_key(model: str | None, backend: str) -> str:
     """The model as records name it: the file (or ONNX folder) name, whatever alias selected it."""
-    from edgescale.runtime.backends import default_backends
+    from edgescale.loader import default_backends
 
     return default_backends().get(backend).resolve(model).name
 
@@ -209,10 +209,10 @@ class BenchSession:
 
     def rt(self) -> Runtime:
         if self.runtime is None:
-            lanes = max(1, self.config.parallel)
-            sched = SchedulerConfig(max_running=lanes, expect_running=lanes, memory_bytes=self.config.memory_bytes)
-            self.runtime = Runtime.load(self.config.model, backend=self.config.backend, threads=self.config.threads,
-                                        scheduler=sched)
+            spec = RuntimeSpec(self.config.model, backend=self.config.backend, threads=self.config.threads,
+                               lanes=max(1, self.config.parallel),
+                               scheduler=SchedulerConfig(memory_bytes=self.config.memory_bytes), width=1)
+            self.runtime = Runtime.open(spec)
         return self.runtime
 
     def base(self, longest_prompt: int) -> SequentialBaseline:

@@ -25,7 +25,6 @@ from typing import Any
 from edgescale.errors import UsageError
 
 
-
 @dataclass(frozen=True)
 class Profile:
     max_tokens: int

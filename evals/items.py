@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
+from edgescale.answers.extract import AnswerKind, normalize
 from edgescale.errors import UsageError
-from edgescale.strategies.answers import AnswerKind, normalize
 
 PromptStyle = Literal["zero-shot", "few-shot", "bare"]
 Examples = tuple[tuple[str, str], ...]  # (question, worked answer) pairs

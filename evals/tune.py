@@ -20,8 +20,8 @@ stage 1's certainty as the difficulty bin:
 The replay counts the candidate as if run alone. In ``auto`` an adaptive
 escalation also counts stage 1's answer as one vote, so the real policy is at
 least as well-informed; a ``conf@k`` escalation runs on new samples alone, as
-replayed (its samples' seeds differ: they are samples 1..k of the query). Report it on other questions than it was fitted on
-(``edgescale bench --policy TASK --offset ...``).
+replayed (its samples' seeds differ: they are samples 1..k of the query). Report it on other
+questions than it was fitted on (``edgescale bench --policy TASK --offset ...``).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from edgescale.evals.bench import (
     parse_strategies,
     run_bench,
 )
-from edgescale.strategies.policy import AutoPolicy, check_name
-from edgescale.strategies.spec import Adaptive, Auto, Confidence, Escalation
+from edgescale.strategies.policy import AutoPolicy
+from edgescale.strategies.spec import Adaptive, Auto, Confidence, Escalation, check_name
 
 STAGE1_ONLY = AutoPolicy(task="stage-1", confidence=1.0, escalation=None)
 DEFAULT_CANDIDATES = ("adaptive:max=8", "conf@8:online=1,temp=0.4")

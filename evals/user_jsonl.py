@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Any, cast
 
+from edgescale.answers.extract import ANSWER_KINDS, AnswerKind, normalize
 from edgescale.errors import UsageError
 from edgescale.evals.items import LETTERS, Item, lettered
 from edgescale.evals.items import gold as normalised_gold
-from edgescale.strategies.answers import ANSWER_KINDS, AnswerKind, normalize
+
 
 def _infer_kind(answer: str, choices: tuple[str, ...]) -> AnswerKind:
     if choices:

@@ -94,7 +94,7 @@ def concat_rows(parts: list[PackedWeight]) -> PackedWeight:
     for p in parts[1:]:
         if p.k != first.k or p.bits != first.bits or (p.mins is None) != (first.mins is None):
             raise UsageError("cannot pack weights of different layouts into one matmul")
-    mins = None if first.mins is None else np.concatenate([p.mins for p in parts])  # type: ignore[misc]
+    mins = None if first.mins is None else np.concatenate([p.mins for p in parts])
     return PackedWeight(
         n=sum(p.n for p in parts),
         k=first.k,

@@ -253,7 +253,7 @@ def convert(
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (CONFIG_NAME, MODEL_NAME, MODEL_NAME + ".data", TOKENIZER_NAME):
         (out_dir / stale).unlink(missing_ok=True)
-    external = model.ByteSize() > EXTERNAL_DATA_BYTES if external_data is None else external_data  # type: ignore[attr-defined]
+    external = model.ByteSize() > EXTERNAL_DATA_BYTES if external_data is None else external_data
     tmp = out_dir / f".{MODEL_NAME}.{os.getpid()}.tmp"
     try:
         onnx.save_model(

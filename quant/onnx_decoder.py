@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -109,7 +109,7 @@ class _Decoder:
         mask = g.input("attention_mask", i64, ["batch", "total"])
         self.pos = g.input("position_ids", i64, ["batch", "seq"])
         self.n_keep = g.input("num_logits_to_keep", i64, [])
-        kv_shape = ["batch", spec.n_head_kv, "past", spec.head_dim]
+        kv_shape: list[int | str] = ["batch", spec.n_head_kv, "past", spec.head_dim]
         self.pasts = [
             (
                 g.input(f"past_key_values.{i}.key", fl, kv_shape),
@@ -123,7 +123,8 @@ class _Decoder:
         summed = g.op("ReduceSum", mask, g.const([1]), keepdims=0)
         self.seqlens = g.op("Cast", g.op("Sub", summed, g.const([1])), to=TensorProto.INT32)
         self.total = g.op(
-            "Cast", g.op("Gather", g.op("Shape", mask), g.const(1), axis=0), to=TensorProto.INT32
+            "Cast", g.op("Gather", g.op("Shape", mask), g.const(np.array(1, dtype=np.int64)), axis=0),
+            to=TensorProto.INT32
         )
         self.rope: dict[float, tuple[str, str]] = {}
 
@@ -205,7 +206,7 @@ class _Decoder:
         spec, g = self.spec, self.g
         cos, sin = self.rope_for(layer)
         past_k, past_v = self.pasts[layer]
-        attrs: dict[str, object] = {
+        attrs: dict[str, Any] = {
             "num_heads": spec.n_head,
             "kv_num_heads": spec.n_head_kv,
             "do_rotary": 1,
@@ -328,6 +329,6 @@ class _Decoder:
 
 def build_decoder(
     spec: DecoderSpec, weights: DecoderWeights, *, metadata: dict[str, str]
-) -> object:
+) -> Any:
     """The whole decoder as an ``onnx.ModelProto``."""
     return _Decoder(spec, weights).build(metadata)

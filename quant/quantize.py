@@ -4,7 +4,7 @@ Re-quantising an already-quantised file (Q4_1 -> Q4_0, say) compounds two
 roundings; it works, and the report says so in ``warning``. Measured on the
 packaged SmolLM2 (Q4_1): its Q4_0 re-quantisation decoded k=8 batches 1.46x
 faster on an AVX2 CPU (llama.cpp repacks Q4_0 for its AVX2 kernels), at the
-cost shown by ``edgescale.quant.report``.
+cost shown by ``edgescale.evals.quality``.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ class _Backend:
         try:
             from llama_cpp._ctypes_extensions import load_shared_library
 
-            ggml = load_shared_library("ggml", Path(self.lib.__file__).parent / "lib")
+            ggml = load_shared_library("ggml", Path(str(self.lib.__file__)).parent / "lib")
             ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
             ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
             ggml.ggml_backend_dev_get.restype = ctypes.c_void_p

@@ -4,14 +4,14 @@ Every place that loads a model (the API, the CLI, the bench, the quality
 report) goes through one :class:`BackendRegistry`; each backend's loader
 resolves its own kind of model reference (a catalog name or a GGUF path for
 llama.cpp, a converted directory for ONNX Runtime) and its own placement (GPU
-layers, threads). ``default_backends()`` makes a registry of the built-in
-backends (importing neither library until a model is loaded); tests and
+layers, threads). ``edgescale.loader.default_backends()`` makes a registry of the
+built-in backends (importing neither library until a model is loaded); tests and
 plugins register more, e.g. a scripted engine, on their own instance.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -83,49 +83,3 @@ class BackendRegistry:
 
     def load(self, name: str, request: LoadRequest) -> Engine:
         return self.get(name).load(request)
-
-
-def _load_llama(request: LoadRequest) -> Engine:
-    from edgescale.runtime.llama_engine import load_llama
-
-    return load_llama(request)
-
-
-def _resolve_gguf(model: str | Path | None) -> Path:
-    from edgescale.models.catalog import resolve_model
-
-    return resolve_model(model)
-
-
-def _load_onnx(request: LoadRequest) -> Engine:
-    from edgescale.runtime.onnx_engine import load_onnx
-
-    return load_onnx(request)
-
-
-def _resolve_onnx_dir(model: str | Path | None) -> Path:
-    from edgescale.runtime.onnx_engine import resolve_model_dir
-
-    return resolve_model_dir(model)
-
-
-def _load_auto(request: LoadRequest) -> Engine:
-    from edgescale.runtime.auto_backend import choose_backend
-
-    choice = choose_backend(request.model, threads=request.threads, width=request.width)
-    return default_backends().load(choice.name, replace(request, model=choice.model))
-
-
-def default_backends() -> BackendRegistry:
-    """A registry of the built-in backends: llama.cpp (the default), ONNX Runtime, and auto
-    (whichever of the two this device's measured profiles favour; runtime.auto_backend)."""
-    return BackendRegistry([
-        Backend("llama.cpp", _load_llama, _resolve_gguf, aliases=("llama_cpp", "llamacpp", "llama"),
-                summary="GGUF models through llama.cpp (llama-cpp-python)",
-                claims=lambda p: p.suffix.lower() == ".gguf"),
-        Backend("onnx", _load_onnx, _resolve_onnx_dir, aliases=("onnxruntime", "ort"),
-                summary="ONNX Runtime; a model directory made by `edgescale convert`",
-                claims=lambda p: p.is_dir()),
-        Backend("auto", _load_auto, _resolve_gguf,
-                summary="llama.cpp or ONNX Runtime, from this device's measured profiles of both"),
-    ])

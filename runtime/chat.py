@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from functools import lru_cache
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from edgescale.errors import UsageError
+from edgescale.models.info import ModelInfo
 
 Message = Mapping[str, str]
 
@@ -77,3 +78,41 @@ def prompt_text(
     else:
         text = "\n\n".join(m["content"] for m in messages if m.get("content"))
     return text, not (bool(bos_token) and text.startswith(bos_token))
+
+
+class Vocabulary(Protocol):
+    """A backend's tokenizer."""
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
+
+    def token_bytes(self, token: int) -> bytes: ...
+
+    def is_eog(self, token: int) -> bool: ...
+
+
+class ChatText:
+    """The text side of the Engine protocol, the same for every backend: tokens through the
+    backend's vocabulary, prompts through the model's chat template. An engine sets
+    ``info``, ``vocab`` and the text of its BOS and EOS tokens (``bos_text``, ``eos_text``)."""
+
+    info: ModelInfo
+    vocab: Vocabulary
+    bos_text: str = ""
+    eos_text: str = ""
+
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        return self.vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.vocab.token_bytes(token)
+
+    def is_eog(self, token: int) -> bool:
+        return self.vocab.is_eog(token)
+
+    def format_prompt(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
+        return self.format_messages(user_messages(prompt, system), chat=chat)
+
+    def format_messages(self, messages: Sequence[Message], *, chat: bool = True) -> list[int]:
+        text, add_bos = prompt_text(self.info.chat_template, messages, chat=chat,
+                                    bos_token=self.bos_text, eos_token=self.eos_text)
+        return self.tokenize(text, add_special=self.info.add_bos and add_bos, parse_special=True)

@@ -21,8 +21,26 @@ Logits = npt.NDArray[np.float32]
 Feed = tuple[int, Sequence[int]]  # (sequence id, tokens to append)
 
 
+class CellCount:
+    """How a KV layout counts a query's cells (the planner's MemoryModel and a backend's
+    MemoryLayout both have one)."""
+
+    prompt_per_sequence: bool  # True: every sequence's row stores its own copy of the prompt
+    cell_pad: int  # the cache is rounded up to a multiple of this many cells
+
+    def query_cells(self, *, prompt_tokens: int, n_seqs: int, new_tokens: int, probe_slots: int,
+                    probe_cells: int) -> int:
+        """Cells a query may fill (:func:`kv_cells` in this layout), unpadded."""
+        return kv_cells(prompt_tokens=prompt_tokens, n_seqs=n_seqs, new_tokens=new_tokens, probe_slots=probe_slots,
+                        probe_cells=probe_cells, prompt_per_sequence=self.prompt_per_sequence)
+
+    def padded(self, cells: int) -> int:
+        """Cells the backend allocates for a cache of ``cells``."""
+        return -(-cells // self.cell_pad) * self.cell_pad
+
+
 @dataclass(frozen=True)
-class MemoryLayout:
+class MemoryLayout(CellCount):
     """How a backend spends memory on a query: what the planner's memory model
     (runtime.memory) needs to predict a query's peak before running it."""
 
@@ -36,6 +54,18 @@ class MemoryLayout:
 
     def compute_bytes(self, n_batch: int) -> int:
         return int(self.compute_per_token * n_batch + self.compute_per_token_sq * n_batch * n_batch)
+
+
+def kv_cells(*, prompt_tokens: int, n_seqs: int, new_tokens: int, probe_slots: int, probe_cells: int,
+             prompt_per_sequence: bool) -> int:
+    """KV cells one query may fill at most (the one formula: the planner's plan, the
+    scheduler's admission and a generator's own session all count with it): the prompt
+    once (a unified cache, where samples share its cells) or once per row (a row holds
+    its own copy; a probe's row copies its parent's), every sample's new tokens, and
+    each probe's own tokens. Unpadded: a cache rounds its whole size up (``padded``)."""
+    if prompt_per_sequence:
+        return (n_seqs + probe_slots) * (prompt_tokens + new_tokens) + probe_slots * probe_cells
+    return prompt_tokens + n_seqs * new_tokens + probe_slots * probe_cells
 
 
 @runtime_checkable
@@ -85,12 +115,16 @@ class Engine(Protocol):
 
     info: ModelInfo
     backend_name: str  # the registry name: "llama.cpp", "onnx"
-    backend_version: str
     n_threads: int
     n_gpu_layers: int
-    max_sequences: int  # sequence ids one session may hold at most
     memory_layout: MemoryLayout
     baseline_anon_bytes: int  # process memory besides the weights, measured right after loading
+
+    @property
+    def backend_version(self) -> str: ...
+
+    @property
+    def max_sequences(self) -> int: ...  # sequence ids one session may hold at most
 
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]: ...
 

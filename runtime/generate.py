@@ -12,13 +12,25 @@ is done.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+
+from edgescale.deadline import Deadline
 from edgescale.errors import DecodeAborted, UsageError
 from edgescale.runtime.detok import IncrementalText
 from edgescale.runtime.engine import DecodeSession, Engine, Feed, Logits
+from edgescale.runtime.samples import (
+    MAX_BATCH,
+    MIN_BATCH,
+    FinishReason,
+    GenerationConfig,
+    GenerationStats,
+    ProbeResult,
+    SeqState,
+    TokenEvent,
+    batch_size,
+)
 from edgescale.runtime.sampling import (
     GREEDY,
     Sampler,
@@ -26,116 +38,18 @@ from edgescale.runtime.sampling import (
     make_sampler,
     row_logsumexp,
     sequence_rng,
+    token_confidence,
 )
 
-FinishReason = Literal["stop", "length", "cancelled", "deadline", "early-exit", "low-confidence"]
-
-
-MIN_BATCH = 32
-MAX_BATCH = 512
-
-
-def batch_size(prompt_tokens: int, n_seqs: int) -> int:
-    """Tokens per llama_decode call: the whole prompt at once when it is short, every
-    sequence's token in one step. Longer prompts and probe cues are split into
-    pieces of this size; a larger batch costs compute-buffer memory."""
-    return max(MIN_BATCH, min(MAX_BATCH, max(prompt_tokens, n_seqs)))
-
-
-def token_confidence(row: Logits, lse: float, k: int) -> float:
-    """DeepConf's token confidence: minus the mean log-probability of the row's top ``k``
-    candidates (high when the model is sure: the top candidates are then all unlikely but one)."""
-    k = min(k, row.shape[-1])
-    top = np.partition(row, row.shape[-1] - k)[-k:]
-    return lse - float(top.mean(dtype=np.float64))
-
-
-def kv_cells(prompt_tokens: int, n_seqs: int, max_new_tokens: int, probe_slots: int, probe_cells: int) -> int:
-    """KV cells one query needs: the shared prompt, every sample's tokens, probe room."""
-    return prompt_tokens + n_seqs * max_new_tokens + probe_slots * probe_cells
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """Per-query generation settings shared by all samples."""
-
-    max_new_tokens: int = 256
-    stop: tuple[str, ...] = ()
-    sampling: SamplingConfig = SamplingConfig()
-    seed: int = 0
-    # (sample index, sampling) pairs that replace ``sampling`` for those samples
-    # (auto: its first sample is greedy, the samples of its escalation are not)
-    sampling_overrides: tuple[tuple[int, SamplingConfig], ...] = ()
-    # end-of-generation tokens do not end a sample (calibration and benches need
-    # exactly max_new_tokens per sample); they are kept as ordinary tokens
-    ignore_eos: bool = False
-    # DeepConf's token confidence (strategies.confidence): minus the mean model log-probability
-    # of the top ``confidence_top_k`` candidates at each step, kept per sample (0: not computed)
-    confidence_top_k: int = 0
-
-    def sampling_of(self, index: int) -> SamplingConfig:
-        return next((cfg for i, cfg in self.sampling_overrides if i == index), self.sampling)
-
-
-@dataclass
-class SeqState:
-    """One sample as it grows."""
-
-    index: int
-    seed: int
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    confidences: list[float] = field(default_factory=list)  # per token, when the config asks for them
-    ends: list[int] = field(default_factory=list)  # text length after each token
-    finish_reason: FinishReason | None = None
-    finished_step: int | None = None
-    started_at: float | None = None  # seconds since the generator started
-    finished_at: float | None = None
-    _text: IncrementalText = field(default_factory=IncrementalText, repr=False)
-    _visible: str = ""  # text after stop-string truncation
-    _emitted: int = 0  # characters already handed out as deltas
-
-    @property
-    def text(self) -> str:
-        return self._visible
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    index: int
-    token: int
-    logprob: float
-    delta: str  # text that became safe to show (stop strings held back)
-    finish_reason: FinishReason | None
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    index: int
-    text: str
-    n_tokens: int  # tokens decoded for this probe (cue + answer)
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    cached_prompt_tokens: int = 0  # of prompt_tokens, served from the prefix cache
-    prefill_s: float = 0.0
-    first_token_s: float | None = None
-    decode_steps: int = 0
-    probe_tokens: int = 0
-    probes: int = 0
-
+__all__ = ["MAX_BATCH", "MIN_BATCH", "BatchGenerator", "FinishReason", "GenerationConfig", "GenerationStats",
+           "ProbeResult", "SeqState", "TokenEvent", "batch_size", "token_confidence"]
 
 class BatchGenerator:
     """Runs up to ``n_seqs`` samples of one prompt in one batched step loop.
 
     Two ways to own the loop. Alone (no ``lane``): the generator opens a session sized
-    for this query, reads the prompt at once and :meth:`step` decodes. Shared (a
+    for this query (``n_cells``, default: the engine's layout's count for these
+    samples and probes), reads the prompt at once and :meth:`step` decodes. Shared (a
     ``lane``: this query's view of a session other queries use too): the prompt is
     read in chunks of ``prefill_chunk`` tokens as feeds of the shared steps, starting
     after the first ``prefix`` tokens (already in sequence 0's cells, from the prefix
@@ -153,7 +67,8 @@ class BatchGenerator:
         n_initial: int | None = None,
         probe_slots: int = 0,
         probe_cells: int = 0,
-        deadline: float | None = None,
+        n_cells: int | None = None,
+        deadline: Deadline | None = None,
         clock: Callable[[], float] = time.perf_counter,
         lane: DecodeSession | None = None,
         prefix: int = 0,
@@ -198,16 +113,17 @@ class BatchGenerator:
             return
         self._prompt_read = 0
         self._chunk = len(self.prompt)
-        self.session = engine.session(
-            n_seqs=n_seqs + probe_slots,
-            n_cells=kv_cells(len(self.prompt), n_seqs, config.max_new_tokens, probe_slots, probe_cells),
-            max_batch=batch_size(len(self.prompt), n_seqs + probe_slots),
-        )
+        if n_cells is None:
+            n_cells = engine.memory_layout.query_cells(
+                prompt_tokens=len(self.prompt), n_seqs=n_seqs, new_tokens=config.max_new_tokens,
+                probe_slots=probe_slots, probe_cells=probe_cells)
+        self.session = engine.session(n_seqs=n_seqs + probe_slots, n_cells=n_cells,
+                                      max_batch=batch_size(len(self.prompt), n_seqs + probe_slots))
         try:
             # A long prefill can be interrupted mid-decode; steps are checked between
             # decodes instead (the C-level check costs ~2 ms a step, see _llama_ffi).
-            if deadline is not None:
-                self.session.set_abort_check(lambda: clock() >= deadline)
+            if deadline is not None and deadline.bounded:
+                self.session.set_abort_check(lambda: deadline.passed(clock()))
             row = self.session.prefill(self.prompt, list(range(n_seqs)))
             self.session.set_abort_check(None)
         except BaseException:  # DecodeAborted at a deadline included: the caller answers from nothing
@@ -305,7 +221,7 @@ class BatchGenerator:
         events: list[TokenEvent] = []
         feeds: list[Feed] = []
         cfg = self.config
-        lse_cache: dict[int, float] = {}
+        lse_cache: dict[int, tuple[float, float]] = {}
         assert self._scratch is not None
         for i in list(self.live):
             st = self.states[i]
@@ -418,7 +334,7 @@ class BatchGenerator:
             rows = self.session.decode([(spares[i], list(cue_tokens)) for i in indices])
             active = list(indices)
             for _ in range(max_tokens):
-                if within_deadline and self.deadline is not None and self.clock() >= self.deadline:
+                if within_deadline and self.deadline is not None and self.deadline.passed(self.clock()):
                     break
                 nxt: list[int] = []
                 feeds: list[tuple[int, list[int]]] = []

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from edgescale.errors import KVCacheFull, UsageError
 from edgescale.models.info import ModelInfo, read_model_info
 from edgescale.runtime import _llama_ffi as ffi
-from edgescale.runtime.chat import Message, prompt_text, user_messages
+from edgescale.runtime.chat import ChatText
 from edgescale.runtime.engine import CellBook, Feed, Logits, MemoryLayout, check_prompt, check_session_shape
 from edgescale.runtime.memory import llama_compute_bytes_per_token, mapped_file_rss, process_rss
-
-if TYPE_CHECKING:
-    from edgescale.runtime.backends import LoadRequest
 
 KV_TYPE = "f16"  # llama.cpp's default cache type, the one sessions use
 LLAMA_CELL_PAD = 256  # llama.cpp rounds a context up to a multiple of 256 cells
@@ -178,7 +175,7 @@ class LlamaSession:
         self._engine._release(self.ctx)
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(ChatText):
     """A GGUF model loaded through llama.cpp."""
 
     backend_name = "llama.cpp"
@@ -206,22 +203,20 @@ class LlamaCppEngine:
         # Process memory besides the weights, before any context exists: the
         # planner's fixed cost (runtime.memory.memory_model).
         self.baseline_anon_bytes = process_rss() - mapped_file_rss(path)
-        self._bos_text = self.model.token_text(info.bos_token_id) if info.bos_token_id is not None else ""
-        self._eos_text = self.model.token_text(info.eos_token_id) if info.eos_token_id is not None else ""
+        self.vocab = self.model
+        self.bos_text = self.model.token_text(info.bos_token_id) if info.bos_token_id is not None else ""
+        self.eos_text = self.model.token_text(info.eos_token_id) if info.eos_token_id is not None else ""
 
     @classmethod
     def load(
         cls, path: str | Path, *, n_threads: int, n_gpu_layers: int = 0, flash_attn: bool | None = None
     ) -> "LlamaCppEngine":
-        """Validate the GGUF (header and sizes) before llama.cpp sees it, check that the
-        build runs on this CPU, then load it. ``flash_attn`` forces llama.cpp's
-        flash-attention kernel on or off (None: its "auto", which turns it on for the CPU)."""
-        from edgescale.devices.buildcheck import ensure_runs
-
+        """Validate the GGUF (header and sizes) before llama.cpp sees it, then load it.
+        ``flash_attn`` forces llama.cpp's flash-attention kernel on or off (None: its
+        "auto", which turns it on for the CPU). (``edgescale.loader`` also checks, once per
+        build, that llama.cpp runs on this CPU before it loads anything.)"""
         p = Path(path)
-        info = read_model_info(p)
-        ensure_runs(p)  # a build that dies on this CPU becomes an error, not a SIGILL (cached)
-        return cls(p, info, n_threads=n_threads, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn)
+        return cls(p, read_model_info(p), n_threads=n_threads, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn)
 
     @property
     def backend_version(self) -> str:
@@ -231,23 +226,6 @@ class LlamaCppEngine:
     def max_sequences(self) -> int:
         """Most sequences one context may hold (llama.cpp's limit)."""
         return ffi.backend().max_parallel_sequences()
-
-    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
-        return self.model.tokenize(text, add_special=add_special, parse_special=parse_special)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self.model.token_bytes(token)
-
-    def is_eog(self, token: int) -> bool:
-        return self.model.is_eog(token)
-
-    def format_prompt(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
-        return self.format_messages(user_messages(prompt, system), chat=chat)
-
-    def format_messages(self, messages: Sequence[Message], *, chat: bool = True) -> list[int]:
-        text, add_bos = prompt_text(self.info.chat_template, messages, chat=chat,
-                                    bos_token=self._bos_text, eos_token=self._eos_text)
-        return self.tokenize(text, add_special=self.info.add_bos and add_bos, parse_special=True)
 
     def session(self, *, n_seqs: int, n_cells: int, max_batch: int) -> LlamaSession:
         check_session_shape(self.info, n_seqs, n_cells)
@@ -299,24 +277,6 @@ class LlamaCppEngine:
         self.close()
 
 
-def auto_gpu_layers(path: Path, info: ModelInfo) -> int:
-    """Layers to offload: 0 on a CPU-only llama.cpp build; otherwise as many as fit the
-    free VRAM with a KV cache of 4096 cells (devices.placement decides)."""
-    if not ffi.backend().supports_gpu_offload():
-        return 0
-    from edgescale.devices.hardware import describe
-    from edgescale.devices.placement import place
-
-    return place(describe(measure_load=False), info, kv_bytes=info.kv_bytes(4096)).n_gpu_layers
-
-
-def load_llama(request: "LoadRequest") -> LlamaCppEngine:
-    """The registry's loader: a catalog name or GGUF path, GPU layers as many as fit."""
-    from edgescale.devices.buildcheck import ensure_runs
-    from edgescale.models.catalog import resolve_model
-
-    path = resolve_model(request.model)
-    info = read_model_info(path)
-    ensure_runs(path)  # before anything loads llama.cpp into this process
-    layers = auto_gpu_layers(path, info) if request.n_gpu_layers is None else request.n_gpu_layers
-    return LlamaCppEngine(path, info, n_threads=request.threads, n_gpu_layers=layers)
+def supports_gpu_offload() -> bool:
+    """Whether this llama.cpp build can offload layers to a GPU (CUDA, Metal, ...)."""
+    return ffi.backend().supports_gpu_offload()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgescale.models.info import ModelInfo
-from edgescale.runtime.engine import Engine
+from edgescale.runtime.engine import CellCount, Engine
 
 
 def llama_compute_bytes_per_token(info: ModelInfo) -> int:
@@ -29,7 +29,7 @@ def llama_compute_bytes_per_token(info: ModelInfo) -> int:
 
 
 @dataclass(frozen=True)
-class MemoryModel:
+class MemoryModel(CellCount):
     """Bytes the process needs at a given allocation (see the module docstring)."""
 
     fixed_bytes: int
@@ -42,13 +42,9 @@ class MemoryModel:
 
     def kv_cells(self, *, prompt_tokens: int, n_seqs: int, new_tokens: int, probe_slots: int,
                  probe_cells: int) -> int:
-        """Cells a query's cache holds: the prompt once (unified cache) or once per row
-        (a probe's row copies its parent's), every sample's tokens, the probes' own tokens."""
-        if self.prompt_per_sequence:
-            need = (n_seqs + probe_slots) * (prompt_tokens + new_tokens) + probe_slots * probe_cells
-        else:
-            need = prompt_tokens + n_seqs * new_tokens + probe_slots * probe_cells
-        return -(-need // self.cell_pad) * self.cell_pad
+        """Cells a cache of its own for the query allocates: :meth:`query_cells`, padded."""
+        return self.padded(self.query_cells(prompt_tokens=prompt_tokens, n_seqs=n_seqs, new_tokens=new_tokens,
+                                            probe_slots=probe_slots, probe_cells=probe_cells))
 
     def peak(self, *, n_seqs: int, n_cells: int, n_batch: int) -> int:
         return int(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgescale.errors import BackendUnavailable, InvalidModelFile, UsageError
 from edgescale.models.info import ModelInfo
-from edgescale.runtime.chat import Message, prompt_text, user_messages
+from edgescale.runtime.chat import ChatText
 from edgescale.runtime.engine import MemoryLayout, check_session_shape
 from edgescale.runtime.onnx_config import OnnxModelConfig
 from edgescale.runtime.onnx_errors import first_line, ort_exceptions
@@ -56,7 +56,7 @@ def _session_options(ort: Any, n_threads: int, spin: bool) -> Any:
     return so
 
 
-class OnnxEngine:
+class OnnxEngine(ChatText):
     """A converted model loaded in ONNX Runtime."""
 
     backend_name = "onnx"
@@ -77,6 +77,8 @@ class OnnxEngine:
         self.info: ModelInfo = config.model_info(model_dir)
         self.ort_session = ort_session
         self.tokenizer = tokenizer
+        self.vocab = tokenizer
+        self.bos_text, self.eos_text = config.bos_token, config.eos_token
         self.n_threads = n_threads
         self.providers = providers
         self.batch_invariant = batch_invariant
@@ -174,28 +176,10 @@ class OnnxEngine:
     def backend_version(self) -> str:
         return str(_import_ort().__version__)
 
-    def tokenize(
-        self, text: str, *, add_special: bool = False, parse_special: bool = True
-    ) -> list[int]:
-        return self.tokenizer.tokenize(text, add_special=add_special, parse_special=parse_special)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self.tokenizer.token_bytes(token)
-
-    def is_eog(self, token: int) -> bool:
-        return self.tokenizer.is_eog(token)
-
-    def format_prompt(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
-        return self.format_messages(user_messages(prompt, system), chat=chat)
-
-    def format_messages(self, messages: Sequence[Message], *, chat: bool = True) -> list[int]:
-        text, add_bos = prompt_text(self.info.chat_template, messages, chat=chat,
-                                    bos_token=self.config.bos_token, eos_token=self.config.eos_token)
-        return self.tokenize(text, add_special=self.info.add_bos and add_bos, parse_special=True)
-
     def session(self, *, n_seqs: int, n_cells: int, max_batch: int) -> OnnxSession:
         check_session_shape(self.info, n_seqs, n_cells)
-        return OnnxSession(self, n_seqs=n_seqs, n_cells=n_cells, batch_invariant=self.batch_invariant)
+        return OnnxSession(self.config, self.info, self.ort_session, n_seqs=n_seqs, n_cells=n_cells,
+                           batch_invariant=self.batch_invariant)
 
     def weights_bytes(self) -> int:
         return self.info.file_size

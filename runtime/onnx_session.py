@@ -30,11 +30,12 @@ import numpy.typing as npt
 
 from edgescale.errors import DecodeAborted, DecodeError, KVCacheFull, UsageError
 from edgescale.runtime.engine import CellBook, Feed, Logits, check_prompt
+from edgescale.runtime.onnx_config import OnnxModelConfig
 from edgescale.runtime.onnx_errors import first_line, ort_exceptions
 from edgescale.runtime.onnx_kv import KVRows
 
 if TYPE_CHECKING:
-    from edgescale.runtime.onnx_engine import OnnxEngine
+    from edgescale.models.info import ModelInfo
 
 PREFILL_CHUNK = 512
 
@@ -43,21 +44,22 @@ class OnnxSession:
     """KV rows for one query, driven by ``BatchGenerator`` like any DecodeSession."""
 
     def __init__(
-        self, engine: OnnxEngine, *, n_seqs: int, n_cells: int, batch_invariant: bool = False
+        self, config: OnnxModelConfig, info: ModelInfo, ort_session: Any, *, n_seqs: int, n_cells: int,
+        batch_invariant: bool = False,
     ) -> None:
-        self._engine = engine
+        self._ort = ort_session  # the engine's onnxruntime InferenceSession
         self.n_seq_max = n_seqs
         self.n_cells = n_cells
         self._pad_single = batch_invariant
-        cfg = engine.config
+        cfg = config
         # One spare row when single rows are padded to two (see _run_padded).
         slots = n_seqs + 1 if batch_invariant and n_seqs == 1 else n_seqs
-        self.kv = KVRows(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, slots, engine.info.n_ctx_train)
+        self.kv = KVRows(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, slots, info.n_ctx_train)
         self.book = CellBook()  # logical cells (shared prompt once), for the n_cells budget
-        self._bytes_per_cell = engine.info.kv_bytes_per_cell("f32", "f32")
+        self._bytes_per_cell = info.kv_bytes_per_cell("f32", "f32")
         self._peak_cells = 0
         self._abort: Callable[[], bool] | None = None
-        self._io: Any = engine.ort_session.io_binding()
+        self._io: Any = ort_session.io_binding()
         # (start, stop, kv generation) of the slots whose KV views are bound now
         self._bound: tuple[int, int, int] | None = None
         self._logits = np.zeros((slots, 1, cfg.n_vocab), np.float32)
@@ -112,7 +114,7 @@ class OnnxSession:
         out = self._logits[:n]
         io.bind_output("logits", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
         try:
-            self._engine.ort_session.run_with_iobinding(io)
+            self._ort.run_with_iobinding(io)
         except ort_exceptions() as exc:
             raise DecodeError(f"onnxruntime run failed: {first_line(exc)}") from None
         return out[:, 0, :]

@@ -81,6 +81,14 @@ def row_logsumexp(row: Logits, scratch: Logits, top: float) -> float:
     return m + float(np.log(scratch.sum(dtype=np.float64)))
 
 
+def token_confidence(row: Logits, lse: float, k: int) -> float:
+    """DeepConf's token confidence: minus the mean log-probability of the row's top ``k``
+    candidates (high when the model is sure: the top candidates are then all unlikely but one)."""
+    k = min(k, row.shape[-1])
+    top = np.partition(row, row.shape[-1] - k)[-k:]
+    return lse - float(top.mean(dtype=np.float64))
+
+
 def softmax(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     z = x.astype(np.float64) - float(np.max(x))
     e = np.exp(z)

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Seque
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request as HttpRequest
+from starlette.requests import ClientDisconnect
+from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -35,8 +36,8 @@ if TYPE_CHECKING:
 
     from edgescale.api import Runtime
     from edgescale.runtime.generate import BatchGenerator, TokenEvent
+    from edgescale.scheduler.request import Request
     from edgescale.strategies.result import Result
-    from edgescale.strategies.scheduler import Request
 
 Deltas = list[tuple[int, str]]  # (choice index, new text) of one decode step
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from edgescale import limits
-from edgescale.errors import EdgescaleError
-from edgescale.settings import AskSettings, ask_settings
+from edgescale.errors import EdgescaleError, UsageError
+from edgescale.settings import AskSettings, ask_settings, typed_field
 from edgescale.strategies.result import Result, Sample
 from edgescale.strategies.spec import Majority, draws_one_sample
 
@@ -113,20 +113,38 @@ class Call:
         return self.n > 1 or draws_one_sample(self.settings.strategy)
 
 
+def deadline_seconds(deadline_ms: int | float | None, name: str = "field 'deadline_ms'") -> float | None:
+    """A deadline in milliseconds from arrival (a body's ``deadline_ms``, ``serve
+    --deadline-ms``) in seconds: the one place it is read. ApiError when not positive."""
+    if deadline_ms is None:
+        return None
+    if not deadline_ms > 0:
+        raise _bad(f"{name} must be positive", param="deadline_ms")
+    return deadline_ms / 1000
+
+
+def defaults_of(*, strategy: str | None, deadline_ms: int | None, answer: str, seed: int,
+                max_tokens: int) -> tuple[Defaults, AskSettings]:
+    """The server's defaults (from its command line), checked by the rules every request
+    goes through; UsageError (one line) when one is bad."""
+    try:
+        settings = ask_settings(strategy=strategy, max_tokens=max_tokens, seed=seed, answer=answer,
+                                deadline=deadline_seconds(deadline_ms, "--deadline-ms"))
+    except ApiError as exc:
+        raise UsageError(exc.message) from None
+    return Defaults(strategy=strategy, deadline_ms=deadline_ms, answer=settings.options.answer, seed=seed,
+                    max_tokens=max_tokens), settings
+
+
 def _bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, param=param, code=code)
 
 
 def _get(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
-    value = body.get(key)
-    if value is None:
-        return default
-    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-        names = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "a list",
-                 dict: "an object"}
-        want = names.get(kind) if isinstance(kind, type) else " or ".join(names[k] for k in kind)
-        raise _bad(f"field {key!r} must be {want}", param=key)
-    return value
+    try:
+        return typed_field(body, key, kind, default)
+    except UsageError as exc:
+        raise _bad(str(exc), param=key) from None
 
 
 def _check_fields(body: Mapping[str, Any], allowed: Sequence[str]) -> None:
@@ -203,9 +221,7 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
     if strategy is not None and n > 1:
         raise _bad("n > 1 asks for n samples as choices; with a 'strategy' the samples are voted into one "
                    "choice: send one of them", param="n")
-    deadline_ms = _get(body, "deadline_ms", (int, float), defaults.deadline_ms)
-    if deadline_ms is not None and not deadline_ms > 0:
-        raise _bad("field 'deadline_ms' must be positive", param="deadline_ms")
+    deadline_s = deadline_seconds(_get(body, "deadline_ms", (int, float), defaults.deadline_ms))
     stop = body.get("stop")
     stops: list[str] = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
     if stop is not None and (not isinstance(stop, (str, list)) or not all(isinstance(s, str) for s in stops)):
@@ -223,7 +239,7 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
             min_p=_get(body, "min_p", (int, float), limits.DEFAULT_MIN_P),
             max_tokens=max_tokens, seed=_get(body, "seed", int, defaults.seed),
             answer=_get(body, "answer", str, defaults.answer), stop=[s for s in stops if s],
-            raw=not chat, deadline=deadline_ms / 1000 if deadline_ms is not None else None, names=NAMES,
+            raw=not chat, deadline=deadline_s, names=NAMES,
         )
     except EdgescaleError as exc:
         raise _bad(str(exc)) from None

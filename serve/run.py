@@ -27,7 +27,7 @@ CANCEL_S = 5.0  # after the grace: time for cancelled queries to send their last
 def _server_class() -> type:
     import uvicorn
 
-    class Server(uvicorn.Server):  # type: ignore[misc]
+    class Server(uvicorn.Server):
         """uvicorn's server, which at shutdown first gives in-flight requests the grace and
         then cancels their queries, so that each still gets a complete response (its
         finish_reason "cancelled") before uvicorn would cut the connections."""

@@ -12,7 +12,7 @@ from edgescale.serve.protocol import Defaults, Limits
 
 if TYPE_CHECKING:
     from edgescale.api import Runtime
-    from edgescale.strategies.scheduler import Request
+    from edgescale.scheduler.request import Request
 
 
 @dataclass(frozen=True)

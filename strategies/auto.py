@@ -31,7 +31,7 @@ from edgescale.strategies.adaptive import AdaptiveController
 from edgescale.strategies.base import AnswerBook, Decision, answer_logprob
 from edgescale.strategies.confidence import ConfidenceController
 from edgescale.strategies.early_exit import EarlyExitController
-from edgescale.strategies.result import Outcome, ProbeRecord
+from edgescale.strategies.records import Outcome, ProbeRecord
 from edgescale.strategies.spec import Adaptive, Confidence, Escalation, first_wave, samples_of, with_first_wave
 
 ESCALATION_LENGTH_MARGIN = 1.25  # a wave is expected to run this much longer than sample 0 did
@@ -121,14 +121,14 @@ class AutoController:
         if esc is None:
             return 0
         width = first_wave(esc)
-        if gen.deadline is None:
+        left = gen.deadline.left(gen.clock()) if gen.deadline is not None else None
+        if left is None:
             return width
         st = gen.states[0]
         steps = self.max_new_tokens
         if st.finish_reason in ("stop", "early-exit"):
             steps = min(steps, math.ceil(ESCALATION_LENGTH_MARGIN * (len(st.tokens) + 1)))
         observed = (gen.now() - gen.stats.prefill_s) / max(1, gen.stats.decode_steps)  # k=1, probes included
-        left = gen.deadline - gen.clock()
         wave = width
         while wave >= 2:
             if self.step_time is not None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
+from edgescale.answers.extract import Extracted, extract
 from edgescale.runtime.generate import BatchGenerator, SeqState, TokenEvent
-from edgescale.strategies.answers import Extracted, extract
-from edgescale.strategies.result import Outcome, ProbeRecord
+from edgescale.strategies.records import Outcome, ProbeRecord
 from edgescale.strategies.voting import VoteOutcome, majority
 
 # Finish reasons that mean the sample ran to its own end.
@@ -114,8 +114,8 @@ class Unstaged:
 
 
 @dataclass
-class OneBatch(Unstaged):
-    """Controllers that start all k samples at once and need no probe slots."""
+class AllAtOnce:
+    """Controllers that start all k samples at once."""
 
     k: int
 
@@ -126,6 +126,11 @@ class OneBatch(Unstaged):
     @property
     def n_initial(self) -> int:
         return self.k
+
+
+@dataclass
+class OneBatch(AllAtOnce, Unstaged):
+    """Controllers that start all k samples at once and need no probe slots."""
 
     @property
     def probe_slots(self) -> int:

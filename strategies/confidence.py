@@ -1,7 +1,7 @@
 """Confidence-weighted voting: DeepConf (Fu et al. 2025, "Deep Think with Confidence").
 
 - Token confidence: minus the mean model log-probability of the top ``topk``
-  candidates at a step (:func:`edgescale.runtime.generate.token_confidence`); high
+  candidates at a step (:func:`edgescale.runtime.sampling.token_confidence`); high
   when one candidate takes nearly all the mass.
 - Group confidence: the mean token confidence over a sliding window of ``window``
   tokens. A trace's score is its *lowest* group confidence (the paper's "lowest group
@@ -88,11 +88,11 @@ def weighted_vote(gen: BatchGenerator, book: AnswerBook, indices: Sequence[int],
     for score, i, value in kept:
         weights[value] = weights.get(value, 0.0) + score
         counts[value] = counts.get(value, 0) + 1
-        if value not in first or finish_order(gen.states[i]) < finish_order(gen.states[first[value]]):  # type: ignore[operator]
+        if value not in first or finish_order(gen.states[i]) < finish_order(gen.states[first[value]]):
             first[value] = i
     best = max(weights.values())
     tied = [a for a in weights if math.isclose(weights[a], best, rel_tol=1e-12)]
-    answer = min(tied, key=lambda a: finish_order(gen.states[first[a]]))  # type: ignore[arg-type,return-value]
+    answer = min(tied, key=lambda a: finish_order(gen.states[first[a]]))
     votes = dict(sorted(counts.items(), key=lambda kv: -weights[kv[0]]))
     return WeightedVote(answer, first[answer], votes, weights, tuple(i for _, i, _ in dropped))
 
@@ -148,6 +148,7 @@ class ConfidenceController(Unstaged):
 
     def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision:
         # online: the stopped traces never finished, so the survivors are already filtered
-        out = weighted_vote(gen, book, self.order, keep=1.0 if self.spec.online else self.spec.keep, window=self.spec.window)
+        keep = 1.0 if self.spec.online else self.spec.keep
+        out = weighted_vote(gen, book, self.order, keep=keep, window=self.spec.window)
         winner = out.winner if out.winner is not None else (self.order[0] if self.order else None)
         return Decision(out.answer, winner, out.votes)

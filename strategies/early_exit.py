@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from edgescale.answers.extract import extract_probe, is_hedge
 from edgescale.runtime.generate import BatchGenerator, TokenEvent
-from edgescale.strategies.answers import extract_probe, is_hedge
-from edgescale.strategies.base import AnswerBook, Decision, vote
-from edgescale.strategies.result import Outcome, ProbeRecord
+from edgescale.strategies.base import AllAtOnce, AnswerBook, Decision, vote
+from edgescale.strategies.records import Outcome, ProbeRecord
 
 ANSWER_CUE = "\n\n**Final answer:** \\boxed{"
 
@@ -32,22 +32,14 @@ def probe_done(text: str) -> bool:
 
 
 @dataclass
-class EarlyExitController:
-    cue: list[int]
+class EarlyExitController(AllAtOnce):
+    k: int = 1
+    cue: list[int] = field(default_factory=list)
     every: int = 32
     window: int = 2
-    k: int = 1
     probe_tokens: int = 20
     history: dict[int, list[str | None]] = field(default_factory=dict)
     records: list[ProbeRecord] = field(default_factory=list)
-
-    @property
-    def n_seqs(self) -> int:
-        return self.k
-
-    @property
-    def n_initial(self) -> int:
-        return self.k
 
     @property
     def probe_slots(self) -> int:

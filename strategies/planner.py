@@ -46,6 +46,7 @@ from edgescale import limits
 from edgescale.errors import BudgetInfeasible
 from edgescale.runtime.generate import batch_size
 from edgescale.runtime.memory import MemoryModel
+from edgescale.strategies.controllers import plan_allocation
 from edgescale.strategies.policy import AUTO_MAX_SAMPLES, DEFAULT_POLICY, AutoPolicy  # noqa: F401 (re-export)
 from edgescale.strategies.spec import (
     Adaptive,
@@ -74,6 +75,7 @@ class QueryShape:
     max_new_tokens: int
     strategy: Strategy
     context_cells: int | None = None  # the model's context (KV cells one batch may hold at most)
+    cue_tokens: int = CUE_TOKENS  # the probes' answer cue, as the engine tokenizes it
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ class Plan:
     strategy: Strategy
     k: int  # sequences the first stage allocates
     max_new_tokens: int
-    n_cells: int
+    n_cells: int  # KV cells the query may fill (every stage's samples and probes): what admission reserves
     n_batch: int
     predicted_s: float | None
     predicted_peak_bytes: int | None
@@ -136,6 +138,7 @@ class Plan:
     notes: tuple[str, ...] = ()
     budget: Budget | None = None
     profile_measured: bool | None = None  # the predictions come from a measured device profile
+    n_seq_ids: int = 0  # sequence ids the query takes (every stage's samples and probe slots)
 
     @property
     def escalate_to(self) -> Escalation | None:
@@ -291,7 +294,6 @@ def _plan_fixed(shape: QueryShape, profile: Timing | None, memory: MemoryModel, 
         strategy = with_samples(strategy, mem_k)
         notes.append(f"memory budget allows {mem_k} samples of {shape.max_new_tokens} tokens, not {want}")
     k = samples_of(strategy)
-    probes = k if isinstance(strategy, EarlyExit) else 1
     predicted: float | None = None
     if profile is not None:
         width = _parallel_width(strategy)
@@ -303,17 +305,26 @@ def _plan_fixed(shape: QueryShape, profile: Timing | None, memory: MemoryModel, 
                 f"predicted {predicted:.1f}s if every sample runs to {shape.max_new_tokens} tokens; the "
                 f"{budget.deadline_s:g}s deadline will stop it and answer from what has finished"
             )
-    return _finish(shape, strategy, k, probes, predicted, memory, mem_k, notes, budget=budget)
+    return _finish(shape, strategy, predicted, memory, mem_k, notes, budget)
 
 
-def _finish(shape: QueryShape, strategy: Strategy, k: int, probes: int, predicted: float | None,
-            memory: MemoryModel, mem_k: int, notes: list[str], **extra: Any) -> Plan:
-    cells = _cells(memory, shape.prompt_tokens, k, shape.max_new_tokens, probes)
-    n_batch = _batch(shape.prompt_tokens, k, probes)
+def _finish(shape: QueryShape, strategy: Strategy, predicted: float | None, memory: MemoryModel, mem_k: int,
+            notes: list[str], budget: Budget, **extra: Any) -> Plan:
+    """The plan of a chosen strategy: the sequences, cells and batch its controller takes
+    (``strategies.controllers``: the runner counts with the same numbers)."""
+    alloc = plan_allocation(strategy, cue_tokens=shape.cue_tokens, deadline=budget.deadline_s is not None)
+    cells = memory.query_cells(prompt_tokens=shape.prompt_tokens, n_seqs=alloc.n_seqs,
+                               new_tokens=shape.max_new_tokens, probe_slots=alloc.probe_slots,
+                               probe_cells=alloc.probe_cells)
+    n_batch = batch_size(shape.prompt_tokens, alloc.n_seq_ids)
+    allocated = memory.padded(cells)
+    k = samples_of(strategy.stage1 if isinstance(strategy, Escalate) else strategy)
     return Plan(
         strategy=strategy, k=k, max_new_tokens=shape.max_new_tokens, n_cells=cells, n_batch=n_batch,
-        predicted_s=predicted, predicted_peak_bytes=memory.peak(n_seqs=k + probes, n_cells=cells, n_batch=n_batch),
-        kv_bytes=int(memory.kv_bytes_per_cell * cells), max_k_memory=mem_k, notes=tuple(notes), **extra,
+        predicted_s=predicted,
+        predicted_peak_bytes=memory.peak(n_seqs=alloc.n_seq_ids, n_cells=allocated, n_batch=n_batch),
+        kv_bytes=int(memory.kv_bytes_per_cell * allocated), max_k_memory=mem_k, notes=tuple(notes), budget=budget,
+        n_seq_ids=alloc.n_seq_ids, **extra,
     )
 
 
@@ -370,16 +381,9 @@ def _plan_auto(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: 
             k_max = max(2, min(k_cap, waves * wave))
             escalate = _escalation(k_max, wave, base)
             t2 = one_wave + (math.ceil(k_max / wave) - 1) * per_wave
-    peak2 = 0
     if escalate is not None:
         notes.append(f"escalates to {escalate.spec()} when the first answer's certainty is below "
                      f"{policy.confidence:g} and its probes did not agree")
-        k2 = samples_of(escalate) + 1  # the waves and stage 1's sample, in one batch
-        cells2 = _cells(memory, shape.prompt_tokens, k2, shape.max_new_tokens, 1)
-        peak2 = memory.peak(n_seqs=k2 + 1, n_cells=cells2, n_batch=_batch(shape.prompt_tokens, k2, 1))
     chosen = Escalate(stage1=stage1, escalation=escalate, confidence=policy.confidence)
-    first = _finish(
-        shape, chosen, 1, 1, t1, memory, mem_k, notes, budget=budget, escalate_predicted_s=t2,
-        escalate_wave_s=one_wave if escalate is not None else None,
-    )
-    return replace(first, predicted_peak_bytes=max(first.predicted_peak_bytes or 0, peak2))
+    return _finish(shape, chosen, t1, memory, mem_k, notes, budget, escalate_predicted_s=t2,
+                   escalate_wave_s=one_wave if escalate is not None else None)

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgescale.errors import UsageError
-from edgescale.strategies.spec import Adaptive, Confidence, Escalation, parse_strategy
+from edgescale.strategies.spec import Adaptive, Confidence, Escalation, check_name, parse_strategy
 
 AUTO_MAX_SAMPLES = 8  # the default policy's escalation samples at most this many
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -79,13 +77,6 @@ def policy_from_dict(data: dict[str, Any]) -> AutoPolicy:
                           model=str(data.get("model", "")), fitted=dict(data.get("fitted") or {}))
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"bad policy file: {exc}") from None
-
-
-def check_name(task: str) -> str:
-    if not _NAME.match(task):
-        raise UsageError(f"bad policy / task name {task!r}: lower-case letters, digits, '.', '_' and '-', "
-                         "at most 64")
-    return task
 
 
 def policy_path(model_file: str, task: str) -> Path:

@@ -5,19 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edgescale.strategies.records import Outcome, ProbeRecord
+
 if TYPE_CHECKING:
     from edgescale.strategies.planner import Plan
 
-
-@dataclass(frozen=True)
-class ProbeRecord:
-    """One early-exit / forced-answer probe of a sample."""
-
-    sample: int
-    at_token: int
-    text: str
-    answer: str | None
-    hedged: bool
+__all__ = ["Outcome", "ProbeRecord", "Result", "Sample", "Stats"]
 
 
 @dataclass(frozen=True)
@@ -57,14 +50,6 @@ class Stats:
     @property
     def total_tokens(self) -> int:
         return self.generated_tokens + self.probe_tokens
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a staged strategy (auto) ended."""
-
-    name: str  # confident | escalated | no-escalation | no-time-to-escalate
-    stage1_certainty: float | None = None
 
 
 @dataclass(frozen=True)

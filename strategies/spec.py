@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Union
 
 from edgescale import limits
-from edgescale.errors import InvalidSpec
+from edgescale.errors import InvalidSpec, UsageError
 
 VALID_FORMS = (
     "single, maj@K[:vote=count|conf,temp=T], ffs@K[:rule=answered|any], short-M@K[:rule=answered|any], best@K, "
@@ -329,12 +329,21 @@ def _finish_rule(spec: str, tail: str) -> str:
     return str(rule)
 
 
+_POLICY_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def check_name(task: str) -> str:
+    """A tuned policy's task name (``auto:policy=NAME``, ``edgescale tune --task NAME``)."""
+    if not _POLICY_NAME.match(task):
+        raise UsageError(f"bad policy / task name {task!r}: lower-case letters, digits, '.', '_' and '-', "
+                         "at most 64")
+    return task
+
+
 def _auto(spec: str, tail: str) -> Auto:
     key, _, value = tail.partition("=")
     if key.strip() != "policy" or not value.strip():
         raise _fail(spec, "auto takes one parameter: auto:policy=NAME (a task tuned by `edgescale tune`)")
-    from edgescale.strategies.policy import check_name
-
     return Auto(policy=check_name(value.strip()))
 
 

@@ -10,7 +10,6 @@ import pytest
 
 from edgescale.models.catalog import resolve_model
 
-
 # The CLI with Ctrl-C handled as a terminal user's: a process started with SIGINT ignored (a
 # background job of a non-interactive shell, as `nohup cmd &` is) passes that on to its children,
 # and Python leaves an ignored SIGINT ignored; tests that interrupt the CLI start it this way.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgescale.strategies.answers import extract, normalize
+from edgescale.answers.extract import extract, normalize
 
 
 # -- numbers in words ------------------------------------------------------------------------------

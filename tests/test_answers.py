@@ -1,4 +1,4 @@
-"""Tests for edgescale.strategies.answers: concrete cases plus property tests."""
+"""Tests for edgescale.answers.extract: concrete cases plus property tests."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgescale.errors import UsageError
-from edgescale.strategies.answers import (
+from edgescale.answers.extract import (
     ANSWER_KINDS,
     Extracted,
     extract,
@@ -16,6 +15,7 @@ from edgescale.strategies.answers import (
     last_boxed,
     normalize,
 )
+from edgescale.errors import UsageError
 
 ARC_CHOICES = ["cellular telephone", "television", "refrigerator", "airplane"]
 

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+
 from edgescale.api import Runtime
 from edgescale.evals.bench import BenchConfig, parse_strategies, run_bench
 from edgescale.evals.bench_report import markdown_table, summarize, summary_dict
 from edgescale.evals.datasets import Item
 from edgescale.evals.stats import pareto_frontier, wilson
-
 from tests.fake_engine import FakeEngine
 
 pytest.importorskip("matplotlib")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from edgescale.evals.stats import Point, paired_difference, pareto_frontier, percentile, wilson
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy.stats import binomtest
+
+from edgescale.evals.stats import Point, paired_difference, pareto_frontier, percentile, wilson
 
 
 def test_wilson_matches_a_hand_computation() -> None:

@@ -7,11 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from edgescale.api import Runtime
 from edgescale.evals.bench import BenchConfig, BenchProgress, parse_strategies, run_bench
 from edgescale.evals.datasets import Item
 from edgescale.evals.store import RESULTS_FILE, ResultStore, record_key, settings_id
-
 from tests.fake_engine import FakeEngine
 
 ITEMS = tuple(Item(id=f"q{i}", question=f"What is {i} + 40?", answer=str(40 + i), kind="number") for i in range(4))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgescale.cli.app import main
-from edgescale.runtime.backends import default_backends
+from edgescale.loader import default_backends
 from tests.fake_engine import fake_backend
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from edgescale.runtime.generate import GenerationConfig, SeqState, token_confidence
 from edgescale.runtime.sampling import GREEDY
+from edgescale.scheduler.runner import Query, run_query
 from edgescale.strategies.confidence import group_confidences, trace_score
-from edgescale.strategies.runner import Query, run_query
 from edgescale.strategies.spec import EarlyExit, Escalate, confidence_of, parse_strategy
 from tests.fake_engine import VOCAB, FakeEngine
 from tests.test_strategies import pad, plan_of

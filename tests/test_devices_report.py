@@ -33,13 +33,13 @@ def test_report_lists_hardware_placement_and_profile(model_path: Path) -> None:
     text = render_text(info, placement, profile)
     lines = text.splitlines()
     assert lines[0].startswith("OS") and "Linux" in lines[0]
-    assert any(l.startswith("CPU") and "i7-9700" in l and "8 cores" in l for l in lines)
-    gpu = [l for l in lines if l.startswith("GPU")]
+    assert any(ln.startswith("CPU") and "i7-9700" in ln and "8 cores" in ln for ln in lines)
+    gpu = [ln for ln in lines if ln.startswith("GPU")]
     assert gpu and "RTX 2060" in gpu[0] and "5.5 GiB free of 6.0 GiB" in gpu[0]
-    assert any("llama.cpp 0.3.36: GPU offload [CUDA, CPU]" in l for l in lines)
-    assert any(l.startswith("placement") and "cuda:0" in l and "full offload" in l for l in lines)
-    assert any("k=8 6.0 ms (1333 tok/s)" in l for l in lines)
-    assert any(l.startswith("context") for l in lines)
+    assert any("llama.cpp 0.3.36: GPU offload [CUDA, CPU]" in ln for ln in lines)
+    assert any(ln.startswith("placement") and "cuda:0" in ln and "full offload" in ln for ln in lines)
+    assert any("k=8 6.0 ms (1333 tok/s)" in ln for ln in lines)
+    assert any(ln.startswith("context") for ln in lines)
 
 
 def test_report_without_gpu_or_backend() -> None:

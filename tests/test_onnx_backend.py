@@ -21,15 +21,15 @@ from edgescale.errors import (
     KVCacheFull,
     ModelNotFound,
 )
-from edgescale.models.info import read_model_info
-from edgescale.quant.gguf_to_onnx import ConvertReport, convert
-from edgescale.quant.report import (
+from edgescale.evals.quality import (
     EVAL_PROMPTS,
     GreedyAgreement,
     greedy_agreement,
     kernel_noise_floor,
     perplexity,
 )
+from edgescale.models.info import read_model_info
+from edgescale.quant.gguf_to_onnx import ConvertReport, convert
 from edgescale.runtime.engine import DecodeSession, Engine
 from edgescale.runtime.generate import BatchGenerator, GenerationConfig
 from edgescale.runtime.llama_engine import LlamaCppEngine
@@ -470,7 +470,7 @@ def test_every_strategy_runs_unchanged_on_onnx(onnx_engine: OnnxEngine, spec: st
 def test_the_shared_loop_runs_on_onnx(onnx_engine: OnnxEngine) -> None:
     """Queries together in one ONNX session, a repeated prompt served from the prefix cache."""
     from edgescale.api import Runtime
-    from edgescale.strategies.scheduler import SchedulerConfig
+    from edgescale.scheduler.config import SchedulerConfig
 
     runtime = Runtime(onnx_engine, "smollm2-onnx", scheduler=SchedulerConfig(max_running=3))
     asks = [("What is 2 + 2?", "maj@3"), ("Name a fruit.", "single"), ("Is ice cold? Answer yes or no.", "ffs@2")]
@@ -487,3 +487,14 @@ def test_the_shared_loop_runs_on_onnx(onnx_engine: OnnxEngine) -> None:
     assert all(r.stats.generated_tokens == sum(s.n_tokens for s in r.samples) for r in results)
     assert steps < sum(r.stats.decode_steps for r in results)  # they shared steps
     assert again.stats.cached_prompt_tokens == again.stats.prompt_tokens - 1
+
+
+def test_the_plan_counts_the_cells_admission_reserves(onnx_engine: OnnxEngine) -> None:
+    from edgescale.api import Runtime
+    from tests.kv_accounting import assert_plan_cells_are_reserved
+
+    rt = Runtime(onnx_engine, "smollm2-onnx")  # its layout stores the prompt once per row
+    try:
+        assert_plan_cells_are_reserved(rt)
+    finally:
+        rt.scheduler.close()

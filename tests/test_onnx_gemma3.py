@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from edgescale.errors import ModelNotFound
+from edgescale.evals.quality import greedy_agreement
 from edgescale.quant.gguf_to_onnx import ConvertReport, convert
-from edgescale.quant.report import greedy_agreement
 from edgescale.runtime.llama_engine import LlamaCppEngine
 from edgescale.runtime.onnx_engine import OnnxEngine
 

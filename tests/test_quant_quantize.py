@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edgescale.errors import ModelNotFound, UsageError
+from edgescale.evals.quality import greedy_agreement, perplexity, quality_report
 from edgescale.quant.quantize import FTYPES, QuantizeReport, ftype_of, quantize
-from edgescale.quant.report import greedy_agreement, perplexity, quality_report
 from edgescale.runtime.llama_engine import LlamaCppEngine
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from edgescale.api import Runtime
 from edgescale.errors import BudgetInfeasible, DeadlineMissed, QueueFull
+from edgescale.scheduler.config import SchedulerConfig
 from edgescale.strategies.planner import Budget
-from edgescale.strategies.scheduler import SchedulerConfig
 from tests.fake_engine import FakeEngine
 
 SCRIPTS = {
@@ -37,7 +37,8 @@ def test_queries_share_steps_and_answer_as_alone(tmp_path: Path) -> None:
         expected = [summary(alone.ask(p, strategy=s, answer="number", max_tokens=400)) for p, s in asks]
         alone_calls = alone.engine.decode_calls
     with runtime(tmp_path, max_running=3) as rt:
-        futures = rt.scheduler.submit_many([rt.request(p, strategy=s, answer="number", max_tokens=400) for p, s in asks])
+        futures = rt.scheduler.submit_many([rt.request(p, strategy=s, answer="number", max_tokens=400)
+                                            for p, s in asks])
         got = [summary(f.result(timeout=30)) for f in futures]
         shared_calls = rt.engine.decode_calls
     assert got == expected
@@ -46,22 +47,13 @@ def test_queries_share_steps_and_answer_as_alone(tmp_path: Path) -> None:
 
 
 def admission_order(rt: Runtime, asks: list[tuple[str, float | None]]) -> list[str]:
-    order: list[str] = []
-    requests = []
-    for prompt, deadline in asks:
-        req = rt.request(prompt, strategy="single", answer="number",
-                         budget=Budget(deadline_s=deadline) if deadline else None)
-        prepare = req.prepare
-
-        def recording(others: int, waited: float, prepare=prepare, prompt=prompt):  # type: ignore[no-untyped-def]
-            order.append(prompt)
-            return prepare(others, waited)
-
-        req.prepare = recording
-        requests.append(req)
-    for f in rt.scheduler.submit_many(requests):
-        f.result(timeout=30)
-    return order
+    """The prompts in the order they were admitted: one runs at a time (max_running=1), so
+    each waited in the queue longer than the one admitted before it."""
+    requests = [rt.request(prompt, strategy="single", answer="number",
+                           budget=Budget(deadline_s=deadline) if deadline else None) for prompt, deadline in asks]
+    results = [f.result(timeout=30) for f in rt.scheduler.submit_many(requests)]
+    waited = sorted(zip((r.stats.queue_s for r in results), (prompt for prompt, _ in asks)))
+    return [prompt for _, prompt in waited]
 
 
 def test_fifo_admits_in_arrival_order_and_edf_by_deadline(tmp_path: Path) -> None:
@@ -137,7 +129,7 @@ def test_a_repeated_prompt_is_read_from_the_prefix_cache(tmp_path: Path) -> None
 
 def test_min_memory_bytes_is_the_budget_that_holds_the_cells(tmp_path: Path) -> None:
     from edgescale.runtime.memory import memory_model
-    from edgescale.strategies.scheduler import cells_in_budget, min_memory_bytes
+    from edgescale.scheduler.config import cells_in_budget, min_memory_bytes
 
     rt = runtime(tmp_path)
     memory = memory_model(rt.engine)

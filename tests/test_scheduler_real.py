@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from edgescale.api import Runtime
+from edgescale.scheduler.config import SchedulerConfig
 from edgescale.strategies.planner import Budget
-from edgescale.strategies.scheduler import SchedulerConfig
 
 MB = 2**20
 ASKS = [
@@ -82,7 +82,7 @@ def test_with_the_default_chunk_the_difference_is_rounding(engine) -> None:
         rt.scheduler.close()
     worst = 0.0
     compared = 0
-    for i, gen in gens.items():
+    for gen in gens.values():
         for st in gen.states:
             if not st.tokens:
                 continue
@@ -188,3 +188,13 @@ def test_sixteen_queries_stay_within_the_memory_budget(model_path: Path) -> None
     records = [json.loads(x) for x in proc.stdout.splitlines()]
     assert [r["id"] for r in records] == list(range(16)) and all(r["ok"] for r in records)
     assert max(r["stats"]["peak_rss_bytes"] for r in records) <= budget
+
+
+def test_the_plan_counts_the_cells_admission_reserves(engine) -> None:
+    from tests.kv_accounting import assert_plan_cells_are_reserved
+
+    rt = Runtime(engine, "smollm2-135m")
+    try:
+        assert_plan_cells_are_reserved(rt)
+    finally:
+        rt.scheduler.close()

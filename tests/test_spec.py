@@ -139,7 +139,7 @@ def test_a_spec_sets_its_temperature_and_the_option_overrides_it() -> None:
 
 def test_auto_samples_its_escalation_at_the_escalation_temperature() -> None:
     from edgescale.settings import AskOptions
-    from edgescale.strategies.runner import generation_config
+    from edgescale.strategies.generation import generation_config
     from edgescale.strategies.spec import Escalate
 
     esc = Escalate(stage1=EarlyExit(k=1), escalation=Adaptive(max=4, temp=0.3), confidence=0.5)

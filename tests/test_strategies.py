@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from scipy.special import betainc
 
+from edgescale.deadline import Deadline
 from edgescale.runtime.generate import GenerationConfig
 from edgescale.runtime.sampling import GREEDY
+from edgescale.scheduler.runner import Query, run_query
 from edgescale.strategies.planner import Plan
-from edgescale.strategies.runner import Query, run_query
 from edgescale.strategies.spec import Adaptive, EarlyExit, Escalate, Strategy, parse_strategy, samples_of
 from edgescale.strategies.voting import beta_confidence, beta_rule, esc_rule
 from tests.fake_engine import FakeEngine
@@ -20,9 +23,14 @@ def plan_of(strategy: Strategy, max_new: int) -> Plan:
                 predicted_s=None, predicted_peak_bytes=None, kv_bytes=0)
 
 
+def due(seconds: float | None, clock) -> Deadline | None:
+    """A query's deadline of ``seconds``, counted from now on ``clock``."""
+    return Deadline.after(seconds, clock=clock or time.perf_counter) if seconds is not None else None
+
+
 def ask(engine: FakeEngine, spec: str, *, kind: str = "number", max_new: int = 400, deadline=None, clock=None):
     q = Query(prompt_tokens=list(b"Q?"), plan=plan_of(parse_strategy(spec), max_new), answer_kind=kind,
-              config=GenerationConfig(max_new_tokens=max_new, sampling=GREEDY), deadline_s=deadline)
+              config=GenerationConfig(max_new_tokens=max_new, sampling=GREEDY), deadline=due(deadline, clock))
     return run_query(engine, q, clock=clock) if clock else run_query(engine, q)
 
 
@@ -260,7 +268,8 @@ def test_same_inputs_same_result() -> None:
     a = ask(FakeEngine(scripts), "short-2@6").to_dict()
     b = ask(FakeEngine(scripts), "short-2@6").to_dict()
     for r in (a, b):
-        r["stats"].pop("wall_s"), r["stats"].pop("prefill_s"), r["stats"].pop("ttft_s"), r["stats"].pop("peak_rss_bytes")
+        for key in ("wall_s", "prefill_s", "ttft_s", "peak_rss_bytes"):
+            r["stats"].pop(key)
         for s in r["samples"]:
             s.pop("finished_at_s")
     assert a == b
@@ -276,7 +285,7 @@ def auto_plan(escalate: str | None, confidence: float = 0.8) -> Plan:
 
 def ask_auto(engine: FakeEngine, escalate: str | None, *, deadline=None, clock=None, step_time=None):
     q = Query(prompt_tokens=list(b"Q?"), plan=auto_plan(escalate), answer_kind="number",
-              config=GenerationConfig(max_new_tokens=400, sampling=GREEDY), deadline_s=deadline,
+              config=GenerationConfig(max_new_tokens=400, sampling=GREEDY), deadline=due(deadline, clock),
               step_time=step_time)
     res = run_query(engine, q, clock=clock) if clock else run_query(engine, q)
     return res, engine.sessions

@@ -1,6 +1,6 @@
 """Numbers written in English words: "eleven", "twenty-one", "a dozen", "three hundred and five".
 
-Private helper of :mod:`edgescale.strategies.answer_numbers`. Whole numbers from zero
+Private helper of :mod:`edgescale.answers.numbers`. Whole numbers from zero
 to the millions: units and teens, tens (a unit may follow, with a hyphen or a space),
 "hundred", "thousand", "million" (each may be preceded by "a"), "dozen" (12 times
 what precedes it, or "a dozen"), and "and" between parts ("one hundred and five").

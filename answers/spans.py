@@ -1,6 +1,6 @@
 """Where an answer sits in a response: the answer record, spans, braces and boxes.
 
-Private helper of :mod:`edgescale.strategies.answers`; import the public names
+Private helper of :mod:`edgescale.answers.extract`; import the public names
 (:class:`Extracted`, :func:`last_boxed`) from there. This module owns what the
 per-kind extractors share about *locating* an answer, independent of its kind:
 

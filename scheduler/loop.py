@@ -41,23 +41,23 @@ from typing import Callable, Sequence
 from edgescale.errors import BudgetInfeasible, DeadlineMissed, EdgescaleError, QueueFull, UsageError
 from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import batch_size
-from edgescale.runtime.lanes import Lane, SharedContext
 from edgescale.runtime.memory import MemoryModel, memory_model
-from edgescale.runtime.prefix_cache import PrefixCache
-from edgescale.strategies.assemble import empty_result
-from edgescale.strategies.planner import Plan
-from edgescale.strategies.result import Result
-from edgescale.strategies.runner import QueryRun
-from edgescale.strategies.scheduling import (
+from edgescale.scheduler.config import (
     CACHE_IDS,
     POLICIES,
     SPARE_IDS,
-    Request,
     SchedulerConfig,
     SchedulerStats,
     cells_in_budget,
     min_memory_bytes,
 )
+from edgescale.scheduler.lanes import Lane, SharedContext
+from edgescale.scheduler.prefix_cache import PrefixCache
+from edgescale.scheduler.request import Request, plan_request
+from edgescale.scheduler.results import empty_result
+from edgescale.scheduler.runner import QueryRun
+from edgescale.strategies.planner import Plan
+from edgescale.strategies.result import Result
 
 __all__ = ["POLICIES", "Request", "Scheduler", "SchedulerConfig", "SchedulerStats", "cells_in_budget",
            "min_memory_bytes"]
@@ -173,7 +173,7 @@ class Scheduler:
             if not self._queue:
                 return None
             if self.config.policy == "edf":
-                head = min(self._queue, key=lambda r: (r.due_at, r.arrival))
+                head = min(self._queue, key=lambda r: (r.deadline.due, r.arrival))
             else:
                 head = self._queue[0]
             return head
@@ -189,11 +189,12 @@ class Scheduler:
         now = self.clock()
         last_step = self.stats.recent[-1][0] if self.stats.recent and self._running else 0.0
         with self._lock:
-            gone = [r for r in self._queue if r.cancelled or r.future.cancelled() or now + last_step >= r.due_at]
+            gone = [r for r in self._queue if r.cancelled or r.future.cancelled()
+                    or r.deadline.passed(now + last_step)]
             for r in gone:
                 self._queue.remove(r)
         for r in gone:
-            late = now + last_step >= r.due_at and not r.cancelled
+            late = r.deadline.passed(now + last_step) and not r.cancelled
             self._expire(r, now, rule="deadline" if late else "cancelled")
 
     def _admit(self) -> None:
@@ -207,14 +208,13 @@ class Scheduler:
                 self._dequeue(request)
                 self._expire(request, now, rule="cancelled")
                 continue
-            if request.deadline_s is not None and now >= request.due_at:
+            if request.deadline.passed(now):
                 self._dequeue(request)
                 self._expire(request, now, rule="deadline")
                 continue
             try:
-                query = request.prepare(self._width(), now - request.arrival)
-                run = QueryRun(self.engine, query, clock=self.clock, on_step=request.on_step,
-                               started=request.arrival)
+                query = plan_request(request, self._memory, others=self._width(), now=now)
+                run = QueryRun(self.engine, query, clock=self.clock, on_step=request.on_step)
             except EdgescaleError as exc:
                 self._dequeue(request)
                 request.future.set_exception(exc)
@@ -348,7 +348,7 @@ class Scheduler:
             return
         self.stats.expired += 1
         try:
-            query = request.prepare(0, now - request.arrival)
+            query = plan_request(request, self._memory, others=0, now=now)
         except EdgescaleError as exc:
             request.future.set_exception(exc)
             return
@@ -417,9 +417,9 @@ class Scheduler:
         """Other running queries that may run a forced-answer probe before ``r``'s deadline
         (each probe holds the loop for its few tokens, so deadlines due together must
         leave room for all of them)."""
-        due = r.request.due_at
-        if due == float("inf"):
+        if not r.request.deadline.bounded:
             return 0
+        due = r.request.deadline.due
         return sum(1 for o in self._running if o is not r and not o.run.done and o.run.may_probe_by(due))
 
     def _own_rows(self) -> None:

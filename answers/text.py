@@ -1,11 +1,11 @@
 """Word and free-text answers: the ``yesno``, ``text`` and ``auto`` kinds.
 
-Private helper of :mod:`edgescale.strategies.answers`, whose module docstring
+Private helper of :mod:`edgescale.answers.extract`, whose module docstring
 states the rules. This module owns yes/no words (``true``/``false`` map to
 them), SQuAD-style text normalisation and the exact form kept for text that
 looks like math, the text spans an answer can occupy (a box, the rest of an
 "answer is" sentence, the first line), and ``auto``, which reads a number
-where there is one (via :mod:`~edgescale.strategies.answer_numbers`) and text
+where there is one (via :mod:`~edgescale.answers.numbers`) and text
 otherwise.
 """
 
@@ -14,14 +14,14 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from edgescale.strategies.answer_latex import fix_latex_shorthand, strip_latex_wrappers
-from edgescale.strategies.answer_numbers import (
+from edgescale.answers.latex import fix_latex_shorthand, strip_latex_wrappers
+from edgescale.answers.numbers import (
     gsm8k_number,
     last_number,
     normalize_number,
     number_after,
 )
-from edgescale.strategies.answer_spans import (
+from edgescale.answers.spans import (
     ANSWER_PHRASE,
     SENTENCE_END,
     Extracted,

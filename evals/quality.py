@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from edgescale.errors import UsageError
-from edgescale.quant.eval_text import EVAL_TEXT
+from edgescale.evals.eval_text import EVAL_TEXT
 from edgescale.runtime.engine import Engine
 from edgescale.runtime.sampling import GREEDY, log_softmax_at
 
@@ -228,8 +228,10 @@ def kernel_noise_floor(
     and fp16 rounding of the softmax in the unfused path) differs. No candidate
     can be expected to agree with llama.cpp more closely than this.
     """
+    from edgescale.devices.buildcheck import ensure_runs
     from edgescale.runtime.llama_engine import LlamaCppEngine
 
+    ensure_runs(Path(gguf))
     with (
         LlamaCppEngine.load(gguf, n_threads=n_threads, flash_attn=True) as fused,
         LlamaCppEngine.load(gguf, n_threads=n_threads, flash_attn=False) as unfused,
@@ -239,12 +241,13 @@ def kernel_noise_floor(
 
 def _load(path: str | Path, *, n_threads: int) -> Engine:
     """A ``.gguf`` file on llama.cpp, a converted directory on ONNX Runtime (the registry decides)."""
-    from edgescale.api import load_engine
-    from edgescale.runtime.backends import default_backends
+    from edgescale.loader import LoadSpec, default_backends, load_engine
 
     registry = default_backends()
     backend = registry.for_model(path).name
-    return load_engine(path, backend=backend, threads=n_threads, n_gpu_layers=0, registry=registry)
+    engine, _ = load_engine(LoadSpec(str(path), backend=backend, threads=n_threads, gpu_layers=0),
+                            registry=registry)
+    return engine
 
 
 def quality_report(

@@ -82,21 +82,20 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Literal, get_args
 
-from edgescale.errors import UsageError
-from edgescale.strategies.answer_choices import (
+from edgescale.answers.choices import (
     DEFAULT_CHOICE_LETTERS,
     extract_choice,
     normalize_choice,
 )
-from edgescale.strategies.answer_numbers import extract_number, normalize_number
-from edgescale.strategies.answer_spans import (
+from edgescale.answers.numbers import extract_number, normalize_number
+from edgescale.answers.spans import (
     Extracted,
     Normalizer,
     last_boxed,
     probe_content_end,
     trimmed,
 )
-from edgescale.strategies.answer_text import (
+from edgescale.answers.text import (
     extract_auto,
     extract_text,
     extract_yesno,
@@ -104,6 +103,7 @@ from edgescale.strategies.answer_text import (
     normalize_text,
     normalize_yesno,
 )
+from edgescale.errors import UsageError
 
 __all__ = [
     "ANSWER_KINDS",

@@ -1,20 +1,15 @@
-"""The scheduler's values: its configuration, a submitted request, its counters, and how
-a memory budget sizes the shared context (strategies.scheduler owns the loop)."""
+"""The scheduler's values: its configuration, its counters, and how a memory budget sizes
+the shared context (scheduler.loop owns the loop; scheduler.request is what it takes)."""
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from edgescale.errors import UsageError
 from edgescale.runtime.memory import MemoryModel
 from edgescale.strategies.planner import MEMORY_SAFETY
-from edgescale.strategies.result import Result
-from edgescale.strategies.runner import Query, StepCallback
 
 POLICIES = ("fifo", "edf")
 CACHE_IDS = 16  # sequence ids kept for prefix-cache entries
@@ -62,27 +57,6 @@ class SchedulerConfig:
             raise UsageError("on_expired must be 'answer' or 'reject'")
         if self.max_running < 1 or self.max_queue < 1 or self.prefill_chunk < 1:
             raise UsageError("max_running, max_queue and prefill_chunk must be at least 1")
-
-
-@dataclass
-class Request:
-    """A query as submitted: what the caller asked for and when it arrived."""
-
-    prompt_tokens: Sequence[int]
-    prepare: Callable[[int, float], Query]  # (batch width it will share, seconds waited) -> planned query
-    deadline_s: float | None = None
-    on_step: StepCallback | None = None
-    arrival: float = field(default_factory=time.perf_counter)
-    future: Future[Result] = field(default_factory=Future)
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        """The client went away: the query ends at the next step boundary, its KV freed."""
-        self.cancelled = True
-
-    @property
-    def due_at(self) -> float:
-        return self.arrival + self.deadline_s if self.deadline_s is not None else float("inf")
 
 
 @dataclass

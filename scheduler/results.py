@@ -3,18 +3,14 @@ probes, the decision and the stats."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import BatchGenerator, GenerationStats
 from edgescale.runtime.memory import peak_rss_bytes
+from edgescale.scheduler.query import Query
 from edgescale.strategies.base import AnswerBook, Controller, Decision, answer_logprob, mean_logprob
 from edgescale.strategies.confidence import trace_score
 from edgescale.strategies.result import ProbeRecord, Result, Sample, Stats
 from edgescale.strategies.spec import Confidence, confidence_of
-
-if TYPE_CHECKING:
-    from edgescale.strategies.runner import Query
 
 
 def _samples(gen: BatchGenerator, book: AnswerBook, window: int) -> tuple[Sample, ...]:

@@ -12,147 +12,45 @@ from __future__ import annotations
 import statistics
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
+from edgescale.answers.extract import extract_probe, is_hedge
+from edgescale.deadline import Deadline
 from edgescale.errors import DecodeAborted
 from edgescale.runtime.engine import DecodeSession, Engine
-from edgescale.runtime.generate import (
-    MAX_BATCH,
-    BatchGenerator,
-    GenerationConfig,
-    TokenEvent,
-    kv_cells,
-)
-from edgescale.runtime.sampling import SamplingConfig
-from edgescale.strategies.adaptive import AdaptiveController
-from edgescale.strategies.answers import extract_probe, is_hedge
-from edgescale.strategies.assemble import build_result, empty_result
-from edgescale.strategies.auto import AutoController
-from edgescale.strategies.base import (
-    AnswerBook,
-    Controller,
-    cancel_live,
-)
-from edgescale.strategies.best_of_k import BestOfKController
-from edgescale.strategies.confidence import ConfidenceController
-from edgescale.strategies.early_exit import ANSWER_CUE, EarlyExitController, probe_done
-from edgescale.strategies.first_finish import ShortMController
-from edgescale.strategies.majority import MajorityController
-from edgescale.strategies.planner import Plan
+from edgescale.runtime.generate import MAX_BATCH, BatchGenerator, TokenEvent
+from edgescale.scheduler.query import Query, StepCallback
+from edgescale.scheduler.results import build_result, empty_result
+from edgescale.strategies.base import AnswerBook, Controller, cancel_live
+from edgescale.strategies.controllers import FORCED_PROBE_TOKENS, allocation, build_controller
+from edgescale.strategies.early_exit import ANSWER_CUE, probe_done
 from edgescale.strategies.result import ProbeRecord, Result
-from edgescale.strategies.spec import (
-    Adaptive,
-    Auto,
-    BestOfK,
-    Confidence,
-    EarlyExit,
-    Escalate,
-    FirstFinish,
-    Majority,
-    ShortM,
-    Single,
-    Strategy,
-    confidence_of,
-)
 
-if TYPE_CHECKING:
-    from edgescale.settings import AskOptions
+__all__ = ["Query", "QueryRun", "StepCallback", "run_query"]
 
-FORCED_PROBE_TOKENS = 8  # enough for a number or a letter and the closing brace
-StepCallback = Callable[[BatchGenerator, Sequence[TokenEvent]], None]
-
-
-def build_controller(
-    strategy: Strategy, cue: list[int], *, prior: tuple[str, ...] = (), max_new_tokens: int = 0,
-    step_time: Callable[[int], float] | None = None,
-) -> Controller:
-    if isinstance(strategy, Single):
-        return MajorityController(k=1)
-    conf = confidence_of(strategy)
-    if isinstance(strategy, Majority):
-        return MajorityController(k=strategy.k, confidence=conf)
-    if isinstance(strategy, Confidence):
-        return ConfidenceController(strategy)
-    if isinstance(strategy, FirstFinish):
-        return ShortMController(m=1, k=strategy.k, answered=strategy.rule == "answered")
-    if isinstance(strategy, ShortM):
-        return ShortMController(m=strategy.m, k=strategy.k, answered=strategy.rule == "answered")
-    if isinstance(strategy, BestOfK):
-        return BestOfKController(k=strategy.k)
-    if isinstance(strategy, Adaptive):
-        return AdaptiveController(
-            k_max=strategy.max, threshold=strategy.conf, wave=strategy.wave, rule=strategy.rule,
-            window=strategy.window, prior=prior, confidence=conf, refill=strategy.refill,
-        )
-    if isinstance(strategy, EarlyExit):
-        return EarlyExitController(
-            cue=cue, every=strategy.every, window=strategy.window, k=strategy.k, probe_tokens=strategy.probe
-        )
-    if isinstance(strategy, Escalate):
-        s1 = strategy.stage1
-        return AutoController(
-            stage1=EarlyExitController(cue=cue, every=s1.every, window=s1.window, k=1, probe_tokens=s1.probe),
-            escalation=strategy.escalation, confidence=strategy.confidence, max_new_tokens=max_new_tokens,
-            step_time=step_time,
-        )
-    if isinstance(strategy, Auto):
-        raise TypeError("auto must be resolved to a concrete strategy by the planner first")
-    raise TypeError(f"unknown strategy {strategy!r}")
-
-
-def generation_config(strategy: Strategy, options: AskOptions, max_new_tokens: int) -> GenerationConfig:
-    """The samples' settings: auto's first sample is greedy (unless a temperature is
-    given), its escalation's samples are drawn at the multi-sample temperature."""
-    overrides: tuple[tuple[int, SamplingConfig], ...] = ()
-    sampling = options.sampling_for(strategy)
-    if isinstance(strategy, Escalate):
-        overrides = ((0, options.sampling_for(Single())),)
-    conf = confidence_of(strategy)
-    return GenerationConfig(max_new_tokens=max_new_tokens, stop=options.stop, sampling=sampling, seed=options.seed,
-                            sampling_overrides=overrides, confidence_top_k=conf.topk if conf is not None else 0)
-
-
-@dataclass(frozen=True)
-class Query:
-    """One prompt and its plan, ready to run."""
-
-    prompt_tokens: Sequence[int]
-    plan: Plan
-    config: GenerationConfig
-    answer_kind: str = "auto"
-    choices: tuple[str, ...] = ()
-    deadline_s: float | None = None
-    model_name: str = ""
-    prior: tuple[str, ...] = ()  # answers already in hand, counted as votes (adaptive)
-    step_time: Callable[[int], float] | None = None  # seconds per step at k live (device profile)
-
-    @property
-    def strategy(self) -> Strategy:
-        return self.plan.strategy
 
 
 class QueryRun:
     """One query as a controller over its generator, advanced one step at a time by
     whoever owns the step loop: :func:`run_query` alone, or the scheduler with other
-    queries. ``started``: when the query arrived (its deadline counts from then)."""
+    queries. Its deadline, and its wall time, count from ``query.deadline.arrival``."""
 
     def __init__(self, engine: Engine, query: Query, *, clock: Callable[[], float] = time.perf_counter,
-                 on_step: StepCallback | None = None, started: float | None = None) -> None:
+                 on_step: StepCallback | None = None) -> None:
         self.engine = engine
         self.query = query
         self.clock = clock
         self.on_step = on_step
-        self.t0 = clock() if started is None else started
+        # the deadline (and the query's wall time) counts from its arrival; a query run on
+        # its own without one, from now
+        self.deadline = query.deadline if query.deadline is not None else Deadline(clock())
+        self.t0 = self.deadline.arrival
         self.cue = engine.tokenize(ANSWER_CUE, add_special=False, parse_special=False)
         self.ctl = build_controller(query.strategy, self.cue, prior=query.prior,
                                     max_new_tokens=query.config.max_new_tokens, step_time=query.step_time)
         self.book = AnswerBook(query.answer_kind, query.choices)
-        self.deadline = self.t0 + query.deadline_s if query.deadline_s is not None else None
-        self.probe_slots, self.probe_cells = self.ctl.probe_slots, self.ctl.probe_cells
-        if self.deadline is not None:  # room for one forced-answer probe
-            self.probe_slots = max(self.probe_slots, 1)
-            self.probe_cells = max(self.probe_cells, len(self.cue) + FORCED_PROBE_TOKENS)
+        self.alloc = allocation(self.ctl, cue_tokens=len(self.cue), deadline=self.deadline.bounded)
+        self.probe_slots, self.probe_cells = self.alloc.probe_slots, self.alloc.probe_cells
         self.pace = _Pace(query.step_time)
         self._reading = False  # whether the step under way reads the prompt
         self.gen: BatchGenerator | None = None
@@ -162,13 +60,15 @@ class QueryRun:
     @property
     def n_seq_ids(self) -> int:
         """Sequence ids the query needs: its samples and its probe slots."""
-        return self.ctl.n_seqs + self.probe_slots
+        return self.alloc.n_seq_ids
 
     @property
     def kv_cells(self) -> int:
-        """KV cells the query may fill at most: its prompt, every sample's tokens, probe room."""
-        return kv_cells(len(self.query.prompt_tokens), self.ctl.n_seqs, self.query.config.max_new_tokens,
-                        self.probe_slots, self.probe_cells)
+        """KV cells the query may fill at most: its prompt, every sample's tokens, probe room
+        (the engine's layout; the same count as its plan's ``n_cells``)."""
+        return self.engine.memory_layout.query_cells(
+            prompt_tokens=len(self.query.prompt_tokens), n_seqs=self.alloc.n_seqs,
+            new_tokens=self.query.config.max_new_tokens, probe_slots=self.probe_slots, probe_cells=self.probe_cells)
 
     @property
     def done(self) -> bool:
@@ -180,7 +80,8 @@ class QueryRun:
             self.gen = BatchGenerator(
                 self.engine, self.query.prompt_tokens, self.query.config, n_seqs=self.ctl.n_seqs,
                 n_initial=self.ctl.n_initial, probe_slots=self.probe_slots, probe_cells=self.probe_cells,
-                deadline=self.deadline, clock=self.clock, lane=lane, prefix=prefix, prefill_chunk=prefill_chunk,
+                n_cells=self.kv_cells, deadline=self.deadline, clock=self.clock, lane=lane, prefix=prefix,
+                prefill_chunk=prefill_chunk,
             )
         except DecodeAborted:
             self.result = empty_result(self.engine, self.query, self.clock() - self.t0, queue_s=self.queue_s)
@@ -195,17 +96,18 @@ class QueryRun:
         gen = self.gen
         assert gen is not None and self.result is None
         self._reading = gen.reading_prompt  # a step that reads the prompt is no sample step
-        if self.deadline is None:
+        due = self.deadline.due
+        if not self.deadline.bounded:
             return True
         if gen.reading_prompt:
-            if self.clock() + next_step_s < self.deadline:
+            if self.clock() + next_step_s < due:
                 return True
             self.result = empty_result(self.engine, self.query, self.clock() - self.t0, gen.stats,
                                        queue_s=self.queue_s)
             return False
         probe = self.pace.probe(len(self.cue))
         reserve = (0.0 if _has_answer(gen, self.book) else probe) + probes_ahead * probe
-        if self.clock() + max(self.pace.step(width), next_step_s) + reserve >= self.deadline:
+        if self.clock() + max(self.pace.step(width), next_step_s) + reserve >= due:
             self._end("deadline")
             return False
         return True
@@ -213,7 +115,7 @@ class QueryRun:
     def may_probe_by(self, due_at: float) -> bool:
         """Whether this query may still need a forced-answer probe before ``due_at``."""
         gen = self.gen
-        return (self.deadline is not None and self.deadline <= due_at and gen is not None
+        return (self.deadline.bounded and self.deadline.due <= due_at and gen is not None
                 and not gen.reading_prompt and not _has_answer(gen, self.book))
 
     def after(self, events: Sequence[TokenEvent], seconds: float, width: int) -> None:
@@ -249,8 +151,7 @@ class QueryRun:
         assert gen is not None
         forced: list[ProbeRecord] = []
         if rule == "deadline":
-            assert self.deadline is not None
-            forced = _forced_answer(gen, self.ctl, self.book, self.cue, self.pace, self.deadline - self.clock())
+            forced = _forced_answer(gen, self.ctl, self.book, self.cue, self.pace, self.deadline.due - self.clock())
         cancel_live(gen, "deadline" if rule == "deadline" else "cancelled")
         decision = self.ctl.decide(gen, self.book)
         self.result = build_result(self.engine, self.query, gen, self.ctl, self.book, decision, rule, forced,

@@ -1,6 +1,6 @@
 """Number answers: finding numbers in text and their exact normal form.
 
-Private helper of :mod:`edgescale.strategies.answers`, whose module docstring
+Private helper of :mod:`edgescale.answers.extract`, whose module docstring
 states the rules (priority of ``#### N``, ``\\boxed{}``, "the answer is N" and
 the last number; the normal form of decimals and reduced fractions). This
 module owns the number token, LaTeX clean-up around a number (``\\$``, ``\\%``,
@@ -15,9 +15,8 @@ import re
 from collections.abc import Callable
 from fractions import Fraction
 
-from edgescale.strategies.answer_latex import fix_latex_shorthand, strip_latex_wrappers
-from edgescale.strategies.answer_words import WORD_NUMBER, words_to_int
-from edgescale.strategies.answer_spans import (
+from edgescale.answers.latex import fix_latex_shorthand, strip_latex_wrappers
+from edgescale.answers.spans import (
     ANSWER_PHRASE,
     BOX_COMMAND,
     SENTENCE_END,
@@ -27,6 +26,7 @@ from edgescale.strategies.answer_spans import (
     matching_braces,
     trimmed,
 )
+from edgescale.answers.words import WORD_NUMBER, words_to_int
 
 # A decimal number body: "1,234,567", "1234", "3.50", ".5". Thousands groups
 # must be exactly three digits and not run on ("12,3456" is "12" then "3456").

@@ -1,11 +1,11 @@
 """LaTeX clean-up shared by the answer normalisers.
 
-Private helper of :mod:`edgescale.strategies.answers`. Owns the two rewrites
+Private helper of :mod:`edgescale.answers.extract`. Owns the two rewrites
 that more than one answer kind applies before reading a value: unwrapping
 ``\\text{...}``-style commands and expanding ``\\frac43`` / ``\\sqrt2`` shorthand.
 Kind-specific clean-up stays with its kind (number clean-up in
-:mod:`~edgescale.strategies.answer_numbers`, math text in
-:mod:`~edgescale.strategies.answer_text`).
+:mod:`~edgescale.answers.numbers`, math text in
+:mod:`~edgescale.answers.text`).
 """
 
 from __future__ import annotations

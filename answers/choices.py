@@ -1,6 +1,6 @@
 """Multiple-choice answers: the letter a response picks.
 
-Private helper of :mod:`edgescale.strategies.answers`, whose module docstring
+Private helper of :mod:`edgescale.answers.extract`, whose module docstring
 states the rules. This module owns the valid letters (``A``-``E`` by default or
 one per option), the letter patterns from strongest to weakest (``\\boxed{B}``,
 "the answer is (B)", a lone ``B`` line, a leading ``B.``, ``**B**``, ``(B)``,
@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from edgescale.strategies.answer_latex import strip_latex_wrappers
-from edgescale.strategies.answer_spans import Extracted, last_boxed, make_extracted, trimmed
+from edgescale.answers.latex import strip_latex_wrappers
+from edgescale.answers.spans import Extracted, last_boxed, make_extracted, trimmed
 
 DEFAULT_CHOICE_LETTERS = "ABCDE"
 

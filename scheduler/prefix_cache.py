@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgescale.runtime.lanes import SharedContext
+from edgescale.scheduler.lanes import SharedContext
 
 MIN_PREFIX = 1  # shortest prefix worth sharing: even a chat template's header saves its tokens
 

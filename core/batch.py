@@ -1,20 +1,21 @@
-"""One `edgescale batch` input line: parsed, submitted to a runtime's decode loop, and
-turned into its output record. Shared by the local loop and the Ray workers
-(``edgescale.cluster``), so both write the same records."""
+"""`edgescale batch` lines: the input read (resumable), one line parsed, submitted to a
+runtime's decode loop and turned into its output record. Shared by the local loop and
+the Ray workers (``edgescale.cluster``), so both write the same records."""
 
 from __future__ import annotations
 
 import json
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
-from edgescale.cli.common import decode_utf8
 from edgescale.errors import EdgescaleError, UsageError
+from edgescale.settings import decode_utf8
 
 if TYPE_CHECKING:
     from edgescale.api import Runtime
+    from edgescale.scheduler.request import Request
     from edgescale.strategies.result import Result
-    from edgescale.strategies.scheduler import Request
 
 
 class Line:
@@ -57,7 +58,6 @@ def submit_line(rt: Runtime, n: int, raw: bytes, defaults: dict[str, Any]) -> Li
         return Line(n, item_id, error=str(exc))
 
 
-
 def parse_line(raw: bytes) -> dict[str, Any]:
     line = decode_utf8(raw, "the line")
     try:
@@ -81,3 +81,24 @@ def line_id(raw: bytes) -> Any:
     except EdgescaleError:
         return None
     return item.get("id")
+
+
+def answered_lines(path: Path) -> int:
+    """Complete result lines in an earlier run's output (a cut-off last line does not count)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read --resume file {path}: {exc.strerror}") from None
+    complete = data.split(b"\n")[:-1]  # whatever follows the last newline was cut off
+    return sum(1 for line in complete if line.strip())
+
+
+def input_lines(stream: BinaryIO, skip: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of the non-blank input lines after the first ``skip`` of them."""
+    seen = 0
+    for n, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        seen += 1
+        if seen > skip:
+            yield n, line
