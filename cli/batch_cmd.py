@@ -28,6 +28,7 @@ from edgescale.batch import Line, answered_lines, input_lines, submit_line
 from edgescale.cli import options as opt
 from edgescale.cli.common import backends, interrupts_deferred, notify, print_json
 
+BULK_PREFILL_CHUNK = 256  # prompt tokens a step reads per query while no line has a deadline (docs/BENCHMARKS.md)
 RESUME = typer.Option(None, "--resume", help="Output file of an interrupted run: skip the input lines it "
                                              "already answers (append the new results to it with >>).")
 PARALLEL = typer.Option("1", "--parallel", "-P",
@@ -62,6 +63,8 @@ def batch(
     threads_per_actor: int = opt.THREADS_PER_ACTOR,
     retries: int = opt.RETRIES,
     policy: Optional[str] = opt.POLICY,
+    kv_layout: str = opt.KV_LAYOUT,
+    deterministic: bool = opt.DETERMINISTIC,
 ) -> None:
     """Answer JSONL queries from stdin, one JSON result per line on stdout, in input order."""
     from edgescale.api import Runtime, RuntimeSpec
@@ -77,8 +80,9 @@ def batch(
     skip = answered_lines(resume) if resume is not None else 0
     lanes = parse_lanes(parallel)
     spec = RuntimeSpec(model, backend=backend, threads=threads, gpu_layers=gpu_layers, lanes=lanes,
-                       scheduler=SchedulerConfig(memory_bytes=parse_size(memory), prefix_cache=not no_prefix_cache),
-                       policy=policy)
+                       scheduler=SchedulerConfig(memory_bytes=parse_size(memory), prefix_cache=not no_prefix_cache,
+                                                 bulk_prefill_chunk=BULK_PREFILL_CHUNK),
+                       policy=policy, kv_layout=kv_layout, deterministic=deterministic)
     out = _Writer()
     pending: deque[Line] = deque()
     try:

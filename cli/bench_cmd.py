@@ -63,6 +63,8 @@ def bench(
     threads_per_actor: int = opt.THREADS_PER_ACTOR,
     retries: int = opt.RETRIES,
     policy: str | None = opt.POLICY,
+    kv_layout: str = opt.KV_LAYOUT,
+    deterministic: bool = opt.DETERMINISTIC,
 ) -> None:
     """Run strategies on benchmark questions, interleaved per question; report accuracy (95% CI),
     tokens, wall time and memory per strategy, with ratios to maj@k."""
@@ -77,7 +79,8 @@ def bench(
         dataset=dataset, strategies=parse_strategies(strategies), limit=limit or None, offset=offset,
         model=model, backend=backend, threads=threads, max_tokens=max_tokens, seed=seed,
         prompt_style=prompt_style, shots=shots, raw=raw, stop=tuple(stop), deadline_s=parse_duration(deadline),
-        memory_bytes=parse_size(memory), out=out, parallel=parallel, policy=policy,
+        memory_bytes=parse_size(memory), out=out, parallel=parallel, policy=policy, kv_layout=kv_layout,
+        deterministic=deterministic,
     )
     if out is not None:
         from edgescale.evals.plots import require_matplotlib

@@ -46,6 +46,12 @@ THREADS_PER_ACTOR = typer.Option(1, "--threads-per-actor", min=1,
                                  help="With --ray: CPU threads each actor decodes with (and reserves from Ray).")
 RETRIES = typer.Option(2, "--retries", min=0, help="With --ray: times Ray restarts a worker that died and "
                        "retries its unfinished lines before they become error records.")
+KV_LAYOUT = typer.Option("auto", "--kv-layout",
+                        help="KV cache of the shared decode loop: auto (one stream per sequence when several queries "
+                             "decode at once, else one unified cache), unified, or streams.")
+DETERMINISTIC = typer.Option(False, "--deterministic",
+                             help="A query's tokens do not depend on what else decodes with it (exact KV streams; "
+                                  "refused where the model's kernels round by batch width).")
 POLICY = typer.Option(None, "--policy", envvar="EDGESCALE_POLICY",
                       help="auto's policy for this model and task, fitted by `edgescale tune --task NAME` "
                            "(default: the built-in one).")

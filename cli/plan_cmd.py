@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from edgescale.cli import options as opt
 from edgescale.cli.common import backends, notify, print_json, read_stdin_prompt
+
+if TYPE_CHECKING:
+    from edgescale.models.info import ModelInfo
 
 
 def plan(
@@ -38,9 +41,10 @@ def plan(
         rt.use_policy(policy)
         p = rt.plan(text, strategy=settings.strategy, budget=settings.budget, options=settings.options)
         engine_backend, choice = rt.engine.backend_name, rt.backend_choice
+        advice = _weights_advice(rt.engine.info) if engine_backend == "llama.cpp" else None
     reason = choice.reason if choice is not None else f"--backend {backend}"
     if as_json:
-        print_json({**p.to_dict(), "backend": {"name": engine_backend, "reason": reason}})
+        print_json({**p.to_dict(), "backend": {"name": engine_backend, "reason": reason}, "advice": advice})
         return
     typer.echo(f"backend       {engine_backend} ({reason})")
     mb = 2**20
@@ -57,3 +61,13 @@ def plan(
         typer.echo(f"time          {p.predicted_s:.2f}s if every sample runs to max tokens{extra} ({source})")
     for note in p.notes:
         typer.echo(f"note          {note}")
+    if advice is not None:
+        typer.echo(f"advice        {advice}")
+
+
+def _weights_advice(info: ModelInfo) -> str | None:
+    """What a copy of the weights in another type would gain on this CPU (never made silently)."""
+    from edgescale.devices.hardware import describe
+    from edgescale.devices.placement import quant_advice
+
+    return quant_advice(describe(measure_load=False), info)

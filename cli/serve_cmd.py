@@ -36,9 +36,16 @@ MAX_PROMPT = typer.Option(8192, "--max-prompt-tokens", help="Longest prompt a re
 MAX_TOKENS_LIMIT = typer.Option(4096, "--max-tokens-limit", help="Largest 'max_tokens' a request may ask for.")
 MAX_BODY = typer.Option("1MB", "--max-body", help="Largest request body.")
 PREFILL_CHUNK = typer.Option(64, "--prefill-chunk",
-                             help="Prompt tokens a reading query adds to each shared step.")
+                             help="Prompt tokens a reading query adds to each shared step while some query has a "
+                                  "deadline.")
+BULK_PREFILL_CHUNK = typer.Option(256, "--bulk-prefill-chunk",
+                                  help="The same while no query has a deadline (fewer, fuller steps read prompts "
+                                       "faster; docs/BENCHMARKS.md).")
 QUEUE_ORDER = typer.Option("fifo", "--queue-order", help="Queue order: fifo, or edf (earliest deadline first).")
 TYPICAL_PROMPT = 512  # tokens: what the shared context is first sized for, per request
+COMPUTE_NICE = typer.Option(0, "--compute-nice", min=0, max=19,
+                            help="Nice value of the decode threads (Linux): above 0 the HTTP event loop keeps its "
+                                 "core on a small box (docs/BENCHMARKS.md measures 0 against 10).")
 GRACE = typer.Option("10s", "--grace", help="On SIGTERM: how long in-flight requests may take to finish.")
 
 
@@ -64,10 +71,14 @@ def serve(
     max_tokens_limit: int = MAX_TOKENS_LIMIT,
     max_body: str = MAX_BODY,
     prefill_chunk: int = PREFILL_CHUNK,
+    bulk_prefill_chunk: int = BULK_PREFILL_CHUNK,
     no_prefix_cache: bool = opt.NO_PREFIX_CACHE,
     queue_order: str = QUEUE_ORDER,
     policy: Optional[str] = opt.POLICY,
     grace: str = GRACE,
+    kv_layout: str = opt.KV_LAYOUT,
+    deterministic: bool = opt.DETERMINISTIC,
+    compute_nice: int = COMPUTE_NICE,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, SSE streaming)."""
     from edgescale.api import RuntimeSpec
@@ -104,8 +115,10 @@ def serve(
         model, backend=backend, threads=threads, gpu_layers=gpu_layers, lanes=lanes, policy=policy,
         scheduler=SchedulerConfig(memory_bytes=parse_size(memory), max_queue=max_queue,
                                   policy=queue_order.strip().lower(), prefix_cache=not no_prefix_cache,
-                                  prefill_chunk=prefill_chunk),
+                                  prefill_chunk=prefill_chunk, bulk_prefill_chunk=bulk_prefill_chunk,
+                                  compute_nice=compute_nice),
         reserve_tokens=max_tokens + TYPICAL_PROMPT, width=8 * (lanes if isinstance(lanes, int) else 1),
+        kv_layout=kv_layout, deterministic=deterministic,
     )
     registry = backends(ctx)
     path = registry.get(backend).resolve(model)  # a missing model fails now, before the port opens

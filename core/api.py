@@ -64,6 +64,8 @@ class RuntimeSpec(LoadSpec):
     scheduler: SchedulerConfig = SchedulerConfig()  # the loop's other settings
     policy: str | None = None  # auto's tuned policy, by task name (None: the default policy)
     reserve_tokens: int = 0  # size the shared context up front for ``lanes`` queries of this many tokens
+    kv_layout: str = "auto"  # unified, streams, or auto (strategies.planner.kv_layout_for)
+    deterministic: bool = False  # a query's tokens do not depend on what else runs (the exact layout)
 
 
 class Runtime:
@@ -110,8 +112,11 @@ class Runtime:
             if spec.lanes is not None:
                 lanes = rt.auto_lanes(settings) if spec.lanes == "auto" else spec.lanes
                 config = replace(config, max_running=lanes, expect_running=lanes,
-                                 min_cells=max(config.min_cells, lanes * spec.reserve_tokens))
-            rt.configure_scheduler(config)
+                                 min_cells=max(config.min_cells, lanes * spec.reserve_tokens),
+                                 stream_cells=max(config.stream_cells, spec.reserve_tokens))
+            rt.configure_scheduler(replace(config, kv_layout=rt._kv_layout(spec, config.expect_running)))
+            if rt.scheduler_config.kv_layout == "exact":
+                rt._check_exact()
         except BaseException:
             rt.close()
             raise
@@ -137,6 +142,25 @@ class Runtime:
         spec = RuntimeSpec(model=str(model) if model is not None else None, backend=backend, threads=threads,
                            gpu_layers=n_gpu_layers, scheduler=scheduler, width=width)
         return cls.open(spec, registry=registry, notify=notify)
+
+    def _kv_layout(self, spec: RuntimeSpec, lanes: int) -> str | None:
+        """The shared loop's KV layout (``kv_layout_for``); the exact one only where this model's
+        kernels compute a row the same at every batch width on this CPU."""
+        from edgescale.strategies.planner import kv_layout_for
+
+        return kv_layout_for(spec.kv_layout, lanes=lanes, available=list(self.engine.kv_layouts),
+                             deterministic=spec.deterministic)
+
+    def _check_exact(self) -> None:
+        """UsageError unless this model's kernels compute a row the same at every batch width
+        here (measured in the loop's thread, like every decode)."""
+        from edgescale.runtime.invariance import width_variance
+
+        variance = self.scheduler.call(width_variance).result()
+        if variance > 0:
+            raise UsageError(f"--deterministic cannot hold for this model here: its kernels round by batch width "
+                             f"on this CPU (a logit moves by up to {variance:.2g} beside other sequences); use a "
+                             "Q4_0 or Q4_1 model, or leave --deterministic off")
 
     def auto_lanes(self, settings: AskSettings) -> int:
         """Queries in flight for ``--parallel auto``: enough that the batch reaches the width
@@ -249,8 +273,10 @@ class Runtime:
         with self._lock:
             if self._scheduler is not None and (self._scheduler.running or self._scheduler.queued):
                 raise UsageError("calibration needs the engine to itself: wait for the running queries")
-            self._profile = load_or_calibrate(self.engine, refresh=True)
-            return self._profile
+        profile = self.scheduler.call(lambda engine: load_or_calibrate(engine, refresh=True)).result()
+        with self._lock:
+            self._profile = profile
+        return profile
 
     def plan(self, prompt: Prompt, *, strategy: str | Strategy | None = None, budget: Budget | None = None,
              options: AskOptions | None = None, **overrides: Any) -> Plan:
@@ -258,7 +284,8 @@ class Runtime:
         from edgescale.runtime.memory import memory_model
 
         request = self.request(prompt, strategy=strategy, budget=budget, options=options, **overrides)
-        chosen = plan_request(request, memory_model(self.engine), others=0, now=request.arrival).plan
+        memory = memory_model(self.engine, self._scheduler_config.kv_layout)  # the shared loop's layout
+        chosen = plan_request(request, memory, others=0, now=request.arrival).plan
         self._planned(request)
         return chosen
 

@@ -26,6 +26,7 @@ with its reason:
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -99,15 +100,45 @@ def ensure_onnx_form(gguf: Path) -> Path:
 
 
 # -- the built-in backends -------------------------------------------------------------
+def runnable_model(model: str | Path | None) -> Path:
+    """The GGUF edgescale runs for a model reference: ``NAME:TYPE`` is a catalog model as a
+    copy in another weight type (``smollm2-135m:q4_0``: llama.cpp repacks Q4_0 for this
+    CPU's kernels and not the shipped Q4_1; docs/BENCHMARKS.md has what each costs), made
+    once into the cache with llama.cpp's quantiser and reused; anything else as it
+    resolves (a user's file is never swapped)."""
+    from edgescale.models.catalog import copy_ref
+
+    copy = copy_ref(model)
+    if copy is None:
+        return resolve_model(model)
+    target = copy.path()
+    if not target.is_file():
+        from edgescale.devices.cpu import default_threads
+        from edgescale.quant.quantize import ftype_of, quantize
+
+        ftype_of(copy.qtype)  # a bad type is a one-line error before anything is written
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            quantize(copy.source(), tmp, copy.qtype, n_threads=default_threads(), overwrite=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
+
+
 def _load_llama(request: LoadRequest) -> Engine:
-    """A catalog name or GGUF path: validated, the build checked on this CPU (a build that
-    dies here becomes an error, not a SIGILL; cached), GPU layers as many as fit."""
+    """A catalog name or GGUF path (``runnable_model``): validated, the build checked on this
+    CPU (a build that dies here becomes an error, not a SIGILL; cached), GPU layers as many
+    as fit."""
     from edgescale.devices.buildcheck import ensure_runs
+    from edgescale.models.catalog import copy_ref
     from edgescale.runtime.llama_engine import LlamaCppEngine
 
-    path = resolve_model(request.model)
+    copy = copy_ref(request.model)
+    ensure_runs(copy.source() if copy is not None else resolve_model(request.model))  # before llama.cpp loads
+    path = runnable_model(request.model)
     info = read_model_info(path)
-    ensure_runs(path)  # before anything loads llama.cpp into this process
     layers = request.n_gpu_layers
     if layers is None:
         layers = _auto_gpu_layers(info)

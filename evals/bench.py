@@ -104,6 +104,8 @@ class BenchConfig:
     out: Path | None = None
     parallel: int = 1  # strategies of one question decoding together in the shared loop
     policy: str | None = None  # auto's tuned policy (task name) for plain `auto`; None: the default
+    kv_layout: str = "auto"  # the shared loop's KV layout (strategies.planner.kv_layout_for)
+    deterministic: bool = False  # exact KV streams: a query's tokens do not depend on the others
 
     def settings(self) -> dict[str, Any]:
         """Everything besides dataset, item, strategy, model and seed that shapes the output."""
@@ -118,6 +120,8 @@ class BenchConfig:
             # run together, queries share steps: their logits differ at rounding level from a
             # query run alone (README, Determinism), so such records are kept apart
             **({"parallel": self.parallel} if self.parallel > 1 else {}),
+            **({"kv_layout": self.kv_layout} if self.kv_layout != "auto" else {}),
+            **({"deterministic": True} if self.deterministic else {}),
         }
 
     def stop_strings(self) -> tuple[str, ...]:
@@ -209,9 +213,16 @@ class BenchSession:
 
     def rt(self) -> Runtime:
         if self.runtime is None:
+            from edgescale.strategies.spec import samples_of
+
+            lanes = max(1, self.config.parallel)
+            # sequences a step will carry (backend auto picks by it): the widest strategies running together
+            widest = sorted((samples_of(s.strategy) for s in self.config.strategies if s.strategy is not None),
+                            reverse=True)[:lanes]
             spec = RuntimeSpec(self.config.model, backend=self.config.backend, threads=self.config.threads,
-                               lanes=max(1, self.config.parallel),
-                               scheduler=SchedulerConfig(memory_bytes=self.config.memory_bytes), width=1)
+                               lanes=lanes, scheduler=SchedulerConfig(memory_bytes=self.config.memory_bytes),
+                               width=max(1, sum(widest)),
+                               kv_layout=self.config.kv_layout, deterministic=self.config.deterministic)
             self.runtime = Runtime.open(spec)
         return self.runtime
 

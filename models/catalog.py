@@ -123,12 +123,47 @@ def is_installed(entry: CatalogEntry) -> bool:
     return _package_dir(entry.package) is not None
 
 
+@dataclass(frozen=True)
+class CopyRef:
+    """``NAME:TYPE``: a catalog model as a copy in another weight type (``edgescale quantize``),
+    made once into the cache by the loader (``edgescale.loader.runnable_model``)."""
+
+    entry: CatalogEntry
+    qtype: str  # upper case: Q4_0, Q8_0, Q4_K_M, ...
+
+    def source(self) -> Path:
+        return self.entry.locate(self.entry)
+
+    def path(self) -> Path:
+        return cache_dir() / "models" / f"{self.entry.name}.{self.qtype}-copy.gguf"
+
+
+def copy_ref(name_or_path: str | os.PathLike[str] | None) -> CopyRef | None:
+    """The ``NAME:TYPE`` a model reference is, if it is one (a catalog name and a weight type)."""
+    raw = str(name_or_path) if name_or_path else (os.environ.get("EDGESCALE_MODEL") or DEFAULT_MODEL)
+    name, sep, qtype = raw.rpartition(":")
+    entry = find_entry(name) if sep else None
+    if entry is None or not qtype.strip() or "/" in qtype:
+        return None
+    return CopyRef(entry, qtype.strip().upper())
+
+
+def made_copies(entry: CatalogEntry) -> list[str]:
+    """The weight types of ``entry``'s copies in the cache (``NAME:TYPE`` made so far)."""
+    found = (cache_dir() / "models").glob(f"{entry.name}.*-copy.gguf")
+    return sorted(p.name[len(entry.name) + 1 : -len("-copy.gguf")] for p in found)
+
+
 def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
-    """A catalog name or a path to a ``.gguf`` file -> the file's path."""
+    """A catalog name, ``NAME:TYPE`` (a copy of a catalog model in another weight type: its
+    path in the cache, made on first load) or a path to a ``.gguf`` file -> the file's path."""
     raw = str(name_or_path) if name_or_path else (os.environ.get("EDGESCALE_MODEL") or DEFAULT_MODEL)
     entry = find_entry(raw)
     if entry is not None:
         return entry.locate(entry)
+    copy = copy_ref(raw)
+    if copy is not None:
+        return copy.path()
     path = Path(raw).expanduser()
     if path.is_file():
         return path

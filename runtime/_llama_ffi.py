@@ -239,7 +239,8 @@ class Batch:
 
 
 class Context:
-    """A llama.cpp context with a unified KV cache shared by up to n_seq_max sequences."""
+    """A llama.cpp context: a KV cache shared by up to n_seq_max sequences (unified), or a
+    stream of it per sequence (``kv_unified`` off)."""
 
     def __init__(self, model: Model, params: ContextParams) -> None:
         self._be = backend()
@@ -325,11 +326,18 @@ class Context:
             self._logits_view = view
         return view[1][:n_rows]
 
-    def seq_rm(self, seq_id: int) -> None:
-        self._be.lib.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
+    def seq_rm(self, seq_id: int, from_pos: int = -1) -> None:
+        """Drop ``seq_id``'s cells (of positions ``from_pos`` on; -1: all of them)."""
+        self._be.lib.llama_memory_seq_rm(self.mem, seq_id, from_pos, -1)
+
+    @property
+    def n_ctx_seq(self) -> int:
+        """Cells one sequence may hold: all of them in a unified cache, its stream's otherwise."""
+        return int(self._be.lib.llama_n_ctx_seq(self.ptr))
 
     def seq_cp(self, src: int, dst: int, n_tokens: int | None = None) -> None:
-        """``dst`` shares ``src``'s cells of positions [0, n_tokens) (None: all)."""
+        """``dst`` shares ``src``'s cells of positions [0, n_tokens) (None: all). Across streams
+        (``kv_unified`` off) only whole streams copy, and the data is copied at the next decode."""
         self._be.lib.llama_memory_seq_cp(self.mem, src, dst, 0 if n_tokens is not None else -1,
                                          n_tokens if n_tokens is not None else -1)
 

@@ -114,11 +114,11 @@ class BatchGenerator:
         self._prompt_read = 0
         self._chunk = len(self.prompt)
         if n_cells is None:
-            n_cells = engine.memory_layout.query_cells(
+            n_cells = engine.memory_layout.kv_cells(
                 prompt_tokens=len(self.prompt), n_seqs=n_seqs, new_tokens=config.max_new_tokens,
                 probe_slots=probe_slots, probe_cells=probe_cells)
-        self.session = engine.session(n_seqs=n_seqs + probe_slots, n_cells=n_cells,
-                                      max_batch=batch_size(len(self.prompt), n_seqs + probe_slots))
+        n_ids = engine.memory_layout.seq_ids(n_seqs, probe_slots)
+        self.session = engine.session(n_seqs=n_ids, n_cells=n_cells, max_batch=batch_size(len(self.prompt), n_ids))
         try:
             # A long prefill can be interrupted mid-decode; steps are checked between
             # decodes instead (the C-level check costs ~2 ms a step, see _llama_ffi).
@@ -137,6 +137,10 @@ class BatchGenerator:
         self._scratch = np.empty_like(self._prefill_row)
         self.stats.prefill_s = self.clock() - self._t0
         self.activate(range(self._n_initial))
+
+    def set_chunk(self, n_tokens: int) -> None:
+        """Prompt tokens the next steps read (shared loop, while reading the prompt)."""
+        self._chunk = max(1, n_tokens)
 
     @property
     def reading_prompt(self) -> bool:
@@ -316,7 +320,9 @@ class BatchGenerator:
 
         Each sequence is forked into a spare slot (sharing its cells), the cue is
         appended there, up to ``max_tokens`` greedy tokens are decoded for all
-        probes in one batch per step, and the forks are removed. With
+        probes in one batch per step, and the forks are removed. A session whose
+        probes run in place (one KV stream per sequence, where a fork would copy the
+        stream) appends the cue to the sequence itself and cuts it off after. With
         ``within_deadline`` a probe stops early when the deadline passes (its text
         so far is returned); a forced-answer probe at the deadline passes False.
         """
@@ -324,13 +330,16 @@ class BatchGenerator:
         if not indices or not cue_tokens:
             return []
         self.own_rows()  # the rows are views into the backend's buffer, which the probe overwrites
-        spares = {i: self.n_seqs + j for j, i in enumerate(indices)}
+        in_place = self.session.probes_in_place
+        spares = {i: i if in_place else self.n_seqs + j for j, i in enumerate(indices)}
+        held = {i: len(self.prompt) + len(self.states[i].tokens) for i in indices}  # each sample's cells
         texts = {i: IncrementalText() for i in indices}
         counts = {i: len(cue_tokens) for i in indices}
         pick = make_sampler(GREEDY)
         try:
             for i, s in spares.items():
-                self.session.fork(i, s)
+                if not in_place:
+                    self.session.fork(i, s)
             rows = self.session.decode([(spares[i], list(cue_tokens)) for i in indices])
             active = list(indices)
             for _ in range(max_tokens):
@@ -356,8 +365,11 @@ class BatchGenerator:
         except DecodeAborted:
             self.expired = True
         finally:
-            for s in spares.values():
-                self.session.remove(s)
+            for i, s in spares.items():
+                if in_place:
+                    self.session.truncate(i, held[i])
+                else:
+                    self.session.remove(s)
         self.stats.probes += len(indices)
         self.stats.probe_tokens += sum(counts.values())
         out = []

@@ -39,12 +39,7 @@ class MemoryModel(CellCount):
     prompt_per_sequence: bool = False  # KV layout: False = one shared prompt (llama.cpp unified cache)
     cell_pad: int = 256  # the backend rounds the cache up to a multiple of this many cells
     compute_per_token_sq: int = 0  # ... + this x n_batch^2
-
-    def kv_cells(self, *, prompt_tokens: int, n_seqs: int, new_tokens: int, probe_slots: int,
-                 probe_cells: int) -> int:
-        """Cells a cache of its own for the query allocates: :meth:`query_cells`, padded."""
-        return self.padded(self.query_cells(prompt_tokens=prompt_tokens, n_seqs=n_seqs, new_tokens=new_tokens,
-                                            probe_slots=probe_slots, probe_cells=probe_cells))
+    streams: bool = False  # KV layout: one stream per sequence id (prompt copied into each)
 
     def peak(self, *, n_seqs: int, n_cells: int, n_batch: int) -> int:
         return int(
@@ -96,14 +91,17 @@ def mapped_file_rss(path: Path) -> int:
     return int(sum(getattr(m, "rss", 0) for m in maps if os.path.realpath(m.path) == target))
 
 
-def memory_model(engine: Engine) -> MemoryModel:
-    """The planner's memory model of a loaded engine, from what its protocol declares."""
-    info, layout = engine.info, engine.memory_layout
+def memory_model(engine: Engine, kv_layout: str | None = None) -> MemoryModel:
+    """The planner's memory model of a loaded engine, from what its protocol declares, for
+    one of its KV layouts (None: its default)."""
+    info = engine.info
+    layout = engine.memory_layout if kv_layout is None else engine.kv_layouts[kv_layout]
     return MemoryModel(
         fixed_bytes=int(engine.baseline_anon_bytes) + info.file_size,
         kv_bytes_per_cell=info.kv_bytes_per_cell(layout.kv_type, layout.kv_type),
         prompt_per_sequence=layout.prompt_per_sequence,
         cell_pad=layout.cell_pad,
+        streams=layout.streams,
         compute_per_token=layout.compute_per_token,
         compute_per_token_sq=layout.compute_per_token_sq,
         logits_bytes_per_seq=4 * info.n_vocab,

@@ -92,8 +92,9 @@ class OnnxEngine(ChatText):
         # (logits only for each row's last token).
         self.memory_layout = MemoryLayout(
             kv_type="f32", prompt_per_sequence=True, cell_pad=1,
-            compute_per_token=4 * 16 * self.info.n_embd, compute_per_token_sq=4 * self.info.n_head,
+            compute_per_token=4 * 16 * self.info.n_embd, compute_per_token_sq=4 * self.info.n_head, name="rows",
         )
+        self.kv_layouts = {"rows": self.memory_layout}
         from edgescale.runtime.memory import process_rss
 
         # The process without the weights, measured right after loading (onnxruntime
@@ -176,7 +177,9 @@ class OnnxEngine(ChatText):
     def backend_version(self) -> str:
         return str(_import_ort().__version__)
 
-    def session(self, *, n_seqs: int, n_cells: int, max_batch: int) -> OnnxSession:
+    def session(self, *, n_seqs: int, n_cells: int, max_batch: int, kv_layout: str | None = None) -> OnnxSession:
+        if kv_layout not in (None, "rows"):
+            raise UsageError(f"the onnx backend keeps one KV row per sequence (layout 'rows'), not {kv_layout!r}")
         check_session_shape(self.info, n_seqs, n_cells)
         return OnnxSession(self.config, self.info, self.ort_session, n_seqs=n_seqs, n_cells=n_cells,
                            batch_invariant=self.batch_invariant)

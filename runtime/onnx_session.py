@@ -222,6 +222,11 @@ class OnnxSession:
     def retains(self, seq_id: int) -> bool:
         return False  # a removed row is free at once
 
+    probes_in_place = False  # a fork copies a row cheaply here
+
+    def truncate(self, seq_id: int, n_tokens: int) -> None:
+        raise UsageError("ONNX sessions probe on forked rows")
+
     def fork(self, src: int, dst: int, n_tokens: int | None = None) -> None:
         if not self.kv.holds(src):
             raise UsageError(f"cannot fork sequence {src}: it holds no KV")

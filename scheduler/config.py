@@ -13,6 +13,7 @@ from edgescale.strategies.planner import MEMORY_SAFETY
 
 POLICIES = ("fifo", "edf")
 CACHE_IDS = 16  # sequence ids kept for prefix-cache entries
+STREAM_CACHE_IDS = 4  # with one stream per id, where each entry holds a whole stream
 SPARE_IDS = 64  # at least this many ids in a unified cache
 
 
@@ -48,15 +49,33 @@ class SchedulerConfig:
     on_expired: str = "answer"  # or "reject": a query whose deadline passed while it waited
     min_cells: int = 0  # without a budget, the shared context has at least this many cells
     expect_running: int = 1  # it is sized for at least this many queries (a server's come one by one)
-    step_prompt_tokens: int | None = None  # prompt tokens one step reads at most (None: 2 x prefill_chunk)
+    step_prompt_tokens: int | None = None  # prompt tokens one step reads at most (None: 2 x the chunk)
+    # prompt tokens a reading query adds to a step while no query in the loop has a deadline (long
+    # steps then cost latency, not missed deadlines; fewer, fuller steps read faster). None: prefill_chunk
+    bulk_prefill_chunk: int | None = None
+    kv_layout: str | None = None  # the engine's KV layout for the shared context (None: its default)
+    # the loop's thread (and the compute threads it starts) runs at this nice value, so that a
+    # server's event loop keeps its core on a small box (Linux; 0: as the process)
+    compute_nice: int = 0
+    stream_cells: int = 0  # streams layout: each stream holds at least this many cells (a server's requests)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise UsageError(f"unknown queue policy {self.policy!r}; choose one of: {', '.join(POLICIES)}")
         if self.on_expired not in ("answer", "reject"):
             raise UsageError("on_expired must be 'answer' or 'reject'")
-        if self.max_running < 1 or self.max_queue < 1 or self.prefill_chunk < 1:
+        if self.max_running < 1 or self.max_queue < 1 or self.prefill_chunk < 1 or (self.bulk_prefill_chunk or 1) < 1:
             raise UsageError("max_running, max_queue and prefill_chunk must be at least 1")
+        if not 0 <= self.compute_nice <= 19:
+            raise UsageError(f"the compute threads' nice value must be between 0 and 19, got {self.compute_nice}")
+
+
+def read_chunk(config: SchedulerConfig, deadlines: bool) -> int:
+    """Prompt tokens a reading query adds to a step: ``prefill_chunk`` while some query in the
+    loop has a deadline, else ``bulk_prefill_chunk``."""
+    if deadlines or config.bulk_prefill_chunk is None:
+        return config.prefill_chunk
+    return config.bulk_prefill_chunk
 
 
 @dataclass

@@ -31,33 +31,36 @@ Admission (the policy, stated so it can be argued with):
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from edgescale.errors import BudgetInfeasible, DeadlineMissed, EdgescaleError, QueueFull, UsageError
 from edgescale.runtime.engine import Engine
-from edgescale.runtime.generate import batch_size
 from edgescale.runtime.memory import MemoryModel, memory_model
 from edgescale.scheduler.config import (
-    CACHE_IDS,
     POLICIES,
-    SPARE_IDS,
     SchedulerConfig,
     SchedulerStats,
     cells_in_budget,
     min_memory_bytes,
+    read_chunk,
 )
 from edgescale.scheduler.lanes import Lane, SharedContext
 from edgescale.scheduler.prefix_cache import PrefixCache
 from edgescale.scheduler.request import Request, plan_request
 from edgescale.scheduler.results import empty_result
 from edgescale.scheduler.runner import QueryRun
+from edgescale.scheduler.sizing import Need, context_shape
 from edgescale.strategies.planner import Plan
 from edgescale.strategies.result import Result
+
+T = TypeVar("T")
 
 __all__ = ["POLICIES", "Request", "Scheduler", "SchedulerConfig", "SchedulerStats", "cells_in_budget",
            "min_memory_bytes"]
@@ -80,13 +83,15 @@ class Scheduler:
         self.config = config
         self.clock = clock
         self.stats = SchedulerStats()
-        self._memory: MemoryModel = memory_model(engine)
+        self._layout = engine.memory_layout if config.kv_layout is None else engine.kv_layouts[config.kv_layout]
+        self._memory: MemoryModel = memory_model(engine, self._layout.name)
         self._lock = threading.Condition()
         self._queue: deque[Request] = deque()
         self._running: list[_Running] = []
         self._shared: SharedContext | None = None
         self._cache: PrefixCache | None = None
         self._closing = False
+        self._calls: deque[tuple[Callable[[Engine], object], Future[object]]] = deque()
         self._thread = threading.Thread(target=self._loop, name="edgescale-scheduler", daemon=True)
         self._thread.start()
 
@@ -137,12 +142,16 @@ class Scheduler:
 
     # -- the loop ----------------------------------------------------------------------
     def _loop(self) -> None:
+        if self.config.compute_nice and hasattr(os, "setpriority") and sys.platform.startswith("linux"):
+            # Linux keeps a nice value per thread, and the threads llama.cpp starts from this one inherit it
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.config.compute_nice)
         while True:
             with self._lock:
-                while not self._queue and not self._running and not self._closing:
+                while not self._queue and not self._running and not self._closing and not self._calls:
                     self._lock.wait()
-                if self._closing and not self._queue and not self._running:
+                if self._closing and not self._queue and not self._running and not self._calls:
                     break
+            self._run_calls()
             try:
                 self._admit()
                 if self._running:
@@ -153,6 +162,28 @@ class Scheduler:
             self._cache.clear()
         if self._shared is not None:
             self._shared.close()
+
+    def call(self, fn: Callable[[Engine], T]) -> Future[T]:
+        """Run ``fn(engine)`` in the loop's thread, between steps (a check or a measurement that
+        decodes). Every decode of an engine runs in this one thread: llama.cpp's OpenMP build
+        keeps a team of threads per calling thread, and two teams on too few cores make every
+        decode wait (measured: 2.5x slower steps once a second thread had decoded)."""
+        future: Future[T] = Future()
+        with self._lock:
+            if self._closing:
+                raise UsageError("the scheduler is closed")
+            self._calls.append((fn, future))  # type: ignore[arg-type]
+            self._lock.notify()
+        return future
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            with self._lock:
+                fn, future = self._calls.popleft()
+            try:
+                future.set_result(fn(self.engine))
+            except BaseException as exc:  # noqa: BLE001  (it belongs to the caller)
+                future.set_exception(exc)
 
     def _fail_all(self, exc: Exception) -> None:
         for r in self._running:
@@ -214,7 +245,7 @@ class Scheduler:
                 continue
             try:
                 query = plan_request(request, self._memory, others=self._width(), now=now)
-                run = QueryRun(self.engine, query, clock=self.clock, on_step=request.on_step)
+                run = QueryRun(self.engine, query, clock=self.clock, on_step=request.on_step, layout=self._layout)
             except EdgescaleError as exc:
                 self._dequeue(request)
                 request.future.set_exception(exc)
@@ -239,16 +270,16 @@ class Scheduler:
     def _make_room(self, run: QueryRun) -> bool:
         """Whether the query fits now (evicting cache entries as needed); sizes or resizes the
         shared context when the loop is idle."""
-        need_cells, need_ids = run.kv_cells, run.n_seq_ids
-        if self._shared is None or (not self._running and not self._fits(need_cells, need_ids, evict=True)):
+        need_cells, need_ids, row = run.kv_cells, run.n_seq_ids, run.row_cells
+        if self._shared is None or (not self._running and not self._fits(need_cells, need_ids, row, evict=True)):
             if self._running:
                 return False
-            self._resize(need_cells, need_ids, run.query.plan)
-        return self._fits(need_cells, need_ids, evict=True)
+            self._resize(need_cells, need_ids, row, run.query.plan)
+        return self._fits(need_cells, need_ids, row, evict=True)
 
-    def _fits(self, cells: int, ids: int, *, evict: bool) -> bool:
+    def _fits(self, cells: int, ids: int, row: int, *, evict: bool) -> bool:
         shared = self._shared
-        if shared is None:
+        if shared is None or row > shared.stream_cells:
             return False
         cache = self._cache
         while True:
@@ -258,58 +289,25 @@ class Scheduler:
             if not evict or cache is None or not cache.evict_one():
                 return False
 
-    def _resize(self, cells: int, ids: int, plan: Plan) -> None:
+    def _resize(self, cells: int, ids: int, row: int, plan: Plan) -> None:
         """(Re)make the shared context for the queries waiting now (as many as may run at once,
-        at least ``expect_running``, each taken to need what the head needs), within the budget.
-        Without a scheduler budget, a head query planned under its own memory budget gets the
-        context its plan counted (its ids, cells and batch), so that its peak stays there."""
+        each taken to need what the head needs): ``scheduler.sizing.context_shape``."""
         self._drop_context()
-        if (self.config.memory_bytes is None and plan.budget is not None
-                and plan.budget.memory_bytes is not None):
-            self._open_context(n_cells=cells, n_ids=min(self.engine.max_sequences, ids),
-                               max_batch=max(plan.n_batch, ids))
-            return
         with self._lock:
             group = max(1, self.config.expect_running, min(len(self._queue), self.config.max_running))
-        cache_ids = CACHE_IDS if self.config.prefix_cache else 0
-        n_ids = ids * group + cache_ids
-        if not self.engine.memory_layout.prompt_per_sequence:
-            # ids cost nothing in a unified cache, and spare ones let ended sequences' cells stay parked
-            n_ids = max(n_ids * 2, SPARE_IDS)
-        n_ids = min(self.engine.max_sequences, n_ids)
-        max_batch = batch_size(self.config.prefill_chunk + n_ids, 1)
-        if self.config.memory_bytes is None:
-            # for the demand: the head's need for each query waiting with it, room for the prefix
-            # cache, at least min_cells
-            n_cells = cells * group
-            if self.config.prefix_cache:
-                n_cells = int(n_cells / (1 - self.config.prefix_cache_fraction))
-            n_cells = max(n_cells, self.config.min_cells)
-        else:
-            # the budget's room, once (no use for more cells than the sequences could ever fill)
-            room = min(self._cells_in_budget(n_ids, max_batch), self.engine.info.n_ctx_train * n_ids)
-            n_cells = room
-            if room < cells:
-                need = min_memory_bytes(self._memory, cells, n_ids=n_ids, max_batch=max_batch,
-                                        max_running=self.config.max_running)
-                raise BudgetInfeasible(
-                    f"the memory budget leaves room for {room} KV cells next to the model; the query needs "
-                    f"{cells}: it needs a budget of at least {need / 2**20:.0f} MB (--memory), or fewer samples "
-                    "or tokens")
-        self._open_context(n_cells=n_cells, n_ids=n_ids, max_batch=max_batch)
+        own = plan.n_batch if plan.budget is not None and plan.budget.memory_bytes is not None else None
+        shape = context_shape(self.config, self._memory, Need(cells, ids, row, own), group=group,
+                              max_ids=self.engine.max_sequences, context_cells=self.engine.info.n_ctx_train)
+        self._open_context(n_cells=shape.n_cells, n_ids=shape.n_ids, max_batch=shape.max_batch)
 
     def _open_context(self, *, n_cells: int, n_ids: int, max_batch: int) -> None:
-        self._shared = SharedContext(self.engine, n_cells=n_cells, n_ids=n_ids, max_batch=max_batch)
+        self._shared = SharedContext(self.engine, n_cells=n_cells, n_ids=n_ids, max_batch=max_batch,
+                                     kv_layout=self._layout.name)
         self._shared.before_side_decode = self._own_rows
         self.stats.contexts += 1
         if self.config.prefix_cache:
             cap = int(self._shared.n_cells * self.config.prefix_cache_fraction)
             self._cache = PrefixCache(self._shared, max_cells=cap)
-
-    def _cells_in_budget(self, n_ids: int, max_batch: int) -> int:
-        assert self.config.memory_bytes is not None
-        return cells_in_budget(self._memory, self.config.memory_bytes, n_ids=n_ids, max_batch=max_batch,
-                               max_running=self.config.max_running)
 
     def _drop_context(self) -> None:
         if self._cache is not None:
@@ -368,14 +366,17 @@ class Scheduler:
         hint = self.stats.recent[-1][0] if self.stats.recent and reading else 0.0
         active = [r for r in self._running if not r.run.done and r.run.due(width, self._probes_ahead(r), hint)]
         # prompt reading shares a step up to step_prompt_tokens (the oldest readers first), so that
-        # a burst of arrivals cannot make one step long (every deadline is checked between steps)
-        room = self.config.step_prompt_tokens or 2 * self.config.prefill_chunk
+        # a burst of arrivals cannot make one step long (every deadline is checked between steps);
+        # while no query has a deadline, readers take bigger chunks (fewer, fuller steps)
+        chunk = read_chunk(self.config, any(r.request.deadline.bounded for r in self._running))
+        room = self.config.step_prompt_tokens or 2 * chunk
         sitting_out = set()
         for r in active:
             if r.run.gen is not None and r.run.gen.reading_prompt:
                 if room <= 0:
                     sitting_out.add(id(r))
-                room -= self.config.prefill_chunk
+                r.run.gen.set_chunk(chunk)
+                room -= chunk
         active = [r for r in active if id(r) not in sitting_out]
         parts = []
         events_of = {}
@@ -389,6 +390,8 @@ class Scheduler:
         t0 = self.clock()
         read = decoded = 0
         if parts:
+            # with one KV stream per id, live sequences on consecutive ids decode in one pass
+            shared.compact([r.lane.ids[seq] for r, feeds in parts for seq, _ in feeds])
             all_feeds = [f for r, feeds in parts for f in r.lane.to_shared(feeds)]
             rows = shared.decode(all_feeds)
             at = 0

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 from edgescale.answers.extract import extract_probe, is_hedge
 from edgescale.deadline import Deadline
 from edgescale.errors import DecodeAborted
-from edgescale.runtime.engine import DecodeSession, Engine
+from edgescale.runtime.engine import DecodeSession, Engine, MemoryLayout
 from edgescale.runtime.generate import MAX_BATCH, BatchGenerator, TokenEvent
 from edgescale.scheduler.query import Query, StepCallback
 from edgescale.scheduler.results import build_result, empty_result
@@ -36,8 +36,9 @@ class QueryRun:
     queries. Its deadline, and its wall time, count from ``query.deadline.arrival``."""
 
     def __init__(self, engine: Engine, query: Query, *, clock: Callable[[], float] = time.perf_counter,
-                 on_step: StepCallback | None = None) -> None:
+                 on_step: StepCallback | None = None, layout: MemoryLayout | None = None) -> None:
         self.engine = engine
+        self.layout = layout or engine.memory_layout  # the KV layout its cells are counted in
         self.query = query
         self.clock = clock
         self.on_step = on_step
@@ -60,15 +61,22 @@ class QueryRun:
     @property
     def n_seq_ids(self) -> int:
         """Sequence ids the query needs: its samples and its probe slots."""
-        return self.alloc.n_seq_ids
+        return self.layout.seq_ids(self.alloc.n_seqs, self.probe_slots)
 
     @property
     def kv_cells(self) -> int:
         """KV cells the query may fill at most: its prompt, every sample's tokens, probe room
         (the engine's layout; the same count as its plan's ``n_cells``)."""
-        return self.engine.memory_layout.query_cells(
+        return self.layout.query_cells(
             prompt_tokens=len(self.query.prompt_tokens), n_seqs=self.alloc.n_seqs,
             new_tokens=self.query.config.max_new_tokens, probe_slots=self.probe_slots, probe_cells=self.probe_cells)
+
+    @property
+    def row_cells(self) -> int:
+        """The longest row the query makes (what one KV stream must hold)."""
+        return self.layout.row_cells(
+            prompt_tokens=len(self.query.prompt_tokens), new_tokens=self.query.config.max_new_tokens,
+            probe_slots=self.probe_slots, probe_cells=self.probe_cells)
 
     @property
     def done(self) -> bool:
@@ -80,8 +88,7 @@ class QueryRun:
             self.gen = BatchGenerator(
                 self.engine, self.query.prompt_tokens, self.query.config, n_seqs=self.ctl.n_seqs,
                 n_initial=self.ctl.n_initial, probe_slots=self.probe_slots, probe_cells=self.probe_cells,
-                n_cells=self.kv_cells, deadline=self.deadline, clock=self.clock, lane=lane, prefix=prefix,
-                prefill_chunk=prefill_chunk,
+                deadline=self.deadline, clock=self.clock, lane=lane, prefix=prefix, prefill_chunk=prefill_chunk,
             )
         except DecodeAborted:
             self.result = empty_result(self.engine, self.query, self.clock() - self.t0, queue_s=self.queue_s)

@@ -75,12 +75,8 @@ class Allocation:
     """The sequence ids and KV room one query takes."""
 
     n_seqs: int  # samples (every stage's)
-    probe_slots: int  # spare ids for probes (a forked copy of a sample each)
+    probe_slots: int  # probes at once (each a forked copy of a sample, or with streams in its own row)
     probe_cells: int  # cells one probe adds
-
-    @property
-    def n_seq_ids(self) -> int:
-        return self.n_seqs + self.probe_slots
 
 
 def allocation(controller: Controller, *, cue_tokens: int, deadline: bool) -> Allocation:

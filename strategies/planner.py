@@ -40,10 +40,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from edgescale import limits
-from edgescale.errors import BudgetInfeasible
+from edgescale.errors import BudgetInfeasible, UsageError
 from edgescale.runtime.generate import batch_size
 from edgescale.runtime.memory import MemoryModel
 from edgescale.strategies.controllers import plan_allocation
@@ -167,6 +167,12 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:.0f} MB"
 
 
+def _context(memory: MemoryModel, prompt: int, k: int, new: int, probe_slots: int) -> int:
+    """What the model's context must hold for k samples (their longest row, with streams)."""
+    return memory.context_cells(prompt_tokens=prompt, n_seqs=k, new_tokens=new, probe_slots=probe_slots,
+                                probe_cells=CUE_TOKENS + PROBE_TOKENS)
+
+
 def _cells(memory: MemoryModel, prompt: int, k: int, new: int, probe_slots: int) -> int:
     return memory.kv_cells(prompt_tokens=prompt, n_seqs=k, new_tokens=new, probe_slots=probe_slots,
                            probe_cells=CUE_TOKENS + PROBE_TOKENS)
@@ -261,7 +267,7 @@ def _fit_context(shape: QueryShape, memory: MemoryModel, notes: list[str]) -> Qu
     probes = 1
 
     def fits(k: int, new: int) -> bool:
-        return _cells(memory, shape.prompt_tokens, k, new, probes) <= ctx
+        return _context(memory, shape.prompt_tokens, k, new, probes) <= ctx
 
     if fits(samples_of(shape.strategy), shape.max_new_tokens):
         return shape
@@ -316,15 +322,18 @@ def _finish(shape: QueryShape, strategy: Strategy, predicted: float | None, memo
     cells = memory.query_cells(prompt_tokens=shape.prompt_tokens, n_seqs=alloc.n_seqs,
                                new_tokens=shape.max_new_tokens, probe_slots=alloc.probe_slots,
                                probe_cells=alloc.probe_cells)
-    n_batch = batch_size(shape.prompt_tokens, alloc.n_seq_ids)
-    allocated = memory.padded(cells)
+    n_ids = memory.seq_ids(alloc.n_seqs, alloc.probe_slots)
+    n_batch = batch_size(shape.prompt_tokens, n_ids)
+    allocated = memory.kv_cells(prompt_tokens=shape.prompt_tokens, n_seqs=alloc.n_seqs,
+                                new_tokens=shape.max_new_tokens, probe_slots=alloc.probe_slots,
+                                probe_cells=alloc.probe_cells)
     k = samples_of(strategy.stage1 if isinstance(strategy, Escalate) else strategy)
     return Plan(
         strategy=strategy, k=k, max_new_tokens=shape.max_new_tokens, n_cells=cells, n_batch=n_batch,
         predicted_s=predicted,
-        predicted_peak_bytes=memory.peak(n_seqs=alloc.n_seq_ids, n_cells=allocated, n_batch=n_batch),
+        predicted_peak_bytes=memory.peak(n_seqs=n_ids, n_cells=allocated, n_batch=n_batch),
         kv_bytes=int(memory.kv_bytes_per_cell * allocated), max_k_memory=mem_k, notes=tuple(notes), budget=budget,
-        n_seq_ids=alloc.n_seq_ids, **extra,
+        n_seq_ids=n_ids, **extra,
     )
 
 
@@ -345,7 +354,7 @@ def _plan_auto(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: 
     base = policy.escalation
     k_cap = min(samples_of(base) if base is not None else 0, mem_k - 1)  # stage 1's sample stays in the batch
     if shape.context_cells is not None:
-        while k_cap >= 2 and _cells(memory, shape.prompt_tokens, k_cap + 1, shape.max_new_tokens, 1) > \
+        while k_cap >= 2 and _context(memory, shape.prompt_tokens, k_cap + 1, shape.max_new_tokens, 1) > \
                 shape.context_cells:
             k_cap -= 1
     wave = min(best_wave(profile, k_cap), k_cap) if k_cap >= 1 else 1
@@ -387,3 +396,31 @@ def _plan_auto(shape: QueryShape, profile: Timing, memory: MemoryModel, budget: 
     chosen = Escalate(stage1=stage1, escalation=escalate, confidence=policy.confidence)
     return _finish(shape, chosen, t1, memory, mem_k, notes, budget, escalate_predicted_s=t2,
                    escalate_wave_s=one_wave if escalate is not None else None)
+
+
+KV_LAYOUTS = ("auto", "unified", "streams")
+
+
+def kv_layout_for(requested: str, *, lanes: int, available: Sequence[str], deterministic: bool = False) -> str | None:
+    """The KV layout of a shared decode loop (None: the engine's default). The rule, from
+    bench/kv_layout.py and bench/scheduler.py (docs/BENCHMARKS.md): several queries at once
+    (``lanes`` >= 2) decode in one stream per sequence, where each token attends to its
+    own cells only (1.8x the tokens/s of one unified cache at 64 sequences of 100-token
+    prompts), and a query's tokens do not depend on the others; one query at a time keeps
+    one unified cache, where its samples share one copy of the prompt (the same speed, a
+    k-th of the prompt's memory: 2,048 cells against 12,288 for maj@8 after a 1,359-token
+    prompt). ``deterministic``: the ``exact`` streams, whatever else was asked.
+    UsageError when the backend has no such layout."""
+    choice = requested.strip().lower()
+    if choice not in KV_LAYOUTS:
+        raise UsageError(f"unknown KV layout {requested!r}; choose one of: {', '.join(KV_LAYOUTS)}")
+    if deterministic:
+        if "exact" not in available:
+            raise UsageError("--deterministic needs one KV stream per sequence, which this backend does not have "
+                             f"(it has: {', '.join(available)})")
+        return "exact"
+    if choice == "auto":
+        return "streams" if lanes >= 2 and "streams" in available else None
+    if choice not in available:
+        raise UsageError(f"this backend has no {choice!r} KV layout (it has: {', '.join(available)})")
+    return choice

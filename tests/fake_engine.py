@@ -122,6 +122,11 @@ class FakeSession:
     def retains(self, seq_id: int) -> bool:
         return False
 
+    probes_in_place = False
+
+    def truncate(self, seq_id: int, n_tokens: int) -> None:
+        raise AssertionError("the fake engine probes on forks")
+
     def cells_used(self) -> int:
         return self.book.used
 
@@ -148,6 +153,7 @@ class FakeEngine:
     n_gpu_layers = 0
     max_sequences = 256
     memory_layout = MemoryLayout()
+    kv_layouts = {"unified": memory_layout}
     baseline_anon_bytes = 0
 
     def __init__(self, scripts: Sequence[str] | Mapping[str, Sequence[str]],
@@ -190,7 +196,7 @@ class FakeEngine:
     def format_messages(self, messages: Sequence[Mapping[str, str]], *, chat: bool = True) -> list[int]:
         return self.format_prompt("\n\n".join(m["content"] for m in messages))
 
-    def session(self, *, n_seqs: int, n_cells: int, max_batch: int) -> FakeSession:
+    def session(self, *, n_seqs: int, n_cells: int, max_batch: int, kv_layout: str | None = None) -> FakeSession:
         self.sessions.append(n_seqs)
         return FakeSession(self, n_seqs, n_cells)
 

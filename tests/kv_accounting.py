@@ -12,14 +12,20 @@ SPECS = ("single", "maj@4", "early-exit:k=2", "adaptive:max=4,wave=2", "conf@4:o
 
 
 def assert_plan_cells_are_reserved(rt: Runtime) -> None:
-    memory = memory_model(rt.engine)
+    layout_name = rt.scheduler_config.kv_layout
+    memory = memory_model(rt.engine, layout_name)
+    layout = rt.engine.kv_layouts[layout_name] if layout_name is not None else rt.engine.memory_layout
     for spec in SPECS:
         for budget in (None, Budget(deadline_s=60)):
             req = rt.request("What is 2 + 3?", strategy=spec, budget=budget, max_tokens=40)
             query = plan_request(req, memory, others=0, now=req.arrival)
-            run = QueryRun(rt.engine, query)
+            run = QueryRun(rt.engine, query, layout=layout)
             assert (run.kv_cells, run.n_seq_ids) == (query.plan.n_cells, query.plan.n_seq_ids), (spec, budget)
             assert query.plan.n_cells >= len(req.prompt_tokens) + 40 * run.alloc.n_seqs
+            if layout.streams:  # a stream for each sample, each holding its longest row
+                assert query.plan.n_seq_ids == run.alloc.n_seqs
+                streams = run.alloc.n_seqs * memory.padded(run.row_cells)
+                assert query.plan.kv_bytes == int(memory.kv_bytes_per_cell * streams)
     plan = rt.plan("What is 2 + 3?", strategy="maj@3", max_tokens=24)
     reserved: set[int] = set()
     rt.ask("What is 2 + 3?", strategy="maj@3", max_tokens=24,

@@ -238,10 +238,11 @@ def test_this_machine_live(smollm2: ModelInfo) -> None:
         assert p.device == "cpu" and p.n_gpu_layers == 0
 
 
-def test_avx512_and_q4_0_get_no_quant_advice(smollm2: ModelInfo) -> None:
+def test_avx512_gets_quant_advice_and_q4_0_none(smollm2: ModelInfo) -> None:
     box = device("this_machine.json")
     avx512 = replace(box, cpu=replace(box.cpu, features=(*box.cpu.features, "avx512f")))
-    assert not any("requantise" in a for a in place(avx512, smollm2, kv_bytes=0).advice)
+    # llama.cpp repacks Q4_0 wherever AVX2 is (AVX-512 CPUs included: 1.55x at 8 sequences, measured)
+    assert any("requantise" in a and "NAME:q4_0" in a for a in place(avx512, smollm2, kv_bytes=0).advice)
     for quant in ("Q4_0", "Q8_0", "F16"):
         m = replace(smollm2, quant=quant)
         assert not any("requantise" in a for a in place(box, m, kv_bytes=0).advice)
