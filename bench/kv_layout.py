@@ -5,10 +5,10 @@ one token a step together; the median step time of 24 steps gives tokens/s. In a
 cache every token attends over every cell in use (other sequences' cells are masked, not
 skipped), so attention grows with the width times the cells of all sequences; with one
 stream per sequence (``kv_unified=false``) each token attends only to its own stream.
-The runtime uses the unified cache today (prompt cells shared by a query's samples);
-this measures what a per-sequence layout would buy for many queries at once.
+The shared decode loop uses streams when several queries decode at once (``--kv-layout auto``),
+the unified cache for one query at a time (its samples share one copy of the prompt).
 
-    python bench/kv_layout.py [--widths 8,16,64] [--threads 2] [--prompt 100] [--steps 24]
+    python bench/kv_layout.py [--widths 8,16,64] [--threads 2] [--prompt 100] [--steps 24] [--model NAME|PATH]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from edgescale.models.catalog import resolve_model
+from edgescale.loader import runnable_model
 from edgescale.runtime import _llama_ffi as ffi
 from edgescale.runtime.llama_engine import LlamaCppEngine
 
@@ -62,11 +62,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=100)
     ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--model", default="smollm2-135m", help="GGUF path, catalog name, or NAME:TYPE (a copy)")
     args = ap.parse_args()
-    engine = LlamaCppEngine.load(resolve_model("smollm2-135m"), n_threads=args.threads)
+    engine = LlamaCppEngine.load(runnable_model(args.model), n_threads=args.threads)
     text = "Write a long story about a lighthouse keeper, the sea, storms, ships and a cat. " * 8
     prompt = engine.format_prompt(text)[: args.prompt]
-    print(f"SmolLM2-135M Q4_1, {args.threads} threads, {len(prompt)}-token prompts, one per sequence, "
+    print(f"{engine.info.path.name}, {args.threads} threads, {len(prompt)}-token prompts, one per sequence, "
           f"median of {args.steps} steps")
     for width in (int(w) for w in args.widths.split(",")):
         unified = step_time(engine, width=width, unified=True, prompt=prompt, steps=args.steps)

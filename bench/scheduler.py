@@ -1,8 +1,9 @@
 """The shared decode loop, measured side by side in one run (SmolLM2, 2 threads by default).
 
 1. batch throughput: GSM8K questions, single greedy, ``--parallel 8`` vs ``--parallel 1``
-   (queries/s; target >= 1.5x);
-2. the same with maj@8 per question (each query is already a batch of 8);
+   (queries/s; target >= 1.5x), with ``--parallel 8`` in each KV layout (``--layouts``:
+   one unified cache, one stream per sequence, the exact streams of ``--deterministic``);
+2. the same with maj@8 per question (each query is already a batch of 8: 64 sequences);
 3. the prefix cache: GSM8K 3-shot prompts one after another, time to first token
    (from arrival) with the cache vs without (target >= 3x lower), and the whole run;
 4. deadlines under load: 8 queries arriving together with a 2 s deadline: the share
@@ -11,12 +12,16 @@
 5. the queue: 16 queries with mixed deadlines (a third 1.5 s, the rest 20 s), 4
    running at once: deadlines met under FIFO and under EDF;
 6. the prompt-chunk policy: four queries decoding while a 3-shot prompt is read in
-   chunks of 32, 128 or 512 tokens: the others' step time during the reading.
+   chunks of 32, 128 or 512 tokens: the others' step time during the reading;
+7. eight maj@8 queries on short arithmetic prompts (arith-1d, 48 tokens), ``--parallel 8``
+   in each layout vs ``--parallel 1`` (target >= 1.5x), and whether each layout's answers
+   are the ones the queries give one at a time (their samples' tokens, bitwise).
 
 Variants of one comparison run back to back on the same engine, in alternating
 order over ``--rounds``. Every run is bounded: fixed query counts, no open-ended load.
 
-    python bench/scheduler.py [--questions 64] [--max-tokens 128] [--rounds 1] [--only 1,2,3,4,5,6]
+    python bench/scheduler.py [--questions 64] [--max-tokens 128] [--rounds 1] [--only 1,2,3,4,5,6,7]
+                              [--model PATH|NAME|NAME:TYPE] [--layouts unified,streams,exact]
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any, Sequence
 
 from edgescale.api import Runtime
 from edgescale.evals.datasets import load, prompt_for
-from edgescale.models.catalog import resolve_model
+from edgescale.loader import runnable_model
 from edgescale.runtime.llama_engine import LlamaCppEngine
 from edgescale.scheduler.config import SchedulerConfig
 from edgescale.strategies.planner import Budget
@@ -60,9 +65,32 @@ def run_set(engine: Any, prompts: Sequence[str], golds: Sequence[str], config: S
         "accuracy": sum(r.answer == g for r, g in zip(results, golds)) / len(golds),
         "tokens": sum(r.stats.total_tokens for r in results) / len(results),
         "ttft_p50": statistics.median(ttft), "wall_per_query": [r.stats.wall_s for r in results],
+        "samples": [tuple((s.text, s.n_tokens) for s in r.samples) for r in results],
         "prompt_read": stats.prompt_tokens_read, "prompt_cached": stats.prompt_tokens_cached,
         "deadline_s": ask.get("budget").deadline_s if ask.get("budget") else None,  # type: ignore[union-attr]
     }
+
+
+def parallel_vs_one(engine: Any, name: str, prompts: Sequence[str], golds: Sequence[str],
+                    layouts: Sequence[str], rounds: int, **ask: Any) -> None:
+    """``--parallel 1`` against ``--parallel 8`` in each KV layout: queries/s against parallel 1
+    in one unified cache (what --parallel 1 runs in), and how many queries answered with the
+    very tokens they give one at a time in the same layout."""
+    variants = {}
+    for layout in layouts:
+        for lanes in (1, 8):
+            variants[f"parallel {lanes}, {layout}"] = lambda lanes=lanes, layout=layout: run_set(
+                engine, prompts, golds, replace(BASE, max_running=lanes, expect_running=lanes, kv_layout=layout),
+                **ask)
+    runs = side_by_side(f"{name}: --parallel 8 vs 1", variants, rounds)
+    one = med(runs[f"parallel 1, {layouts[0]}"], "qps")
+    for layout in layouts:
+        alone, together = runs[f"parallel 1, {layout}"], runs[f"parallel 8, {layout}"]
+        same = sum(a == b for a, b in zip(together[-1]["samples"], alone[-1]["samples"]))
+        print(f"   {layout}: parallel 1 {med(alone, 'qps'):.3f} queries/s, parallel 8 {med(together, 'qps'):.3f}: "
+              f"{med(together, 'qps') / one:.2f}x parallel 1 in {layouts[0]} (target >= 1.5x); accuracy "
+              f"{med(alone, 'accuracy'):.0%} / {med(together, 'accuracy'):.0%}; {same}/{len(prompts)} queries' "
+              "tokens as one at a time")
 
 
 def side_by_side(name: str, variants: dict[str, Any], rounds: int) -> dict[str, list[dict[str, float]]]:
@@ -85,29 +113,29 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", default="1,2,3,4,5,6")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7")
+    ap.add_argument("--model", default="smollm2-135m", help="GGUF path, catalog name, or NAME:TYPE (a copy)")
+    ap.add_argument("--layouts", default="unified,streams,exact", help="KV layouts to run --parallel 8 in")
     args = ap.parse_args()
     only = {int(x) for x in args.only.split(",")}
-    engine = LlamaCppEngine.load(resolve_model("smollm2-135m"), n_threads=args.threads)
+    layouts = args.layouts.split(",")
+    engine = LlamaCppEngine.load(runnable_model(args.model), n_threads=args.threads)
     items = load("gsm8k", limit=max(args.questions, 32))
     zero = [prompt_for(it, "zero-shot") for it in items[: args.questions]]
     golds = [it.answer for it in items[: args.questions]]
     ask = dict(answer="number", max_tokens=args.max_tokens, seed=1)
-    print(f"SmolLM2-135M Q4_1, {args.threads} threads, {args.questions} GSM8K questions, "
+    print(f"{engine.info.path.name}, {args.threads} threads, {args.questions} GSM8K questions, "
           f"max {args.max_tokens} new tokens, {args.rounds} round(s)")
 
     for n, spec in ((1, "single"), (2, "maj@8")):
-        if n not in only:
-            continue
-        runs = side_by_side(f"{n}. batch throughput, {spec}, --parallel 8 vs 1", {
-            "parallel 1": lambda spec=spec: run_set(engine, zero, golds, BASE, strategy=spec, **ask),
-            "parallel 8": lambda spec=spec: run_set(engine, zero, golds, replace(BASE, max_running=8),
-                                                    strategy=spec, **ask),
-        }, args.rounds)
-        a, b = med(runs["parallel 1"], "qps"), med(runs["parallel 8"], "qps")
-        print(f"   queries/s: parallel 1 {a:.3f}, parallel 8 {b:.3f}: {b / a:.2f}x "
-              f"(target >= 1.5x{' for single' if n == 1 else ''}); accuracy {med(runs['parallel 1'], 'accuracy'):.2%}"
-              f" vs {med(runs['parallel 8'], 'accuracy'):.2%}")
+        if n in only:
+            parallel_vs_one(engine, f"{n}. batch throughput, {spec}, GSM8K", zero, golds, layouts, args.rounds,
+                            strategy=spec, **ask)
+    if 7 in only:
+        arith = load("arith-1d", limit=8)
+        parallel_vs_one(engine, "7. eight maj@8 queries, short arithmetic prompts (arith-1d)",
+                        [prompt_for(it, "bare") for it in arith], [it.answer for it in arith], layouts,
+                        args.rounds, strategy="maj@8", answer="number", max_tokens=48, seed=1)
 
     if 3 in only:
         few = [prompt_for(replace(it, fewshot=it.fewshot[:3]), "few-shot") for it in items[:32]]

@@ -1,22 +1,31 @@
-"""`edgescale serve` against llama-cpp-python's own OpenAI server, side by side in one run.
+"""`edgescale serve` against a peer OpenAI server, side by side in one run.
 
-Same model file (SmolLM2-135M Q4_1), same threads, both on 127.0.0.1, one server
-under load at a time (the other idle), alternating over ``--rounds``. The load is
-a fixed mix of chat questions (GSM8K and ARC-Easy, zero-shot), ``max_tokens`` 64:
+The peer is llama.cpp's own C++ server (``--llama-server PATH``: built offline by
+``../shared/tools/build-llama-server.sh``; ``-np 8`` slots, each its own KV stream,
+continuous batching) or llama-cpp-python's (``python -m llama_cpp.server``, one
+sequence at a time, no ``n``; needs its server extras: ``pip install fastapi uvicorn
+sse-starlette starlette-context pydantic-settings``). Same GGUF file (``--model``: a
+path, so that edgescale runs that very file), same threads, both on 127.0.0.1, one
+server under load at a time (the other idle), alternating over ``--rounds``, medians.
+The load is a mix of chat questions (GSM8K and ARC-Easy, zero-shot), ``max_tokens``
+64, new questions for every load (both servers the same ones: a prompt a server has
+read before would come from its prompt cache):
 
 1. single-sample requests (greedy) from 1, 4 and 8 concurrent clients: completions/s
-   and p50/p95 latency (target at 8 clients: >= 1.5x the peer's throughput, p95 no worse);
-2. eight answers per question: edgescale ``strategy: maj@8`` (one request) against the
-   8 requests a client must send the peer (it has no ``n``), all 8 in flight at once;
-   time per question (target >= 1.3x faster), same number of samples;
+   and p50/p95 latency;
+2. eight answers per question: edgescale ``strategy: maj@8`` (one request) against
+   llama-server's ``n: 8`` (one request; llama-cpp-python has no ``n``: 8 requests at
+   once); time per question, same number of samples;
 3. deadlines: 8 concurrent clients with ``deadline_ms: 2000`` (edgescale): the share
-   answered within 2.2 s as the client measures it (target >= 95%).
+   answered within 2.2 s as the client measures it (target >= 95%);
+4. eight clients each asking eight answers at once: edgescale ``maj@8`` against
+   llama-server ``n: 8`` (llama-cpp-python: 64 requests, 8 clients at a time); time per
+   question.
 
-The peer needs llama-cpp-python's server extras:
-``pip install fastapi uvicorn sse-starlette starlette-context pydantic-settings``.
 Every load is bounded (fixed request counts, per-request timeouts).
 
-    python bench/serve.py [--requests 24] [--questions 6] [--rounds 1] [--threads 2] [--only 1,2,3]
+    python bench/serve.py [--llama-server PATH] [--model PATH|NAME] [--requests 24] [--questions 6]
+                          [--rounds 1] [--threads 2] [--only 1,2,3,4] [--serve-args "--deterministic"]
 """
 
 from __future__ import annotations
@@ -46,16 +55,29 @@ MAX_TOKENS = 64
 TIMEOUT_S = 300
 
 
-class Peer:
-    """``python -m llama_cpp.server`` on a free loopback port."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
-    def __init__(self, model: Path, threads: int, n_ctx: int = 4096) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-               "--port", str(self.port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
-               "--n_ctx", str(n_ctx), "--verbose", "False"]
+
+class Peer:
+    """A peer server on a free loopback port: ``python -m llama_cpp.server``, or llama.cpp's
+    own ``llama-server`` (``server`` set) with ``slots`` slots, each its own KV stream."""
+
+    def __init__(self, model: Path, threads: int, n_ctx: int = 4096, server: Path | None = None,
+                 slots: int = 8) -> None:
+        self.port = free_port()
+        self.has_n = server is not None
+        self.name = f"llama-server -np {slots}" if server is not None else "llama-cpp-python"
+        if server is not None:
+            cmd = [str(server), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port), "-t",
+                   str(threads), "-tb", str(threads), "-np", str(slots), "-c", str(n_ctx * slots),
+                   "--no-webui", "--log-disable"]
+        else:
+            cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+                   "--port", str(self.port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+                   "--n_ctx", str(n_ctx), "--verbose", "False"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         end = time.monotonic() + 120
         while time.monotonic() < end:
@@ -65,7 +87,7 @@ class Peer:
             except httpx.HTTPError:
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError("llama_cpp.server did not start (are its server extras installed?)")
+        raise RuntimeError(f"{self.name} did not start (llama-cpp-python: are its server extras installed?)")
 
     @property
     def url(self) -> str:
@@ -91,25 +113,32 @@ def load_test(url: str, questions: Sequence[str], clients: int, **extra: Any) ->
     """Every question once, from ``clients`` concurrent clients."""
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        lat = [t for t, _ in pool.map(lambda q: chat(url, q, **extra), questions)]
+        done = list(pool.map(lambda q: chat(url, q, **extra), questions))
     wall = time.perf_counter() - t0
-    lat.sort()
-    return {"qps": len(questions) / wall, "p50": statistics.median(lat),
+    lat = sorted(t for t, _ in done)
+    tokens = sum(body["usage"]["completion_tokens"] for _, body in done)
+    return {"qps": len(questions) / wall, "tok_s": tokens / wall, "tokens": tokens / len(questions),
+            "p50": statistics.median(lat),
             "p95": lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]}
 
 
-def eight_answers(url: str, questions: Sequence[str], ours: bool) -> dict[str, float]:
-    """Eight samples per question, questions one after another."""
+def eight_samples(url: str, q: str, how: str) -> int:
+    """Eight samples of one question: edgescale's maj@8, a peer's ``n: 8``, or 8 requests."""
+    if how == "maj@8":
+        _, body = chat(url, q, strategy="maj@8", temperature=0.8)
+        return int(body["edgescale"]["samples"])
+    if how == "n":
+        _, body = chat(url, q, n=8, temperature=0.8)
+        return len(body["choices"])
+    with ThreadPoolExecutor(8) as pool:
+        return len(list(pool.map(lambda seed: chat(url, q, temperature=0.8, seed=seed), range(8))))
+
+
+def eight_answers(url: str, questions: Sequence[str], how: str, clients: int = 1) -> dict[str, float]:
+    """Eight samples per question, ``clients`` questions at a time."""
     t0 = time.perf_counter()
-    samples = 0
-    for q in questions:
-        if ours:
-            _, body = chat(url, q, strategy="maj@8", temperature=0.8)
-            samples += body["edgescale"]["samples"]
-        else:
-            with ThreadPoolExecutor(8) as pool:
-                done = list(pool.map(lambda seed, q=q: chat(url, q, temperature=0.8, seed=seed), range(8)))
-            samples += len(done)
+    with ThreadPoolExecutor(clients) as pool:
+        samples = sum(pool.map(lambda q: eight_samples(url, q, how), questions))
     return {"s_per_q": (time.perf_counter() - t0) / len(questions), "samples": samples / len(questions)}
 
 
@@ -119,6 +148,22 @@ def deadline_share(url: str, questions: Sequence[str], deadline_ms: int = 2000) 
     within = sum(t <= deadline_ms / 1000 * 1.1 for t, _ in got)
     hit = sum(body["choices"][0]["finish_reason"] == "deadline" for _, body in got)
     return {"share": within / len(got), "max": max(t for t, _ in got), "deadline_hit": hit / len(got)}
+
+
+class Fresh:
+    """Questions handed out once each: both servers get the same ones, in the same order."""
+
+    def __init__(self, pool: Sequence[str]) -> None:
+        self.pool = list(pool)
+        self.next = {"e": 0, "p": 0}
+
+    def take(self, n: int, who: str) -> list[str]:
+        start = self.next[who]
+        self.next[who] = start + n
+        out = self.pool[start : start + n]
+        if len(out) < n:
+            raise RuntimeError("not enough questions loaded")
+        return out
 
 
 def alternate(rounds: int, runs: dict[str, Callable[[], dict[str, float]]]) -> dict[str, dict[str, float]]:
@@ -133,26 +178,36 @@ def alternate(rounds: int, runs: dict[str, Callable[[], dict[str, float]]]) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--llama-server", type=Path, default=None, help="llama-server binary: the peer (default: "
+                    "llama-cpp-python's server)")
+    ap.add_argument("--model", default=None, help="GGUF path or catalog name (default: the packaged SmolLM2 Q4_1 "
+                    "file); edgescale serves this very file")
     ap.add_argument("--requests", type=int, default=24, help="questions per load test")
-    ap.add_argument("--questions", type=int, default=6, help="questions for the eight-answer comparison")
+    ap.add_argument("--questions", type=int, default=6, help="questions for the eight-answer comparisons")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", default="1,2,3")
+    ap.add_argument("--only", default="1,2,3,4")
+    ap.add_argument("--serve-args", default="", help="more `edgescale serve` arguments, e.g. --deterministic")
     args = ap.parse_args()
     only = {int(x) for x in args.only.split(",")}
-    import llama_cpp
-
-    model = resolve_model("smollm2-135m")
-    half = args.requests // 2
-    items = [*load("gsm8k", limit=half), *load("arc-easy", limit=args.requests - half)]
-    questions = [prompt_for(it, "zero-shot") for it in items]
-    questions = [questions[i // 2 + (i % 2) * half] for i in range(len(questions))]  # interleave the two sets
-    print(f"SmolLM2-135M Q4_1 ({model.name}), {args.threads} threads, {len(questions)} chat questions "
-          f"(GSM8K + ARC-Easy), max_tokens {MAX_TOKENS}, {args.rounds} round(s); peer: llama-cpp-python "
-          f"{llama_cpp.__version__} (python -m llama_cpp.server)", flush=True)
-    ours = ServerProcess(["--threads", str(args.threads), "--parallel", "8", "--max-tokens-limit", "4096"],
+    model = resolve_model(args.model or "smollm2-135m")  # a path: edgescale serves the file as it is
+    # every load gets questions of its own (both servers the same ones): a prompt a server has
+    # already read would be served from its prompt cache, and the comparison would measure that
+    need = args.rounds * (3 * args.requests + args.questions + 8 + 16)
+    half = need // 2
+    items = [*load("gsm8k", limit=half), *load("arc-easy", limit=need - half)]
+    pool = [prompt_for(it, "zero-shot") for it in items]
+    pool = [pool[i // 2 + (i % 2) * half] for i in range(len(pool))]  # interleave the two sets
+    fresh = Fresh(pool)
+    peer = Peer(model, args.threads, n_ctx=1024 if args.llama_server else 4096, server=args.llama_server)
+    print(f"{model.name}, {args.threads} threads, {args.requests} chat questions a load (GSM8K + ARC-Easy, new ones "
+          f"each time), max_tokens "
+          f"{MAX_TOKENS}, {args.rounds} round(s); peer: {peer.name}; edgescale serve --parallel 8 "
+          f"{args.serve_args}".rstrip(), flush=True)
+    ours = ServerProcess(["--model", str(model), "--threads", str(args.threads), "--parallel", "8",
+                          "--max-tokens-limit", "4096", *args.serve_args.split()],
                          env={"EDGESCALE_THREADS": str(args.threads)})
-    peer = Peer(model, args.threads)
+    many = "n" if peer.has_n else "8 requests"
     try:
         chat(ours.url, "Hi")  # warm both (first-request allocations)
         chat(peer.url, "Hi")
@@ -160,24 +215,32 @@ def main() -> None:
             print("-- 1. single-sample requests (greedy): completions/s, p50 / p95 latency", flush=True)
             for clients in (1, 4, 8):
                 res = alternate(args.rounds, {
-                    "edgescale": lambda c=clients: load_test(ours.url, questions, c, temperature=0),
-                    "peer": lambda c=clients: load_test(peer.url, questions, c, temperature=0),
+                    "edgescale": lambda c=clients: load_test(ours.url, fresh.take(args.requests, "e"), c,
+                                                             temperature=0),
+                    "peer": lambda c=clients: load_test(peer.url, fresh.take(args.requests, "p"), c, temperature=0),
                 })
                 e, p = res["edgescale"], res["peer"]
-                print(f"   {clients} client(s): edgescale {e['qps']:.2f}/s p50 {e['p50']:.2f}s p95 {e['p95']:.2f}s | "
-                      f"peer {p['qps']:.2f}/s p50 {p['p50']:.2f}s p95 {p['p95']:.2f}s | throughput "
-                      f"{e['qps'] / p['qps']:.2f}x, p95 {e['p95'] / p['p95']:.2f}x"
-                      + (" (target >= 1.5x, p95 no worse)" if clients == 8 else ""), flush=True)
-        if 2 in only:
-            qs = questions[: args.questions]
-            res = alternate(args.rounds, {"edgescale": lambda: eight_answers(ours.url, qs, True),
-                                          "peer": lambda: eight_answers(peer.url, qs, False)})
+                print(f"   {clients} client(s): edgescale {e['qps']:.2f}/s ({e['tok_s']:.0f} tok/s, {e['tokens']:.0f} "
+                      f"a completion) p50 {e['p50']:.2f}s p95 {e['p95']:.2f}s | peer {p['qps']:.2f}/s "
+                      f"({p['tok_s']:.0f} tok/s, {p['tokens']:.0f}) p50 {p['p50']:.2f}s p95 {p['p95']:.2f}s | "
+                      f"completions {e['qps'] / p['qps']:.2f}x, tokens {e['tok_s'] / p['tok_s']:.2f}x, p95 "
+                      f"{e['p95'] / p['p95']:.2f}x (target >= 1.0x)", flush=True)
+        for n, clients in ((2, 1), (4, 8)):
+            if n not in only:
+                continue
+            count = args.questions if clients == 1 else 8
+            res = alternate(args.rounds, {
+                "edgescale": lambda c=clients, k=count: eight_answers(ours.url, fresh.take(k, "e"), "maj@8", c),
+                "peer": lambda c=clients, k=count: eight_answers(peer.url, fresh.take(k, "p"),
+                                                                 "n" if peer.has_n else "8", c),
+            })
             e, p = res["edgescale"], res["peer"]
-            print(f"-- 2. eight answers per question ({len(qs)} questions): edgescale maj@8 {e['s_per_q']:.2f}s/q "
-                  f"({e['samples']:.0f} samples) vs peer 8 requests {p['s_per_q']:.2f}s/q ({p['samples']:.0f}): "
-                  f"{p['s_per_q'] / e['s_per_q']:.2f}x faster (target >= 1.3x)", flush=True)
+            print(f"-- {n}. eight answers per question, {clients} client(s), {count} questions: edgescale maj@8 "
+                  f"{e['s_per_q']:.2f}s/q ({e['samples']:.0f} samples) vs peer {many} {p['s_per_q']:.2f}s/q "
+                  f"({p['samples']:.0f}): {p['s_per_q'] / e['s_per_q']:.2f}x faster"
+                  + (" (target >= 1.5x)" if clients > 1 else ""), flush=True)
         if 3 in only:
-            d = deadline_share(ours.url, questions[:16])
+            d = deadline_share(ours.url, fresh.take(16, "e"))
             print(f"-- 3. deadline_ms 2000, 8 concurrent clients, 16 requests: {d['share']:.0%} answered within "
                   f"2.2 s (target >= 95%); slowest {d['max']:.2f}s; {d['deadline_hit']:.0%} ended by the deadline",
                   flush=True)
