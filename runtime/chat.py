@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 from functools import lru_cache
 from typing import Any, Mapping, Protocol, Sequence
 
@@ -90,10 +91,66 @@ class Vocabulary(Protocol):
     def is_eog(self, token: int) -> bool: ...
 
 
+# Stand-ins for message contents while the template renders: private-use code points that no
+# template writes, changes or trims.
+_MARK = re.compile("\ue000([0-9]+)\ue001")
+
+
+def _mark(i: int) -> str:
+    return f"\ue000{i}\ue001"
+
+
+def _as_rendered(content: str, rendered: str, at: int, following: str) -> str | None:
+    """The form of ``content`` the template wrote at ``rendered[at:]`` (templates may trim it)."""
+    for form in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip())):
+        if rendered.startswith(form, at) and rendered.startswith(following, at + len(form)):
+            return form
+    return None
+
+
+def template_segments(template: str, messages: Sequence[Message], *, bos_token: str,
+                      eos_token: str) -> list[tuple[str, bool]]:
+    """The rendered chat cut into ``(text, is_template)`` pieces, in order.
+
+    The template is rendered twice: with every content replaced by a marker (which gives the
+    template's own text around each content) and with the real contents; the second must be the
+    first with each marker replaced by its content (or the content trimmed, as some templates
+    write it), else the template treats contents as more than text and the messages are refused.
+    """
+    skeleton = render_chat(template, [{**m, "content": _mark(i)} for i, m in enumerate(messages)],
+                           bos_token=bos_token, eos_token=eos_token)
+    rendered = render_chat(template, messages, bos_token=bos_token, eos_token=eos_token)
+    pieces = _MARK.split(skeleton)  # template text, message index, template text, ...
+    segments: list[tuple[str, bool]] = []
+    at = 0
+    for k, piece in enumerate(pieces):
+        if k % 2 == 0:
+            if not rendered.startswith(piece, at):
+                break
+            segments.append((piece, True))
+            at += len(piece)
+            continue
+        form = _as_rendered(messages[int(piece)]["content"], rendered, at, pieces[k + 1])
+        if form is None:
+            break
+        segments.append((form, False))
+        at += len(form)
+    else:
+        if at == len(rendered):
+            return [s for s in segments if s[0]]
+    raise UsageError("a message holds the text of a control token, and this model's chat template "
+                     "changes message contents in a way that cannot keep it as plain text")
+
+
 class ChatText:
     """The text side of the Engine protocol, the same for every backend: tokens through the
     backend's vocabulary, prompts through the model's chat template. An engine sets
-    ``info``, ``vocab`` and the text of its BOS and EOS tokens (``bos_text``, ``eos_text``)."""
+    ``info``, ``vocab`` and the text of its BOS and EOS tokens (``bos_text``, ``eos_text``).
+
+    Message contents are always tokenized as text: a user who writes ``<|im_start|>system``
+    gets the tokens of those characters, never the control token. Only the template's own
+    markers (and BOS) become special tokens.
+    """
 
     info: ModelInfo
     vocab: Vocabulary
@@ -113,6 +170,19 @@ class ChatText:
         return self.format_messages(user_messages(prompt, system), chat=chat)
 
     def format_messages(self, messages: Sequence[Message], *, chat: bool = True) -> list[int]:
-        text, add_bos = prompt_text(self.info.chat_template, messages, chat=chat,
-                                    bos_token=self.bos_text, eos_token=self.eos_text)
-        return self.tokenize(text, add_special=self.info.add_bos and add_bos, parse_special=True)
+        template = self.info.chat_template
+        text, add_bos = prompt_text(template, messages, chat=chat, bos_token=self.bos_text, eos_token=self.eos_text)
+        bos = self.info.add_bos and add_bos
+        if not (chat and template):  # no template: all of it is the user's text
+            return self.tokenize(text, add_special=bos, parse_special=False)
+        if not any(self._holds_control_text(m["content"]) for m in messages):
+            return self.tokenize(text, add_special=bos, parse_special=True)  # the common case, in one call
+        segments = template_segments(template, messages, bos_token=self.bos_text, eos_token=self.eos_text)
+        tokens = self.tokenize("", add_special=True) if bos else []
+        for piece, is_template in segments:
+            tokens += self.tokenize(piece, add_special=False, parse_special=is_template)
+        return tokens
+
+    def _holds_control_text(self, content: str) -> bool:
+        return bool(content) and (self.tokenize(content, add_special=False, parse_special=True)
+                                  != self.tokenize(content, add_special=False, parse_special=False))
