@@ -32,6 +32,9 @@ MEMORY = typer.Option(None, "--memory", help="Memory budget of the whole server 
 DEADLINE_MS = typer.Option(None, "--deadline-ms", help="Default deadline of a request, in ms from its arrival.")
 MAX_QUEUE = typer.Option(64, "--max-queue", help="Requests waiting at most; more get 429 with Retry-After.")
 MAX_N = typer.Option(16, "--max-n", help="Largest 'n' a request may ask for.")
+MAX_SAMPLES = typer.Option(16, "--max-samples",
+                           help="Most samples one request may draw, by 'n' or by a strategy's k (maj@64 is refused "
+                                "with 400 above it).")
 MAX_PROMPT = typer.Option(8192, "--max-prompt-tokens", help="Longest prompt a request may send, in tokens.")
 MAX_TOKENS_LIMIT = typer.Option(4096, "--max-tokens-limit", help="Largest 'max_tokens' a request may ask for.")
 MAX_BODY = typer.Option("1MB", "--max-body", help="Largest request body.")
@@ -46,6 +49,11 @@ TYPICAL_PROMPT = 512  # tokens: what the shared context is first sized for, per 
 COMPUTE_NICE = typer.Option(0, "--compute-nice", min=0, max=19,
                             help="Nice value of the decode threads (Linux): above 0 the HTTP event loop keeps its "
                                  "core on a small box (docs/BENCHMARKS.md measures 0 against 10).")
+MAX_CONNECTIONS = typer.Option(256, "--max-connections",
+                               help="Open connections at most (uvicorn's limit_concurrency); more get 503.")
+READ_TIMEOUT = typer.Option("30s", "--read-timeout",
+                            help="A request's line and headers must arrive within this after its connection opens "
+                                 "(or its previous response ends), and then its body within this (408).")
 GRACE = typer.Option("10s", "--grace", help="On SIGTERM: how long in-flight requests may take to finish.")
 
 
@@ -67,6 +75,7 @@ def serve(
     max_tokens: int = opt.MAX_TOKENS,
     max_queue: int = MAX_QUEUE,
     max_n: int = MAX_N,
+    max_samples: int = MAX_SAMPLES,
     max_prompt_tokens: int = MAX_PROMPT,
     max_tokens_limit: int = MAX_TOKENS_LIMIT,
     max_body: str = MAX_BODY,
@@ -76,6 +85,8 @@ def serve(
     queue_order: str = QUEUE_ORDER,
     policy: Optional[str] = opt.POLICY,
     grace: str = GRACE,
+    max_connections: int = MAX_CONNECTIONS,
+    read_timeout: str = READ_TIMEOUT,
     kv_layout: str = opt.KV_LAYOUT,
     deterministic: bool = opt.DETERMINISTIC,
     compute_nice: int = COMPUTE_NICE,
@@ -86,13 +97,15 @@ def serve(
     from edgescale.serve.protocol import Limits, defaults_of
     from edgescale.serve.state import ServeConfig
     from edgescale.settings import parse_duration, parse_lanes, parse_size
+    from edgescale.strategies.spec import samples_of
 
     _need_serve_extra()
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, got {port}")
     if api_key is not None and not api_key.strip():
         raise UsageError("--api-key is empty")
-    for name, value, hi in (("--max-n", max_n, 64), ("--max-queue", max_queue, 1 << 16),
+    for name, value, hi in (("--max-n", max_n, 64), ("--max-samples", max_samples, 64),
+                            ("--max-queue", max_queue, 1 << 16), ("--max-connections", max_connections, 1 << 16),
                             ("--max-prompt-tokens", max_prompt_tokens, 1 << 24),
                             ("--max-tokens-limit", max_tokens_limit, 32768)):
         if not 1 <= value <= hi:
@@ -103,11 +116,18 @@ def serve(
     lanes = parse_lanes(parallel)
     body_limit = parse_size(max_body)
     assert body_limit is not None
+    limits = Limits(max_body_bytes=body_limit, max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens_limit,
+                    max_n=max_n, max_samples=max_samples)
+    refusal = limits.samples_refusal(samples_of(settings.strategy), f"--strategy {settings.strategy.spec()}",
+                                     "strategy")
+    if refusal is not None:
+        raise UsageError(refusal.message)
+    read_timeout_s = parse_duration(read_timeout)
+    if read_timeout_s is None or read_timeout_s <= 0:
+        raise UsageError(f"--read-timeout must be a positive duration, got {read_timeout!r}")
     config = ServeConfig(
         host=host, port=port, api_key=api_key.strip() if api_key else None, grace_s=parse_duration(grace) or 0.0,
-        defaults=defaults,
-        limits=Limits(max_body_bytes=body_limit, max_prompt_tokens=max_prompt_tokens,
-                      max_tokens=max_tokens_limit, max_n=max_n),
+        defaults=defaults, limits=limits, max_connections=max_connections, read_timeout_s=read_timeout_s,
     )
     # a server's requests come one by one: the shared context is sized up front for as many
     # as run at once, each of the default length (not for the first one)

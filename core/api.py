@@ -320,11 +320,14 @@ class Runtime:
         options: AskOptions | None = None,
         on_step: Callable[[BatchGenerator, Sequence[TokenEvent]], None] | None = None,
         arrival: float | None = None,
+        exact_samples: bool = False,
         **overrides: Any,
     ) -> Request:
         """The query as the scheduler takes it (tokenized now; planned when admitted).
         ``arrival``: when it arrived (``time.perf_counter()``; default now): its deadline
-        (``budget.deadline_s``) counts from then."""
+        (``budget.deadline_s``) counts from then. ``exact_samples``: the planner may not
+        draw fewer samples than the strategy asks for to fit the context or the memory
+        budget; it fails with :class:`BudgetInfeasible` saying what fits instead."""
         deadline = Deadline.after(budget.deadline_s if budget is not None else None, arrival)
         opts = replace(options or AskOptions(), **overrides)
         tokens = self.prompt_tokens(prompt, opts)
@@ -336,6 +339,7 @@ class Runtime:
             answer_kind=opts.answer, choices=opts.choices, policy=self._policy_for(strat),
             timing=self.profile() if timed else None, cue_tokens=self.cue_tokens(),
             context_cells=self.engine.info.n_ctx_train or None, model_name=self.model_name, on_step=on_step,
+            exact_samples=exact_samples,
         )
 
     def submit(self, prompt: Prompt, **kwargs: Any) -> Future[Result]:

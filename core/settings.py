@@ -10,7 +10,7 @@ generation options) is trusted from there on.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 from edgescale import limits
@@ -232,7 +232,3 @@ def record_prompt(record: Mapping[str, Any]) -> str:
     if not isinstance(prompt, str):
         raise UsageError('needs a string "prompt"')
     return prompt
-
-
-def with_options(settings: AskSettings, **changes: Any) -> AskSettings:
-    return replace(settings, options=replace(settings.options, **changes))

@@ -88,9 +88,6 @@ class MemoryLayout(CellCount):
     compute_per_token: int = 0
     compute_per_token_sq: int = 0
 
-    def compute_bytes(self, n_batch: int) -> int:
-        return int(self.compute_per_token * n_batch + self.compute_per_token_sq * n_batch * n_batch)
-
 
 def kv_cells(*, prompt_tokens: int, n_seqs: int, new_tokens: int, probe_slots: int, probe_cells: int,
              prompt_per_sequence: bool, streams: bool = False) -> int:

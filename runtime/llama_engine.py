@@ -121,11 +121,6 @@ class LlamaCppEngine(ChatText):
             return StreamSession(ctx, kv_bytes_per_cell=per_cell, release=self._release, exact=exact)
         return LlamaSession(ctx, kv_bytes_per_cell=per_cell, release=self._release)
 
-    @property
-    def holds_idle_context(self) -> bool:
-        """Whether a finished session's context is kept for the next query of its shape."""
-        return self._ctx is not None
-
     def _release(self, ctx: ffi.Context) -> None:
         if self._ctx is not None and self._ctx is not ctx:
             self._ctx.close()

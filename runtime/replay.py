@@ -79,10 +79,6 @@ class RowDiff:
     max_abs: float  # largest |logit difference| of any token in any row
     first_diff: int | None  # first row that is not bitwise equal
 
-    @property
-    def top1_rate(self) -> float:
-        return self.top1_agree / self.steps if self.steps else 1.0
-
 
 def compare_rows(a: Sequence[Logits], b: Sequence[Logits]) -> RowDiff:
     n = min(len(a), len(b))

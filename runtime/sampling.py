@@ -89,12 +89,6 @@ def token_confidence(row: Logits, lse: float, k: int) -> float:
     return lse - float(top.mean(dtype=np.float64))
 
 
-def softmax(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-    z = x.astype(np.float64) - float(np.max(x))
-    e = np.exp(z)
-    return e / e.sum()
-
-
 # The filters below work on the few surviving candidates as plain Python floats:
 # right after a decode numpy's code is cold in the CPU caches and each small
 # numpy call costs ~20 us here, while these loops over <= 64 floats cost a few.

@@ -3,7 +3,6 @@ the shared context (scheduler.loop owns the loop; scheduler.request is what it t
 
 from __future__ import annotations
 
-import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -95,17 +94,6 @@ class SchedulerStats:
     contexts: int = 0  # shared contexts made (the first, and each resize)
     # (seconds, prompt tokens read, sample tokens decoded) of the latest steps
     recent: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=4096))
-
-    @property
-    def step_p50(self) -> float:
-        """Median time of the recent steps that read no prompt (0 when none)."""
-        plain = [t for t, prompt, _ in self.recent if prompt == 0]
-        return statistics.median(plain) if plain else 0.0
-
-    @property
-    def step_max_reading(self) -> float:
-        """Longest recent step that read a prompt chunk while samples decoded too."""
-        return max((t for t, prompt, decoded in self.recent if prompt and decoded), default=0.0)
 
     def tokens_per_s(self, window: int = 64) -> float:
         """Sample tokens per second over the last ``window`` steps."""

@@ -7,7 +7,7 @@ decodes the feeds of all running queries in one ``decode`` of the shared session
 each running query's sampled tokens, and the next prompt chunk
 (``prefill_chunk`` tokens) of each query still reading its prompt. Each query keeps
 its own controller, samplers, seeds, cancel/fork semantics and telemetry
-(strategies.runner.QueryRun); probes run on the shared session between steps.
+(scheduler.runner.QueryRun); probes run on the shared session between steps.
 
 Admission (the policy, stated so it can be argued with):
 
@@ -40,6 +40,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
 
+import psutil
+
 from edgescale.errors import BudgetInfeasible, DeadlineMissed, EdgescaleError, QueueFull, UsageError
 from edgescale.runtime.engine import Engine
 from edgescale.runtime.memory import MemoryModel, memory_model
@@ -56,7 +58,7 @@ from edgescale.scheduler.prefix_cache import PrefixCache
 from edgescale.scheduler.request import Request, plan_request
 from edgescale.scheduler.results import empty_result
 from edgescale.scheduler.runner import QueryRun
-from edgescale.scheduler.sizing import Need, context_shape
+from edgescale.scheduler.sizing import Need, available_memory_refusal, context_shape
 from edgescale.strategies.planner import Plan
 from edgescale.strategies.result import Result
 
@@ -132,13 +134,16 @@ class Scheduler:
         return self._cache.cells if self._cache is not None else 0
 
     def close(self, timeout: float | None = None) -> None:
-        """Finish the running queries, answer the waiting ones as cancelled, stop the loop."""
+        """Finish the running queries, answer the waiting ones as cancelled, stop the loop.
+        ``timeout``: seconds to wait for the loop to stop (``TimeoutError`` if it has not)."""
         with self._lock:
             self._closing = True
             for r in self._queue:
                 r.cancel()
             self._lock.notify()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the scheduler's loop did not stop within {timeout} s")
 
     # -- the loop ----------------------------------------------------------------------
     def _loop(self) -> None:
@@ -298,6 +303,11 @@ class Scheduler:
         own = plan.n_batch if plan.budget is not None and plan.budget.memory_bytes is not None else None
         shape = context_shape(self.config, self._memory, Need(cells, ids, row, own), group=group,
                               max_ids=self.engine.max_sequences, context_cells=self.engine.info.n_ctx_train)
+        if self.config.memory_bytes is None:
+            refusal = available_memory_refusal(shape.n_cells * self._memory.kv_bytes_per_cell,
+                                               psutil.virtual_memory().available)
+            if refusal is not None:
+                raise refusal
         self._open_context(n_cells=shape.n_cells, n_ids=shape.n_ids, max_batch=shape.max_batch)
 
     def _open_context(self, *, n_cells: int, n_ids: int, max_batch: int) -> None:

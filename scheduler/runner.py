@@ -1,10 +1,13 @@
-"""Run one query: a strategy controller over the batched step loop, under a deadline.
+"""One query in the scheduler's step loop: a strategy controller over its batched
+generator, under a deadline.
 
-The deadline is checked before every step. A long prefill is interrupted
-inside llama.cpp (abort callback). When time is up the loop stops early enough
-to leave room for one forced-answer probe: if no finished sample has an
-answer, the most advanced live sample is probed for one; the rest are cut
-with finish reason "deadline" and the query reports ``stop_reason="deadline"``.
+Every query runs here as a :class:`QueryRun`, advanced by the one step loop there is,
+the scheduler's (``scheduler.loop.Scheduler``), alone or with other queries. The
+deadline is checked before every step (a prompt is read in chunks, one per step,
+so a long prompt is checked between its chunks too). When time is up the query stops
+early enough to leave room for one forced-answer probe: if no finished sample has an
+answer, the most advanced live sample is probed for one; the rest are cut with finish
+reason "deadline" and the query reports ``stop_reason="deadline"``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from typing import Callable, Sequence
 
 from edgescale.answers.extract import extract_probe, is_hedge
 from edgescale.deadline import Deadline
-from edgescale.errors import DecodeAborted
 from edgescale.runtime.engine import DecodeSession, Engine, MemoryLayout
 from edgescale.runtime.generate import MAX_BATCH, BatchGenerator, TokenEvent
 from edgescale.scheduler.query import Query, StepCallback
@@ -26,14 +28,13 @@ from edgescale.strategies.controllers import FORCED_PROBE_TOKENS, allocation, bu
 from edgescale.strategies.early_exit import ANSWER_CUE, probe_done
 from edgescale.strategies.result import ProbeRecord, Result
 
-__all__ = ["Query", "QueryRun", "StepCallback", "run_query"]
-
+__all__ = ["Query", "QueryRun", "StepCallback"]
 
 
 class QueryRun:
-    """One query as a controller over its generator, advanced one step at a time by
-    whoever owns the step loop: :func:`run_query` alone, or the scheduler with other
-    queries. Its deadline, and its wall time, count from ``query.deadline.arrival``."""
+    """One query as a controller over its generator, advanced one step at a time by the
+    scheduler's loop, which decodes every running query's feeds in one shared step. Its
+    deadline, and its wall time, count from ``query.deadline.arrival``."""
 
     def __init__(self, engine: Engine, query: Query, *, clock: Callable[[], float] = time.perf_counter,
                  on_step: StepCallback | None = None, layout: MemoryLayout | None = None) -> None:
@@ -42,8 +43,8 @@ class QueryRun:
         self.query = query
         self.clock = clock
         self.on_step = on_step
-        # the deadline (and the query's wall time) counts from its arrival; a query run on
-        # its own without one, from now
+        # the deadline (and the query's wall time) counts from its arrival (the scheduler's
+        # queries all carry one: plan_request, planned_request); a query without one, from now
         self.deadline = query.deadline if query.deadline is not None else Deadline(clock())
         self.t0 = self.deadline.arrival
         self.cue = engine.tokenize(ANSWER_CUE, add_special=False, parse_special=False)
@@ -82,16 +83,14 @@ class QueryRun:
     def done(self) -> bool:
         return self.result is not None
 
-    def open(self, *, lane: DecodeSession | None = None, prefix: int = 0, prefill_chunk: int = MAX_BATCH) -> None:
-        """Make the generator: alone (no lane) it reads the prompt now; on a lane, step by step."""
-        try:
-            self.gen = BatchGenerator(
-                self.engine, self.query.prompt_tokens, self.query.config, n_seqs=self.ctl.n_seqs,
-                n_initial=self.ctl.n_initial, probe_slots=self.probe_slots, probe_cells=self.probe_cells,
-                deadline=self.deadline, clock=self.clock, lane=lane, prefix=prefix, prefill_chunk=prefill_chunk,
-            )
-        except DecodeAborted:
-            self.result = empty_result(self.engine, self.query, self.clock() - self.t0, queue_s=self.queue_s)
+    def open(self, lane: DecodeSession, *, prefix: int = 0, prefill_chunk: int = MAX_BATCH) -> None:
+        """Make the generator on the query's lane of the shared session: it reads the prompt
+        in the shared steps, ``prefill_chunk`` tokens a step after the cached ``prefix``."""
+        self.gen = BatchGenerator(
+            self.engine, self.query.prompt_tokens, self.query.config, n_seqs=self.ctl.n_seqs,
+            n_initial=self.ctl.n_initial, probe_slots=self.probe_slots, probe_cells=self.probe_cells,
+            deadline=self.deadline, clock=self.clock, lane=lane, prefix=prefix, prefill_chunk=prefill_chunk,
+        )
 
     def due(self, width: int, probes_ahead: int = 0, next_step_s: float = 0.0) -> bool:
         """Before a step of ``width`` live sequences (all queries'): whether this query takes
@@ -163,31 +162,6 @@ class QueryRun:
         decision = self.ctl.decide(gen, self.book)
         self.result = build_result(self.engine, self.query, gen, self.ctl, self.book, decision, rule, forced,
                                    self.clock() - self.t0, queue_s=self.queue_s)
-
-
-def run_query(
-    engine: Engine,
-    query: Query,
-    *,
-    on_step: StepCallback | None = None,
-    clock: Callable[[], float] = time.perf_counter,
-) -> Result:
-    """Run one query to its end, owning the step loop: the plan's strategy as a controller."""
-    run = QueryRun(engine, query, clock=clock, on_step=on_step)
-    run.open()
-    if run.gen is None:
-        assert run.result is not None
-        return run.result
-    with run.gen as gen:
-        while run.result is None:
-            width = max(len(gen.live), 1)
-            if not run.due(width):
-                break
-            t = clock()
-            events = gen.step()
-            run.after(events, clock() - t, width)
-    assert run.result is not None
-    return run.result
 
 
 class _Pace:

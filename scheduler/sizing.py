@@ -44,6 +44,7 @@ def context_shape(config: SchedulerConfig, memory: MemoryModel, need: Need, *, g
     so that its peak stays there. With one stream per id, every stream holds the head's
     longest row (at least ``config.stream_cells``)."""
     streams = memory.streams
+    group = _group_for(config, memory, need, group)
     if config.memory_bytes is None and need.own_budget_batch is not None:
         n_ids = min(max_ids, need.ids)
         return ContextShape(n_ids * memory.padded(need.row) if streams else need.cells, n_ids,
@@ -76,6 +77,28 @@ def context_shape(config: SchedulerConfig, memory: MemoryModel, need: Need, *, g
     if room < need.cells:
         raise _infeasible(config, memory, f"{room} KV cells", f"{need.cells}", need.cells, n_ids, max_batch)
     return ContextShape(room, n_ids, max_batch)
+
+
+def _group_for(config: SchedulerConfig, memory: MemoryModel, need: Need, group: int) -> int:
+    """How many queries of the head's size the context is made for. A head larger than what
+    the scheduler was sized for (a server's ``--max-tokens``) is made room for alone, or with
+    as many as the default size holds: one request of 16 samples of 4,096 tokens must not
+    make a context for ``--parallel`` of them (8 x 1.6 GB of KV on SmolLM2)."""
+    if memory.streams:
+        return 1 if config.stream_cells and need.row > config.stream_cells else group
+    if config.min_cells and need.cells * group > config.min_cells:
+        return max(1, min(group, config.min_cells // need.cells))
+    return group
+
+
+def available_memory_refusal(kv_bytes: float, available: int) -> BudgetInfeasible | None:
+    """Without a memory budget, a context whose KV cache would not fit the memory free now
+    (90% of it) is refused rather than made (llama.cpp clears all of it at once)."""
+    if kv_bytes <= 0.9 * available:
+        return None
+    return BudgetInfeasible(
+        f"the query needs a KV cache of {kv_bytes / 2**30:.1f} GB and {available / 2**30:.1f} GB of memory is "
+        f"free: ask for fewer samples or tokens, or set a memory budget (--memory)")
 
 
 def _cells_in_budget(config: SchedulerConfig, memory: MemoryModel, n_ids: int, max_batch: int) -> int:

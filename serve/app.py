@@ -30,6 +30,8 @@ from edgescale.serve import protocol as proto
 from edgescale.serve.metrics import metrics_response
 from edgescale.serve.protocol import ApiError, Call
 from edgescale.serve.state import ServerState
+from edgescale.strategies.policy import DEFAULT_POLICY
+from edgescale.strategies.spec import Auto, samples_of
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
@@ -110,7 +112,7 @@ async def _complete(state: ServerState, http: HttpRequest, *, chat: bool) -> Res
         why = "the model is still loading" if state.status == "loading" else f"the server is {state.status}"
         raise ApiError(503, f"{why}; try again shortly", kind="server_error", code="unavailable",
                        headers={"Retry-After": "1"})
-    body = await _read_json(http, state.config.limits.max_body_bytes)
+    body = await _read_json(http, state.config.limits.max_body_bytes, state.config.read_timeout_s)
     call = proto.parse_call(body, chat=chat, defaults=state.config.defaults, limits_=state.config.limits)
     http.state.log = {"strategy": call.settings.strategy.spec(), "n": call.n, "stream": call.stream}
     loop = asyncio.get_running_loop()
@@ -141,21 +143,31 @@ async def _complete(state: ServerState, http: HttpRequest, *, chat: bool) -> Res
     return JSONResponse(proto.response(call, result, state.model_id, state.fingerprint))
 
 
-async def _read_json(http: HttpRequest, limit: int) -> Any:
-    chunks: list[bytes] = []
-    size = 0
+async def _read_json(http: HttpRequest, limit: int, timeout_s: float) -> Any:
+    """The body as JSON: at most ``limit`` bytes (also without a Content-Length: a chunked
+    body is counted as it comes), all of it within ``timeout_s``."""
     try:
-        async for chunk in http.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"the request body exceeds {limit} bytes", code="body_too_large")
-            chunks.append(chunk)
+        body = await asyncio.wait_for(_read_body(http, limit), timeout_s)
     except ClientDisconnect:
         raise ApiError(400, "the client closed the connection before sending the body") from None
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout_s:g}s (--read-timeout)",
+                       code="request_timeout", headers={"Connection": "close"}) from None
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+async def _read_body(http: HttpRequest, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in http.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the request body exceeds {limit} bytes", code="body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _prepare(runtime: Runtime, call: Call, state: ServerState,
@@ -167,12 +179,18 @@ def _prepare(runtime: Runtime, call: Call, state: ServerState,
         budget = replace(budget, deadline_s=state.decode_deadline(budget.deadline_s))
     try:
         request = runtime.request(call.prompt, strategy=s.strategy, budget=budget, options=s.options,
-                                  on_step=on_step, arrival=arrival)
+                                  on_step=on_step, arrival=arrival, exact_samples=call.n > 1)
     except ContextOverflow as exc:
         raise ApiError(400, str(exc), param="messages" if call.chat else "prompt",
                        code="context_length_exceeded") from None
     except EdgescaleError as exc:
         raise ApiError(400, str(exc)) from None
+    escalation = (request.policy or DEFAULT_POLICY).escalation if isinstance(request.strategy, Auto) else None
+    if escalation is not None:  # what auto may escalate to counts against the cap too
+        refusal = state.config.limits.samples_refusal(samples_of(escalation), f"auto (escalating to "
+                                                      f"{escalation.spec()})", "strategy")
+        if refusal is not None:
+            raise refusal
     limit = state.config.limits.max_prompt_tokens
     if len(request.prompt_tokens) > limit:
         raise ApiError(400, f"the prompt is {len(request.prompt_tokens)} tokens; this server takes at most "

@@ -1,4 +1,4 @@
-"""What every HTTP request passes through: the API key, the body size limit and the
+"""What every HTTP request passes through: the API key, the header and body size limits and the
 access log (one JSON object per request on stderr).
 
 A pure ASGI middleware, so it never buffers a streamed response.
@@ -78,7 +78,12 @@ class Gate:
             self.log.write(record)
 
     def _refusal(self, scope: Scope) -> ApiError | None:
-        headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
+        raw = scope.get("headers", [])
+        head = sum(len(k) + len(v) + 4 for k, v in raw)  # as sent: "name: value\r\n"
+        if head > self.state.config.max_header_bytes:  # (h11 stops only a head that arrives in pieces)
+            return ApiError(431, f"the request headers exceed {self.state.config.max_header_bytes} bytes",
+                            code="headers_too_large")
+        headers = {k.decode("latin-1").lower(): v for k, v in raw}
         if self._key is not None:  # every route, /health and /metrics included
             auth = headers.get("authorization", b"")
             scheme, _, token = auth.partition(b" ")

@@ -30,7 +30,7 @@ from edgescale import limits
 from edgescale.errors import EdgescaleError, UsageError
 from edgescale.settings import AskSettings, ask_settings, typed_field
 from edgescale.strategies.result import Result, Sample
-from edgescale.strategies.spec import Majority, draws_one_sample
+from edgescale.strategies.spec import Majority, draws_one_sample, samples_of
 
 FINISH_REASONS = ("stop", "length", "deadline", "cancelled")
 
@@ -87,6 +87,14 @@ class Limits:
     max_prompt_tokens: int = 8192
     max_tokens: int = 4096
     max_n: int = 16
+    max_samples: int = 16  # samples one request may draw, by 'n' or by a strategy's k
+
+    def samples_refusal(self, samples: int, what: str, param: str) -> ApiError | None:
+        """The 400 for a request that would draw more samples than this server allows."""
+        if samples <= self.max_samples:
+            return None
+        return _bad(f"{what} draws {samples} samples; this server allows at most {self.max_samples} per request "
+                    f"(--max-samples)", param=param, code="too_many_samples")
 
 
 @dataclass(frozen=True)
@@ -212,7 +220,10 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
     prompt: str | tuple[dict[str, str], ...] = _messages(body) if chat else _completion_prompt(body)
     n = _get(body, "n", int, 1)
     if not 1 <= n <= limits_.max_n:
-        raise _bad(f"field 'n' must be between 1 and {limits_.max_n}, got {n}", param="n")
+        raise _bad(f"field 'n' must be between 1 and {limits_.max_n} (--max-n), got {n}", param="n")
+    refusal = limits_.samples_refusal(n, f"field 'n' = {n}", "n")
+    if refusal is not None:
+        raise refusal
     key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _get(body, key, int, defaults.max_tokens)
     if not 1 <= max_tokens <= limits_.max_tokens:
@@ -243,6 +254,10 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
         )
     except EdgescaleError as exc:
         raise _bad(str(exc)) from None
+    refusal = limits_.samples_refusal(samples_of(settings.strategy), f"strategy {settings.strategy.spec()!r}",
+                                      "strategy")
+    if refusal is not None:
+        raise refusal
     return Call(chat=chat, prompt=prompt, settings=settings, n=n, stream=stream,
                 include_usage=bool(options.get("include_usage")))
 

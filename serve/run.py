@@ -8,6 +8,8 @@ the rest (their KV freed), close the runtime and return 0.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import math
 import signal
 import socket
@@ -49,6 +51,63 @@ def _server_class() -> type:
     return Server
 
 
+def _protocol_class(read_timeout_s: float) -> type:
+    """uvicorn's h11 protocol with a deadline on each request's head: a connection that has
+    not sent a whole request line and headers ``read_timeout_s`` after it opened (or after
+    its previous response) is closed. uvicorn itself times out only idle keep-alive
+    connections, so a client that trickles its headers would hold a connection forever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+        _waiting_after: object = None  # the request cycle the timer was armed after
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not self._waiting_after:  # a new request's head has arrived
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            if not self.transport.is_closing():
+                self._waiting_after = self.cycle
+                self._head_timer = self.loop.call_later(read_timeout_s, self._head_too_slow)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_too_slow(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return Protocol
+
+
+def exposure_warning(address: str, api_key: str | None) -> str | None:
+    """The warning for a listener other machines can reach with no API key (None: loopback,
+    or a key is set). ``address``: the bound IP address."""
+    if api_key is not None or ipaddress.ip_address(address.split("%")[0]).is_loopback:
+        return None
+    shown = f"[{address}]" if ":" in address else address
+    return (f"warning: listening on {shown}, which other machines can reach, without --api-key: anyone who can "
+            f"reach it can use this server (set --api-key or EDGESCALE_API_KEY, or --host 127.0.0.1)")
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket (IPv6 when the host is an IPv6 address)."""
     try:
@@ -84,6 +143,8 @@ def serve(config: ServeConfig, model_id: str, load: Callable[[], tuple[Runtime, 
     server = _server_class()(state, uvicorn.Config(
         app, log_config=None, log_level="warning", access_log=False, lifespan="off",
         timeout_graceful_shutdown=math.ceil(config.grace_s + CANCEL_S), timeout_keep_alive=5,
+        http=_protocol_class(config.read_timeout_s), h11_max_incomplete_event_size=config.max_header_bytes,
+        limit_concurrency=config.max_connections,
     ))
 
     def loader() -> None:
@@ -105,6 +166,9 @@ def serve(config: ServeConfig, model_id: str, load: Callable[[], tuple[Runtime, 
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     notify(f"listening on http://{shown}:{port} (model {model_id} loading)")
+    warning = exposure_warning(host, config.api_key)
+    if warning is not None:
+        notify(warning)
     # uvicorn re-raises the signal it caught once it has shut down; a handler of ours
     # that ignores it makes that a clean exit (status 0) instead of death by SIGTERM.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -21,6 +21,9 @@ class ServeConfig:
     port: int = 8080
     api_key: str | None = None
     grace_s: float = 10.0  # SIGTERM: how long in-flight requests may take to finish
+    max_connections: int = 256  # open connections at most (uvicorn's limit_concurrency): more get 503
+    read_timeout_s: float = 30.0  # a request's head, and then its body, must arrive within this
+    max_header_bytes: int = 16384  # request line and headers at most (larger: 400)
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
 

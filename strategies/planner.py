@@ -38,9 +38,10 @@ says when the prediction exceeds it.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from edgescale import limits
 from edgescale.errors import BudgetInfeasible, UsageError
@@ -76,6 +77,7 @@ class QueryShape:
     strategy: Strategy
     context_cells: int | None = None  # the model's context (KV cells one batch may hold at most)
     cue_tokens: int = CUE_TOKENS  # the probes' answer cue, as the engine tokenizes it
+    exact_samples: bool = False  # the samples are the answer (OpenAI's n): refuse rather than draw fewer
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,8 @@ def _fit_context(shape: QueryShape, memory: MemoryModel, notes: list[str]) -> Qu
     while k > 1 and not fits(k, shape.max_new_tokens):
         k -= 1
     new = shape.max_new_tokens
+    if shape.exact_samples and k < want:
+        raise _context_refusal(shape, want, k, fits, ctx)
     while new > 1 and not fits(k, new):
         new = max(1, new * 7 // 8)
     strategy = shape.strategy if k == want else with_samples(shape.strategy, k)
@@ -292,10 +296,26 @@ def _fit_context(shape: QueryShape, memory: MemoryModel, notes: list[str]) -> Qu
     return replace(shape, strategy=strategy, max_new_tokens=new)
 
 
+def _context_refusal(shape: QueryShape, want: int, k: int, fits: Callable[[int, int], bool],
+                     ctx: int) -> BudgetInfeasible:
+    """Why ``want`` samples (all of them needed) do not fit the context, and what would."""
+    new = shape.max_new_tokens
+    most = bisect.bisect_left(range(1, new + 1), True, key=lambda n: not fits(want, n))  # the longest that fits
+    options = [f"{k} sample{'s' if k > 1 else ''} of {new} tokens"] if fits(k, new) else []
+    if most >= 1:
+        options.append(f"{want} samples of at most {most} tokens")
+    return BudgetInfeasible(
+        f"{want} samples of {new} tokens after a {shape.prompt_tokens}-token prompt do not fit the model's "
+        f"context of {ctx} cells; it fits {' or '.join(options) if options else 'fewer or shorter samples'}")
+
+
 def _plan_fixed(shape: QueryShape, profile: Timing | None, memory: MemoryModel, budget: Budget, mem_k: int,
                 notes: list[str]) -> Plan:
     strategy = shape.strategy
     want = samples_of(strategy)
+    if want > mem_k and shape.exact_samples:
+        raise BudgetInfeasible(f"the memory budget allows {mem_k} samples of {shape.max_new_tokens} tokens, not "
+                               f"{want}: ask for fewer, or fewer tokens")
     if want > mem_k:
         strategy = with_samples(strategy, mem_k)
         notes.append(f"memory budget allows {mem_k} samples of {shape.max_new_tokens} tokens, not {want}")

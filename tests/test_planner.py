@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -176,6 +177,26 @@ def test_the_context_is_a_budget_too() -> None:
     with pytest.raises(BudgetInfeasible, match="leaves no room"):
         plan(QueryShape(prompt_tokens=8190, max_new_tokens=64, strategy=Single(), context_cells=8192), None,
              SMOL, Budget())
+
+
+def test_exact_samples_are_refused_with_what_fits_never_cut() -> None:
+    """OpenAI's n: the samples are the choices, so the planner says what fits instead of
+    drawing fewer (context and memory alike)."""
+    wide = QueryShape(prompt_tokens=60, max_new_tokens=2000, strategy=Majority(8), context_cells=8192,
+                      exact_samples=True)
+    with pytest.raises(BudgetInfeasible) as err:
+        plan(wide, None, SMOL, Budget())
+    msg = str(err.value)
+    fits_k = int(msg.split("it fits ")[1].split(" sample")[0])
+    most = int(msg.split("8 samples of at most ")[1].split(" tokens")[0])
+    assert 1 <= fits_k < 8 and 1 <= most < 2000 and "\n" not in msg
+    for strategy, new in ((Majority(fits_k), 2000), (Majority(8), most)):  # both suggestions fit, exactly
+        ok = plan(replace(wide, strategy=strategy, max_new_tokens=new), None, SMOL, Budget())
+        assert ok.strategy == strategy and ok.max_new_tokens == new and not ok.notes
+    with pytest.raises(BudgetInfeasible):
+        plan(replace(wide, strategy=Majority(8), max_new_tokens=most + 1), None, SMOL, Budget())
+    with pytest.raises(BudgetInfeasible, match="memory budget allows"):
+        plan(replace(shape("maj@8"), exact_samples=True), CPU, SMOL, Budget(memory_bytes=200 * MB))
 
 
 def test_a_plan_holds_strategy_objects_and_prints_specs() -> None:

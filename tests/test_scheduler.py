@@ -4,7 +4,9 @@ rejection, deadlines counted from arrival, cancellation, the prefix cache."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -13,6 +15,7 @@ from edgescale.errors import BudgetInfeasible, DeadlineMissed, QueueFull
 from edgescale.scheduler.config import SchedulerConfig
 from edgescale.strategies.planner import Budget
 from tests.fake_engine import FakeEngine
+from tests.scheduling import WAIT_S, DecodeClock, ask, scheduler_on, wait_until
 
 SCRIPTS = {
     "A?": [" The answer is 1.", " The answer is 1!", " It is 2."],
@@ -21,10 +24,17 @@ SCRIPTS = {
 }
 
 
-def runtime(tmp_path: Path, **config: object) -> Runtime:
+@contextmanager
+def runtime(tmp_path: Path, **config: object) -> Iterator[Runtime]:
+    """A runtime over the scripted engine; on exit its scheduler's loop stops, or the test fails."""
     model = tmp_path / "fake.gguf"
     model.write_bytes(b"stands in for a model file")
-    return Runtime(FakeEngine(SCRIPTS, path=model), scheduler=SchedulerConfig(**config))  # type: ignore[arg-type]
+    rt = Runtime(FakeEngine(SCRIPTS, path=model), scheduler=SchedulerConfig(**config))  # type: ignore[arg-type]
+    try:
+        yield rt
+    finally:
+        rt.scheduler.close(timeout=WAIT_S)
+        rt.close()
 
 
 def summary(res):  # type: ignore[no-untyped-def]
@@ -34,12 +44,12 @@ def summary(res):  # type: ignore[no-untyped-def]
 def test_queries_share_steps_and_answer_as_alone(tmp_path: Path) -> None:
     asks = [("A?", "maj@3"), ("B?", "short-2@3"), ("C?", "single")]
     with runtime(tmp_path) as alone:
-        expected = [summary(alone.ask(p, strategy=s, answer="number", max_tokens=400)) for p, s in asks]
+        expected = [summary(ask(alone, p, strategy=s, answer="number", max_tokens=400)) for p, s in asks]
         alone_calls = alone.engine.decode_calls
     with runtime(tmp_path, max_running=3) as rt:
         futures = rt.scheduler.submit_many([rt.request(p, strategy=s, answer="number", max_tokens=400)
                                             for p, s in asks])
-        got = [summary(f.result(timeout=30)) for f in futures]
+        got = [summary(f.result(timeout=WAIT_S)) for f in futures]
         shared_calls = rt.engine.decode_calls
     assert got == expected
     assert expected[0][0] == "1" and expected[1][0] == "5" and expected[2][0] == "9"
@@ -47,11 +57,13 @@ def test_queries_share_steps_and_answer_as_alone(tmp_path: Path) -> None:
 
 
 def admission_order(rt: Runtime, asks: list[tuple[str, float | None]]) -> list[str]:
-    """The prompts in the order they were admitted: one runs at a time (max_running=1), so
-    each waited in the queue longer than the one admitted before it."""
-    requests = [rt.request(prompt, strategy="single", answer="number",
+    """The prompts in the order they were admitted: they arrive together and one runs at a time
+    (max_running=1), so each waited in the queue longer than the one admitted before it. (One
+    arrival for all: making a request takes time of its own, the device profile's the first time.)"""
+    arrival = time.perf_counter()
+    requests = [rt.request(prompt, strategy="single", answer="number", arrival=arrival,
                            budget=Budget(deadline_s=deadline) if deadline else None) for prompt, deadline in asks]
-    results = [f.result(timeout=30) for f in rt.scheduler.submit_many(requests)]
+    results = [f.result(timeout=WAIT_S) for f in rt.scheduler.submit_many(requests)]
     waited = sorted(zip((r.stats.queue_s for r in results), (prompt for prompt, _ in asks)))
     return [prompt for _, prompt in waited]
 
@@ -73,22 +85,25 @@ def test_a_full_queue_refuses_new_queries(tmp_path: Path) -> None:
 
 
 def test_a_deadline_that_passes_in_the_queue_is_answered_at_once(tmp_path: Path) -> None:
-    with runtime(tmp_path, max_running=1) as rt:
-        long = rt.request("C?", strategy="single", answer="number", max_tokens=400)
-        late = rt.request("A?", strategy="maj@3", answer="number", budget=Budget(deadline_s=0.001))
-        slow, quick = rt.scheduler.submit_many([long, late])
-        res = quick.result(timeout=30)
+    # time passes only in decodes (10 ms each): the deadline falls 50 steps into the long query
+    clock = DecodeClock(step_s=0.01)
+    with runtime(tmp_path) as rt, scheduler_on(clock.wrap(rt.engine), clock, max_running=1) as scheduler:
+        long = rt.request("C?", strategy="single", answer="number", max_tokens=400, arrival=clock())
+        late = rt.request("A?", strategy="maj@3", answer="number", budget=Budget(deadline_s=0.5), arrival=clock())
+        slow, quick = scheduler.submit_many([long, late])
+        res = quick.result(timeout=WAIT_S)
         assert res.stop_reason == "deadline" and res.samples == () and res.answer is None
         # answered at the sweep before the deadline would pass (now + the last step's time), never later
-        assert res.stats.queue_s < 1.0 and res.stats.wall_s == pytest.approx(res.stats.queue_s)
-        assert slow.result(timeout=30).answer == "9"
-        assert rt.scheduler.stats.expired == 1
+        assert 0.5 - 2 * clock.step_s < res.stats.queue_s < 0.5
+        assert res.stats.wall_s == pytest.approx(res.stats.queue_s)
+        assert slow.result(timeout=WAIT_S).answer == "9"
+        assert scheduler.stats.expired == 1
     with runtime(tmp_path, max_running=1, on_expired="reject") as rt:
         long = rt.request("C?", strategy="single")
         late = rt.request("A?", budget=Budget(deadline_s=0.001))
         _, quick = rt.scheduler.submit_many([long, late])
         with pytest.raises(DeadlineMissed):
-            quick.result(timeout=30)
+            quick.result(timeout=WAIT_S)
 
 
 def test_cancel_ends_a_running_query_and_frees_its_sequences(tmp_path: Path) -> None:
@@ -97,10 +112,9 @@ def test_cancel_ends_a_running_query_and_frees_its_sequences(tmp_path: Path) -> 
         req = rt.request("C?", strategy="single", answer="number",
                          on_step=lambda gen, events: steps.append(len(gen.states[0].tokens)))
         fut = rt.scheduler.submit(req)
-        while not steps:
-            time.sleep(0.001)
+        wait_until(lambda: bool(steps), "the query's first step")
         req.cancel()
-        res = fut.result(timeout=30)
+        res = fut.result(timeout=WAIT_S)
         assert res.stop_reason == "cancelled" and res.samples[0].finish_reason == "cancelled"
         assert 0 < res.samples[0].n_tokens < 300
         shared = rt.scheduler._shared  # noqa: SLF001  (inspecting the KV the query held)
@@ -111,28 +125,28 @@ def test_cancel_ends_a_running_query_and_frees_its_sequences(tmp_path: Path) -> 
 def test_a_query_larger_than_the_memory_budget_is_infeasible(tmp_path: Path) -> None:
     with runtime(tmp_path, memory_bytes=2048) as rt:
         with pytest.raises(BudgetInfeasible, match="memory budget leaves room for"):
-            rt.ask("A?", strategy="maj@3", max_tokens=400)
+            ask(rt, "A?", strategy="maj@3", max_tokens=400)
 
 
 def test_a_repeated_prompt_is_read_from_the_prefix_cache(tmp_path: Path) -> None:
     with runtime(tmp_path) as rt:
-        first = rt.ask("B?", strategy="maj@3", answer="number")
-        again = rt.ask("B?", strategy="maj@3", answer="number")
+        first = ask(rt, "B?", strategy="maj@3", answer="number")
+        again = ask(rt, "B?", strategy="maj@3", answer="number")
         assert summary(again) == summary(first)
         n = first.stats.prompt_tokens
         assert (first.stats.cached_prompt_tokens, again.stats.cached_prompt_tokens) == (0, n - 1)
         assert rt.scheduler.stats.cache_hits == 1
     with runtime(tmp_path, prefix_cache=False) as rt:
-        rt.ask("B?", strategy="maj@3")
-        assert rt.ask("B?", strategy="maj@3").stats.cached_prompt_tokens == 0
+        ask(rt, "B?", strategy="maj@3")
+        assert ask(rt, "B?", strategy="maj@3").stats.cached_prompt_tokens == 0
 
 
 def test_min_memory_bytes_is_the_budget_that_holds_the_cells(tmp_path: Path) -> None:
     from edgescale.runtime.memory import memory_model
     from edgescale.scheduler.config import cells_in_budget, min_memory_bytes
 
-    rt = runtime(tmp_path)
-    memory = memory_model(rt.engine)
+    with runtime(tmp_path) as rt:
+        memory = memory_model(rt.engine)
     for cells in (1, 300, 5000):
         need = min_memory_bytes(memory, cells, n_ids=20, max_batch=84, max_running=4)
         assert cells_in_budget(memory, need, n_ids=20, max_batch=84, max_running=4) >= cells
@@ -148,6 +162,7 @@ def test_a_burst_of_prompts_is_read_a_bounded_amount_per_step(tmp_path: Path) ->
     config = SchedulerConfig(max_running=8, prefill_chunk=8, step_prompt_tokens=16)
     with Runtime(engine, scheduler=config) as rt:  # type: ignore[arg-type]
         futures = rt.scheduler.submit_many([rt.request(p, answer="number", max_tokens=20) for p in prompts])
-        assert all(f.result(timeout=30).answer == "1" for f in futures)
+        assert all(f.result(timeout=WAIT_S).answer == "1" for f in futures)
         read = [prompt for _, prompt, _ in rt.scheduler.stats.recent]
+        rt.scheduler.close(timeout=WAIT_S)
     assert max(read) <= 16 and sum(read) >= 8 * 40

@@ -1,20 +1,28 @@
-"""Exact strategy rules on a scripted fake engine (strategy logic only)."""
+"""Exact strategy rules on a scripted fake engine (strategy logic only), each query run the
+way every query runs: submitted to a scheduler over the engine (alone in its loop)."""
 
 from __future__ import annotations
 
 import time
+from typing import Callable, Sequence
 
 import pytest
 from scipy.special import betainc
 
 from edgescale.deadline import Deadline
-from edgescale.runtime.generate import GenerationConfig
+from edgescale.runtime.engine import DecodeSession
+from edgescale.runtime.generate import BatchGenerator, GenerationConfig, TokenEvent
 from edgescale.runtime.sampling import GREEDY
-from edgescale.scheduler.runner import Query, run_query
+from edgescale.scheduler.request import planned_request
+from edgescale.scheduler.runner import Query, StepCallback
 from edgescale.strategies.planner import Plan
+from edgescale.strategies.result import Result
 from edgescale.strategies.spec import Adaptive, EarlyExit, Escalate, Strategy, parse_strategy, samples_of
 from edgescale.strategies.voting import beta_confidence, beta_rule, esc_rule
-from tests.fake_engine import FakeEngine
+from tests.fake_engine import PROMPT_END, FakeEngine
+from tests.scheduling import WAIT_S, StepClock, scheduler_on
+
+QUESTION = [*b"Q?", PROMPT_END]  # as the fake's format_prompt makes it: read in the shared steps, it ends there
 
 
 def plan_of(strategy: Strategy, max_new: int) -> Plan:
@@ -23,15 +31,41 @@ def plan_of(strategy: Strategy, max_new: int) -> Plan:
                 predicted_s=None, predicted_peak_bytes=None, kv_bytes=0)
 
 
+def run(engine: FakeEngine, query: Query, *, clock: Callable[[], float] | None = None,
+        on_step: StepCallback | None = None) -> Result:
+    """The query's result from a scheduler over ``engine`` whose loop reads ``clock`` (when
+    given), the query admitted with its own plan."""
+    clock = clock or time.perf_counter
+    with scheduler_on(engine, clock) as scheduler:  # type: ignore[arg-type]
+        return scheduler.submit(planned_request(query, on_step=on_step, clock=clock)).result(timeout=WAIT_S)
+
+
+class LaneWatch:
+    """An ``on_step`` callback that keeps the query's lanes: its views of the shared session."""
+
+    def __init__(self) -> None:
+        self.lanes: list[DecodeSession] = []
+
+    def __call__(self, gen: BatchGenerator, events: Sequence[TokenEvent]) -> None:
+        if not any(lane is gen.session for lane in self.lanes):
+            self.lanes.append(gen.session)
+
+    @property
+    def ids(self) -> list[int]:
+        """How many sequence ids each lane holds."""
+        return [lane.n_seq_max for lane in self.lanes]
+
+
 def due(seconds: float | None, clock) -> Deadline | None:
     """A query's deadline of ``seconds``, counted from now on ``clock``."""
     return Deadline.after(seconds, clock=clock or time.perf_counter) if seconds is not None else None
 
 
-def ask(engine: FakeEngine, spec: str, *, kind: str = "number", max_new: int = 400, deadline=None, clock=None):
-    q = Query(prompt_tokens=list(b"Q?"), plan=plan_of(parse_strategy(spec), max_new), answer_kind=kind,
+def ask(engine: FakeEngine, spec: str, *, kind: str = "number", max_new: int = 400, deadline=None, clock=None,
+        on_step: StepCallback | None = None):
+    q = Query(prompt_tokens=QUESTION, plan=plan_of(parse_strategy(spec), max_new), answer_kind=kind,
               config=GenerationConfig(max_new_tokens=max_new, sampling=GREEDY), deadline=due(deadline, clock))
-    return run_query(engine, q, clock=clock) if clock else run_query(engine, q)
+    return run(engine, q, clock=clock, on_step=on_step)
 
 
 def pad(answer: str, length: int) -> str:
@@ -43,7 +77,8 @@ def pad(answer: str, length: int) -> str:
 # -- first finish -----------------------------------------------------------
 def test_ffs_picks_first_finisher_and_cancels_rest_same_step() -> None:
     eng = FakeEngine([pad("1", 60), pad("2", 50), pad("3", 30), pad("4", 45)])
-    res = ask(eng, "ffs@4")
+    watch = LaneWatch()
+    res = ask(eng, "ffs@4", on_step=watch)
     assert res.answer == "3" and res.winner == 2
     assert res.stop_reason == "first-finished"
     by = {s.index: s for s in res.samples}
@@ -51,7 +86,8 @@ def test_ffs_picks_first_finisher_and_cancels_rest_same_step() -> None:
     for i in (0, 1, 3):
         assert by[i].finish_reason == "cancelled"
         assert by[i].n_tokens == 31  # cancelled in the step the winner finished (its EOS step)
-    assert sorted(eng.removed) == [0, 1, 2, 3]  # every KV freed
+    # every KV freed: the query removed each sample's sequence itself (before its lane gave its ids back)
+    assert {0, 1, 2, 3} <= set(eng.removed) and [lane.cells_used() for lane in watch.lanes] == [0]
 
 
 def test_ffs_same_step_tie_goes_to_lower_index() -> None:
@@ -237,17 +273,6 @@ def test_best_of_k_picks_the_most_certain_answer() -> None:
 
 
 # -- deadline ------------------------------------------------------------------
-class StepClock:
-    """Advances 10 ms every time it is read: a deterministic stand-in for time."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        self.t += 0.01
-        return self.t
-
-
 def test_deadline_forces_an_answer_probe() -> None:
     eng = FakeEngine([" " + "z" * 500, " " + "z" * 500], probe=lambda seq, n: "42")
     res = ask(eng, "maj@2", deadline=1.0, clock=StepClock(), max_new=600)
@@ -268,7 +293,7 @@ def test_same_inputs_same_result() -> None:
     a = ask(FakeEngine(scripts), "short-2@6").to_dict()
     b = ask(FakeEngine(scripts), "short-2@6").to_dict()
     for r in (a, b):
-        for key in ("wall_s", "prefill_s", "ttft_s", "peak_rss_bytes"):
+        for key in ("wall_s", "prefill_s", "ttft_s", "peak_rss_bytes", "queue_s"):
             r["stats"].pop(key)
         for s in r["samples"]:
             s.pop("finished_at_s")
@@ -284,16 +309,18 @@ def auto_plan(escalate: str | None, confidence: float = 0.8) -> Plan:
 
 
 def ask_auto(engine: FakeEngine, escalate: str | None, *, deadline=None, clock=None, step_time=None):
-    q = Query(prompt_tokens=list(b"Q?"), plan=auto_plan(escalate), answer_kind="number",
+    q = Query(prompt_tokens=QUESTION, plan=auto_plan(escalate), answer_kind="number",
               config=GenerationConfig(max_new_tokens=400, sampling=GREEDY), deadline=due(deadline, clock),
               step_time=step_time)
-    res = run_query(engine, q, clock=clock) if clock else run_query(engine, q)
-    return res, engine.sessions
+    watch = LaneWatch()
+    res = run(engine, q, clock=clock, on_step=watch)
+    assert len(engine.sessions) == 1  # the scheduler's shared session
+    return res, watch.ids
 
 
 def test_auto_stops_after_a_confident_first_answer() -> None:
     eng = FakeEngine([pad("7", 30), pad("9", 20), pad("9", 20)])
-    res, sessions = ask_auto(eng, "adaptive:max=2,wave=2,window=2")
+    res, _ = ask_auto(eng, "adaptive:max=2,wave=2,window=2")
     assert res.answer == "7" and res.outcome.name == "confident"
     assert res.stop_reason == "confident:all-finished" and len(res.samples) == 1
     assert res.outcome.stage1_certainty > 0.99
@@ -302,8 +329,8 @@ def test_auto_stops_after_a_confident_first_answer() -> None:
 def test_auto_escalates_in_the_same_batch_with_the_first_answer_as_a_vote() -> None:
     # sample 0 is unsure (margin 5: p = e^5 / (e^5 + 256) = 0.37 per token); the wave outvotes it
     eng = FakeEngine([pad("7", 30), pad("9", 20), pad("9", 22), pad("9", 24)], margins=[5.0, 30, 30, 30])
-    res, sessions = ask_auto(eng, "adaptive:max=3,wave=2,window=3")
-    assert sessions == [1 + 3 + 1]  # one session (one prefill): sample 0, three wave samples, a probe slot
+    res, lanes = ask_auto(eng, "adaptive:max=3,wave=2,window=3")
+    assert lanes == [1 + 3 + 1]  # one lane (one prompt read): sample 0, three wave samples, a probe slot
     assert res.outcome.name == "escalated" and res.stop_reason.startswith("escalated:")
     assert res.outcome.stage1_certainty < 0.8
     assert res.answer == "9" and res.winner in (1, 2, 3)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgescale.api import AskOptions
+from edgescale.api import AskOptions, Budget
+from tests.scheduling import WAIT_S, DecodeClock, scheduler_on
 
 Q = "Tom has 3 apples and buys 4 more. How many apples does he have? Think step by step."
 OPTS = AskOptions(max_tokens=64, seed=11, answer="number")
@@ -61,27 +62,32 @@ def test_same_seed_same_result(runtime) -> None:
 
 
 def test_deadline_on_real_model(runtime) -> None:
-    res = runtime.ask("Write a very long story about the sea.", strategy="maj@4",
-                      budget=__import__("edgescale").Budget(deadline_s=0.8), max_tokens=2000)
+    # on the scheduler's clock, 20 ms a decode: 2000 tokens would take 40 s
+    clock = DecodeClock(step_s=0.02)
+    with scheduler_on(clock.wrap(runtime.engine), clock) as scheduler:
+        request = runtime.request("Write a very long story about the sea.", strategy="maj@4",
+                                  budget=Budget(deadline_s=0.8), max_tokens=2000, arrival=clock())
+        res = scheduler.submit(request).result(timeout=WAIT_S)
     assert res.stop_reason == "deadline"
-    assert res.stats.wall_s < 0.8 * 1.1 + 0.05
+    assert res.stats.wall_s <= 0.8
     assert all(s.finish_reason in ("deadline", "stop") for s in res.samples)
 
 
 def test_auto_escalates_to_deepconf_on_the_real_model(runtime) -> None:
-    """The default policy's kind of escalation (DeepConf online at T 0.4), forced by a
-    threshold no greedy answer reaches unless its probes agree."""
+    """The default policy's kind of escalation (DeepConf online at T 0.4), forced: a threshold
+    no greedy answer reaches (above 1), and too few tokens for two probes to agree (stage 1
+    probes every 32, its window is 2)."""
     from edgescale.strategies.policy import AutoPolicy
     from edgescale.strategies.spec import Confidence
 
     runtime.use_policy(AutoPolicy("always", 1.01, Confidence(k=4, online=True, warmup=2, window=8, temp=0.4)))
     try:
         res = runtime.ask("What is 7 plus 8? Think step by step.", strategy="auto",
-                          options=AskOptions(max_tokens=64, seed=3, answer="number"))
+                          options=AskOptions(max_tokens=48, seed=3, answer="number"))
     finally:
         runtime.use_policy(None)
     assert res.stats.generated_tokens == sum(s.n_tokens for s in res.samples)
-    assert res.stop_reason.startswith(("escalated", "confident"))
-    if res.stop_reason.startswith("escalated"):  # stage 1, then DeepConf's own scored samples
-        assert len(res.samples) > 1 and all(s.confidence is not None for s in res.samples[1:] if s.n_tokens)
-        assert res.answer is None or res.answer in res.votes or res.samples[0].answer == res.answer
+    assert res.outcome is not None and res.outcome.name == "escalated" and res.stop_reason.startswith("escalated")
+    # stage 1, then DeepConf's own scored samples
+    assert len(res.samples) > 1 and all(s.confidence is not None for s in res.samples[1:] if s.n_tokens)
+    assert res.answer is None or res.answer in res.votes or res.samples[0].answer == res.answer

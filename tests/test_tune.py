@@ -116,6 +116,7 @@ def cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # four CLI runs, each allowed 600 s
 def test_tune_then_policy_from_the_cli(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     fit = cli("tune", "--dataset", "arith-1d", "--task", "arith", "--limit", "4", "--prompt-style", "bare",
