@@ -146,6 +146,7 @@ def ask_settings(
     seed: int = limits.DEFAULT_SEED,
     answer: str = "auto",
     stop: Sequence[str] = (),
+    ignore_eos: bool = False,
     system: str | None = None,
     raw: bool = False,
     deadline: str | float | None = None,
@@ -168,7 +169,8 @@ def ask_settings(
         raise UsageError(f"bad {names['answer']} {answer!r}; choose one of: {', '.join(ANSWER_KINDS)}")
     options = AskOptions(
         max_tokens=int(max_tokens), temperature=temperature, top_k=int(top_k), top_p=top_p, min_p=min_p,
-        seed=int(seed), stop=tuple(stop), system=system, chat=not raw, answer=kind, choices=tuple(choices),
+        seed=int(seed), stop=tuple(stop), ignore_eos=bool(ignore_eos), system=system, chat=not raw, answer=kind,
+        choices=tuple(choices),
     )
     budget = Budget(deadline_s=parse_duration(deadline), memory_bytes=parse_size(memory))
     budgeted = budget.deadline_s is not None or budget.memory_bytes is not None

@@ -8,8 +8,9 @@ rule the CLI has (one validation layer, ``edgescale.settings``). Bad bodies rais
 
 Test-time compute fields (top level, what the ``openai`` client sends with
 ``extra_body``): ``strategy`` (a CLI spec: ``maj@8``, ``short-2@8``, ``auto``...),
-``deadline_ms`` (wall clock from arrival), ``answer`` (kind), ``seed``, and the
-sampling extras ``top_k`` and ``min_p``. ``n`` keeps its OpenAI meaning: n
+``deadline_ms`` (wall clock from arrival), ``answer`` (kind), ``seed``, the
+sampling extras ``top_k`` and ``min_p``, and ``ignore_eos`` (samples run to
+``max_tokens`` or a stop string, as llama-server's field: for load tests). ``n`` keeps its OpenAI meaning: n
 choices sampled from one shared read of the prompt (they are the samples of a
 ``maj@n`` query, so the response also carries their vote).
 
@@ -40,7 +41,7 @@ NAMES = {"samples": "field 'n'", "max_tokens": "field 'max_tokens'", "temperatur
          "answer": "field 'answer'"}
 
 COMMON = ("model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
-          "strategy", "deadline_ms", "answer", "top_k", "min_p")
+          "strategy", "deadline_ms", "answer", "top_k", "min_p", "ignore_eos")
 # OpenAI fields accepted at their neutral value only (what many clients send by default)
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False, None),
@@ -250,6 +251,7 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
             min_p=_get(body, "min_p", (int, float), limits.DEFAULT_MIN_P),
             max_tokens=max_tokens, seed=_get(body, "seed", int, defaults.seed),
             answer=_get(body, "answer", str, defaults.answer), stop=[s for s in stops if s],
+            ignore_eos=_get(body, "ignore_eos", bool, False),
             raw=not chat, deadline=deadline_s, names=NAMES,
         )
     except EdgescaleError as exc:

@@ -29,6 +29,7 @@ class GenerationOptions:
     min_p: float = limits.DEFAULT_MIN_P
     seed: int = limits.DEFAULT_SEED
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # samples run to max_tokens (or a stop string): load tests, benchmarks
 
     def sampling_for(self, strategy: Strategy) -> SamplingConfig:
         temp = self.temperature  # --temperature, when given, holds for every strategy
@@ -48,4 +49,5 @@ def generation_config(strategy: Strategy, options: GenerationOptions, max_new_to
         overrides = ((0, options.sampling_for(Single())),)
     conf = confidence_of(strategy)
     return GenerationConfig(max_new_tokens=max_new_tokens, stop=options.stop, sampling=sampling, seed=options.seed,
-                            sampling_overrides=overrides, confidence_top_k=conf.topk if conf is not None else 0)
+                            ignore_eos=options.ignore_eos, sampling_overrides=overrides,
+                            confidence_top_k=conf.topk if conf is not None else 0)

@@ -117,7 +117,7 @@ def test_the_plan_counts_the_cells_admission_reserves_in_streams(engine) -> None
 def test_a_deadline_forces_an_answer_in_place(engine) -> None:
     """The forced-answer probe at a deadline runs in the sample's own stream."""
     (res,), _ = run(engine, "streams", 1, [("Write a very long story about a castle.", "single")],
-                    max_tokens=1500, budget=Budget(deadline_s=3.0))
+                    max_tokens=1500, budget=Budget(deadline_s=3.0), ignore_eos=True)
     assert res.stop_reason == "deadline" and res.probes and res.samples[0].finish_reason == "deadline"
 
 

@@ -111,7 +111,7 @@ def test_cancelling_one_query_frees_its_cells_while_the_other_goes_on(shared) ->
     steps: list[int] = []
     keep = shared.submit("Tell me about dragons.", strategy="single", max_tokens=64, seed=2)
     drop_req = shared.request("Write a very long story about a castle.", strategy="maj@4", max_tokens=200,
-                              on_step=lambda gen, ev: steps.append(len(gen.live)))
+                              ignore_eos=True, on_step=lambda gen, ev: steps.append(len(gen.live)))
     drop = shared.scheduler.submit(drop_req)
     wait_until(lambda: len(steps) >= 5, "the dropped query's fifth step")
     drop_req.cancel()
@@ -130,7 +130,7 @@ def test_a_deadline_counts_from_arrival(engine) -> None:
     clock = DecodeClock(step_s=0.02)
     with scheduler_on(clock.wrap(engine), clock, max_running=1) as scheduler:
         long = rt.request("Write a very long story about the sea.", strategy="single", max_tokens=120,
-                          arrival=clock())
+                          ignore_eos=True, arrival=clock())
         late = rt.request("What is 2 + 2?", strategy="single", max_tokens=32, budget=Budget(deadline_s=0.5),
                           arrival=clock())
         long_done, late_done = scheduler.submit_many([long, late])
