@@ -65,6 +65,7 @@ def batch(
     policy: Optional[str] = opt.POLICY,
     kv_layout: str = opt.KV_LAYOUT,
     deterministic: bool = opt.DETERMINISTIC,
+    kv_type: str = opt.KV_TYPE,
 ) -> None:
     """Answer JSONL queries from stdin, one JSON result per line on stdout, in input order."""
     from edgescale.api import Runtime, RuntimeSpec
@@ -82,7 +83,8 @@ def batch(
     spec = RuntimeSpec(model, backend=backend, threads=threads, gpu_layers=gpu_layers, lanes=lanes,
                        scheduler=SchedulerConfig(memory_bytes=parse_size(memory), prefix_cache=not no_prefix_cache,
                                                  bulk_prefill_chunk=BULK_PREFILL_CHUNK),
-                       policy=policy, kv_layout=kv_layout, deterministic=deterministic)
+                       policy=policy, kv_layout=kv_layout, deterministic=deterministic,
+                       kv_type=kv_type)
     out = _Writer()
     pending: deque[Line] = deque()
     try:

@@ -65,6 +65,7 @@ def bench(
     policy: str | None = opt.POLICY,
     kv_layout: str = opt.KV_LAYOUT,
     deterministic: bool = opt.DETERMINISTIC,
+    kv_type: str = opt.KV_TYPE,
 ) -> None:
     """Run strategies on benchmark questions, interleaved per question; report accuracy (95% CI),
     tokens, wall time and memory per strategy, with ratios to maj@k."""
@@ -80,7 +81,7 @@ def bench(
         model=model, backend=backend, threads=threads, max_tokens=max_tokens, seed=seed,
         prompt_style=prompt_style, shots=shots, raw=raw, stop=tuple(stop), deadline_s=parse_duration(deadline),
         memory_bytes=parse_size(memory), out=out, parallel=parallel, policy=policy, kv_layout=kv_layout,
-        deterministic=deterministic,
+        deterministic=deterministic, kv_type=kv_type,
     )
     if out is not None:
         from edgescale.evals.plots import require_matplotlib

@@ -49,6 +49,13 @@ RETRIES = typer.Option(2, "--retries", min=0, help="With --ray: times Ray restar
 KV_LAYOUT = typer.Option("auto", "--kv-layout",
                         help="KV cache of the shared decode loop: auto (one stream per sequence when several queries "
                              "decode at once, else one unified cache), unified, or streams.")
+IGNORE_EOS = typer.Option(False, "--ignore-eos",
+                         help="Samples run to --max-tokens (or a --stop string), past the end-of-text token: "
+                              "for measuring, as llama.cpp's flag.")
+KV_TYPE = typer.Option("auto", "--kv-type", envvar="EDGESCALE_KV_TYPE",
+                      help="KV cache element types: f16, q8_0, q4_0, K/V (e.g. q8_0/f16), or auto (f16 unless a "
+                           "--memory budget would cut the plan and a lossy type, measured within its bound by "
+                           "`edgescale devices --calibrate`, lets it fit).")
 DETERMINISTIC = typer.Option(False, "--deterministic",
                              help="A query's tokens do not depend on what else decodes with it (exact KV streams; "
                                   "refused where the model's kernels round by batch width).")

@@ -27,6 +27,7 @@ def plan(
     memory: Optional[str] = opt.MEMORY,
     as_json: bool = opt.JSON,
     policy: Optional[str] = opt.POLICY,
+    kv_type: str = opt.KV_TYPE,
 ) -> None:
     """Show the plan (strategy, samples, KV cells, predicted time and peak memory) for a prompt."""
     from edgescale.api import Runtime
@@ -37,14 +38,15 @@ def plan(
     settings = ask_settings(strategy=strategy, samples=samples, max_tokens=max_tokens, raw=raw, deadline=deadline,
                             memory=memory, names=CLI_NAMES)
     with Runtime.load(model, backend=backend, threads=threads, registry=backends(ctx), notify=notify,
-                      width=samples_of(settings.strategy)) as rt:
+                      width=samples_of(settings.strategy), kv_type=kv_type) as rt:
         rt.use_policy(policy)
         p = rt.plan(text, strategy=settings.strategy, budget=settings.budget, options=settings.options)
-        engine_backend, choice = rt.engine.backend_name, rt.backend_choice
+        engine_backend, choice, kv = rt.engine.backend_name, rt.backend_choice, rt.kv_choice
         advice = _weights_advice(rt.engine.info) if engine_backend == "llama.cpp" else None
     reason = choice.reason if choice is not None else f"--backend {backend}"
     if as_json:
-        print_json({**p.to_dict(), "backend": {"name": engine_backend, "reason": reason}, "advice": advice})
+        print_json({**p.to_dict(), "backend": {"name": engine_backend, "reason": reason},
+                    "kv_type": kv.to_dict() if kv is not None else None, "advice": advice})
         return
     typer.echo(f"backend       {engine_backend} ({reason})")
     mb = 2**20
@@ -52,7 +54,8 @@ def plan(
     typer.echo(f"strategy      {p.first_stage.spec()}" + (f"  (escalates to {esc.spec()})" if esc else ""))
     typer.echo(f"samples       {p.k} (memory allows up to {p.max_k_memory})")
     typer.echo(f"max tokens    {p.max_new_tokens} per sample")
-    typer.echo(f"KV cache      {p.n_cells} cells, {p.kv_bytes / mb:.1f} MB")
+    typer.echo(f"KV cache      {p.n_cells} cells, {p.kv_bytes / mb:.1f} MB"
+               + (f", {kv.kv_type.name} ({kv.reason})" if kv is not None else ""))
     if p.predicted_peak_bytes is not None:
         typer.echo(f"peak memory   {p.predicted_peak_bytes / mb:.0f} MB (predicted)")
     if p.predicted_s is not None:

@@ -35,6 +35,8 @@ def run(
     memory: Optional[str] = opt.MEMORY,
     as_json: bool = opt.JSON,
     policy: Optional[str] = opt.POLICY,
+    kv_type: str = opt.KV_TYPE,
+    ignore_eos: bool = opt.IGNORE_EOS,
 ) -> None:
     """Answer one prompt with the chosen strategy; stream the text of a single sample."""
     from edgescale.api import Runtime
@@ -45,10 +47,10 @@ def run(
     settings = ask_settings(
         strategy=strategy, samples=samples, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         max_tokens=max_tokens, seed=seed, answer=answer, stop=stop, system=system, raw=raw,
-        deadline=deadline, memory=memory, names=CLI_NAMES,
+        deadline=deadline, memory=memory, ignore_eos=ignore_eos, names=CLI_NAMES,
     )
     with Runtime.load(model, backend=backend, threads=threads, n_gpu_layers=gpu_layers, registry=backends(ctx),
-                      notify=notify, width=samples_of(settings.strategy)) as rt:
+                      notify=notify, width=samples_of(settings.strategy), kv_type=kv_type) as rt:
         rt.use_policy(policy)
         if rt.backend_choice is not None:
             notify(f"backend auto: {rt.backend_choice.name} ({rt.backend_choice.reason})")
@@ -56,8 +58,9 @@ def run(
         on_step = _streamer() if stream else None
         result = rt.ask(text, strategy=settings.strategy, budget=settings.budget, options=settings.options,
                         on_step=on_step)
+        kv = rt.kv_choice
     if as_json:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), "kv_type": kv.to_dict() if kv is not None else None})
         return
     if stream:
         sys.stdout.write("\n")

@@ -89,6 +89,7 @@ def serve(
     read_timeout: str = READ_TIMEOUT,
     kv_layout: str = opt.KV_LAYOUT,
     deterministic: bool = opt.DETERMINISTIC,
+    kv_type: str = opt.KV_TYPE,
     compute_nice: int = COMPUTE_NICE,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, SSE streaming)."""
@@ -138,7 +139,7 @@ def serve(
                                   prefill_chunk=prefill_chunk, bulk_prefill_chunk=bulk_prefill_chunk,
                                   compute_nice=compute_nice),
         reserve_tokens=max_tokens + TYPICAL_PROMPT, width=8 * (lanes if isinstance(lanes, int) else 1),
-        kv_layout=kv_layout, deterministic=deterministic,
+        kv_layout=kv_layout, deterministic=deterministic, kv_type=kv_type,
     )
     registry = backends(ctx)
     path = registry.get(backend).resolve(model)  # a missing model fails now, before the port opens
@@ -152,9 +153,12 @@ def serve(
         sched = rt.scheduler_config
         n = sched.max_running
         chosen = f", backend auto: {rt.backend_choice.reason}" if rt.backend_choice is not None else ""
+        per_cell = memory_model(rt.engine, sched.kv_layout, sched.kv_type).kv_bytes_per_cell
         kv = (f"memory budget {memory}" if memory else
               f"KV cache for {sched.min_cells} tokens "
-              f"({sched.min_cells * memory_model(rt.engine).kv_bytes_per_cell / 2**20:.0f} MB; --memory sets a budget)")
+              f"({sched.min_cells * per_cell / 2**20:.0f} MB; --memory sets a budget)")
+        if rt.kv_choice is not None:
+            kv += f", KV type {rt.kv_choice.kv_type.name} ({rt.kv_choice.reason})"
         return rt, (f"{model_id} on {rt.engine.backend_name} ({rt.engine.n_threads} threads), up to {n} "
                     f"quer{'y' if n == 1 else 'ies'} at once, {kv}{chosen}")
 

@@ -45,6 +45,7 @@ def tune(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the runs' records (resumable; "
                                        "default: edgescale's cache)."),
     as_json: bool = typer.Option(False, "--json", help="Print the fitted policy as one JSON object."),
+    kv_type: str = opt.KV_TYPE,
 ) -> None:
     """Run auto's stage 1 and the candidate escalations on labelled questions, fit when auto
     escalates and to what, and save it as the policy TASK for this model."""
@@ -62,7 +63,7 @@ def tune(
     config = BenchConfig(
         dataset=dataset, strategies=(), limit=limit, offset=offset, model=model, backend=backend, threads=threads,
         max_tokens=max_tokens, seed=seed, prompt_style=prompt_style, shots=shots, raw=raw, stop=tuple(stop),
-        deadline_s=parse_duration(deadline), memory_bytes=parse_size(memory), out=folder,
+        deadline_s=parse_duration(deadline), memory_bytes=parse_size(memory), out=folder, kv_type=kv_type,
     )
     n_candidates = len(parse_strategies(candidates))
     with _Progress(limit * (1 + n_candidates)) as on_progress:

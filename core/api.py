@@ -34,11 +34,12 @@ from edgescale.loader import BackendChoice, LoadSpec, load_engine
 from edgescale.runtime.backends import BackendRegistry
 from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import BatchGenerator, TokenEvent
+from edgescale.runtime.kv_types import F16, KvType
 from edgescale.scheduler.config import SchedulerConfig
 from edgescale.scheduler.loop import Scheduler
 from edgescale.scheduler.request import Request, plan_request
 from edgescale.settings import AskOptions, AskSettings, resolve_strategy
-from edgescale.strategies.planner import Budget, Plan
+from edgescale.strategies.planner import Budget, KvChoice, Plan
 from edgescale.strategies.result import Result
 from edgescale.strategies.spec import Auto, Single, Strategy, samples_of
 
@@ -66,6 +67,7 @@ class RuntimeSpec(LoadSpec):
     reserve_tokens: int = 0  # size the shared context up front for ``lanes`` queries of this many tokens
     kv_layout: str = "auto"  # unified, streams, or auto (strategies.planner.kv_layout_for)
     deterministic: bool = False  # a query's tokens do not depend on what else runs (the exact layout)
+    kv_type: str = limits.DEFAULT_KV_TYPE  # the shared cache's element types: f16, q8_0, q4_0, K/V, or auto
 
 
 class Runtime:
@@ -90,6 +92,8 @@ class Runtime:
         self._policy_noted = False
         self._policies: dict[str, AutoPolicy] = {}  # tuned policies by task name, as loaded
         self._cue_tokens: int | None = None
+        self.kv_choice: KvChoice | None = None  # the shared cache's types and why (set by use_kv_type)
+        self._kv_pending: str | None = None  # a --kv-type the first request resolves (auto needs its plan)
 
     @classmethod
     def open(cls, spec: RuntimeSpec, defaults: AskSettings | None = None, *,
@@ -108,7 +112,12 @@ class Runtime:
         rt.backend_choice = choice
         try:
             rt.use_policy(spec.policy)
-            config = spec.scheduler
+            guess = rt._kv_layout(spec, spec.lanes if isinstance(spec.lanes, int) else 8)
+            rt.configure_scheduler(replace(spec.scheduler, kv_layout=guess))
+            typical = rt.request("What is the answer?", strategy=settings.strategy, budget=settings.budget,
+                                 options=settings.options)
+            rt.use_kv_type(spec.kv_type, typical)
+            config = replace(spec.scheduler, kv_type=rt.scheduler_config.kv_type)
             if spec.lanes is not None:
                 lanes = rt.auto_lanes(settings) if spec.lanes == "auto" else spec.lanes
                 config = replace(config, max_running=lanes, expect_running=lanes,
@@ -134,6 +143,7 @@ class Runtime:
         notify: Callable[[str], None] | None = None,
         scheduler: SchedulerConfig = SchedulerConfig(),
         width: int = 1,
+        kv_type: str = limits.DEFAULT_KV_TYPE,
     ) -> "Runtime":
         """Load a model with one query decoding at a time unless ``scheduler`` says otherwise
         (:meth:`open` with a :class:`RuntimeSpec`). ``backend="auto"``: the backend this
@@ -141,7 +151,10 @@ class Runtime:
         (:attr:`backend_choice` says which and why)."""
         spec = RuntimeSpec(model=str(model) if model is not None else None, backend=backend, threads=threads,
                            gpu_layers=n_gpu_layers, scheduler=scheduler, width=width)
-        return cls.open(spec, registry=registry, notify=notify)
+        rt = cls.open(spec, registry=registry, notify=notify)
+        rt._kv_pending = kv_type  # (open fixed f16 for a query without a budget: the first request decides)
+        rt.kv_choice = None
+        return rt
 
     def _kv_layout(self, spec: RuntimeSpec, lanes: int) -> str | None:
         """The shared loop's KV layout (``kv_layout_for``); the exact one only where this model's
@@ -174,7 +187,8 @@ class Runtime:
         if settings.budget.memory_bytes is not None:
             one = self.plan("What is the answer?", strategy=settings.strategy, budget=settings.budget,
                             options=settings.options)
-            room = cells_in_budget(memory_model(self.engine), settings.budget.memory_bytes,
+            room = cells_in_budget(memory_model(self.engine, self._scheduler_config.kv_layout,
+                                                self._scheduler_config.kv_type), settings.budget.memory_bytes,
                                    n_ids=lanes * per_query, max_batch=256)
             lanes = max(1, min(lanes, room // max(1, one.n_cells)))
         return min(lanes, limits.MAX_PARALLEL)
@@ -284,10 +298,70 @@ class Runtime:
         from edgescale.runtime.memory import memory_model
 
         request = self.request(prompt, strategy=strategy, budget=budget, options=options, **overrides)
-        memory = memory_model(self.engine, self._scheduler_config.kv_layout)  # the shared loop's layout
+        # the shared loop's layout and cache types
+        memory = memory_model(self.engine, self._scheduler_config.kv_layout, self._scheduler_config.kv_type)
         chosen = plan_request(request, memory, others=0, now=request.arrival).plan
         self._planned(request)
         return chosen
+
+    def use_kv_type(self, requested: str, request: Request | None = None) -> KvChoice:
+        """Fix the shared cache's element types; only before the first query (the shared context
+        has one). A type (``q8_0``, ``q8_0/f16``...) the engine refuses is a UsageError. ``auto``:
+        :func:`~edgescale.strategies.planner.kv_type_for` for ``request`` (its plan under its
+        memory budget; None: f16), lossy types only where their measured cost on this device
+        (``devices.kv_costs``) is within the stored bound."""
+        from edgescale.runtime.kv_types import parse_kv_type
+        from edgescale.strategies.planner import KvChoice
+
+        own = KvType(self.engine.memory_layout.kv_type, self.engine.memory_layout.kv_type)
+        if requested.strip().lower() != "auto":
+            kv = parse_kv_type(requested)
+            refusal = self.engine.kv_type_refusal(kv)
+            if refusal is not None:
+                raise UsageError(refusal)
+            choice = KvChoice(kv, "as asked (--kv-type)")
+        elif self.engine.kv_type_refusal(F16) is not None:
+            choice = KvChoice(own, f"the {self.engine.backend_name} backend's own cache type")
+        elif request is None:
+            choice = KvChoice(F16, "no query to plan for: f16, lossless")
+        else:
+            choice = self._auto_kv_type(request)
+        self.configure_scheduler(replace(self._scheduler_config, kv_type=choice.kv_type))
+        self.kv_choice, self._kv_pending = choice, None
+        return choice
+
+    def _auto_kv_type(self, request: Request) -> KvChoice:
+        from edgescale.devices.kv_costs import CALIBRATED_TYPES, load_kv_costs
+        from edgescale.runtime.kv_types import parse_kv_type
+        from edgescale.runtime.memory import memory_model
+        from edgescale.scheduler.request import request_inputs
+        from edgescale.strategies.planner import kv_type_for
+
+        costs = load_kv_costs(self.engine) if request.memory_bytes is not None else None
+        candidates = []
+        for name in CALIBRATED_TYPES:
+            kv = parse_kv_type(name)
+            why = self.engine.kv_type_refusal(kv) or (costs.refusal(kv) if costs is not None else None)
+            candidates.append((kv, why))
+        shape, timing, budget = request_inputs(request, others=0, now=request.arrival)
+        layout = self._scheduler_config.kv_layout
+        choice = kv_type_for(shape, timing, lambda kv: memory_model(self.engine, layout, kv), budget,
+                             request.policy, candidates)
+        if choice.kv_type.lossy and costs is not None:
+            choice = replace(choice, reason=f"{choice.reason} ({costs.describe(choice.kv_type)})")
+        return choice
+
+    def _resolve_pending_kv(self, request: Request) -> None:
+        """The first request fixes a pending ``--kv-type`` (auto: for its plan)."""
+        with self._lock:
+            pending, started = self._kv_pending, self._scheduler is not None
+        if pending is None:
+            return
+        if started:  # the loop already runs with the type it was opened with
+            kv = self._scheduler_config.kv_type or F16
+            self.kv_choice, self._kv_pending = KvChoice(kv, "the shared loop was already running"), None
+            return
+        self.use_kv_type(pending, request)
 
     def _policy_for(self, strategy: Strategy) -> AutoPolicy | None:
         """auto's policy: the one a spec names (``auto:policy=NAME``), else the runtime's."""
@@ -334,13 +408,15 @@ class Runtime:
         budget = budget or Budget()
         strat = resolve_strategy(strategy, None, budgeted=deadline.bounded or budget.memory_bytes is not None)
         timed = isinstance(strat, Auto) or deadline.bounded
-        return Request(
+        request = Request(
             prompt_tokens=tokens, strategy=strat, options=opts, deadline=deadline, memory_bytes=budget.memory_bytes,
             answer_kind=opts.answer, choices=opts.choices, policy=self._policy_for(strat),
             timing=self.profile() if timed else None, cue_tokens=self.cue_tokens(),
             context_cells=self.engine.info.n_ctx_train or None, model_name=self.model_name, on_step=on_step,
             exact_samples=exact_samples,
         )
+        self._resolve_pending_kv(request)
+        return request
 
     def submit(self, prompt: Prompt, **kwargs: Any) -> Future[Result]:
         """Queue a query and return at once: a future of its result (see :meth:`ask`)."""

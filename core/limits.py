@@ -21,3 +21,6 @@ DEFAULT_TOP_P = 0.95
 DEFAULT_MIN_P = 0.05
 DEFAULT_SEED = 0
 DEFAULT_K = 8  # samples of a spec written without @K ("maj", "ffs")
+# the shared KV cache's element types when none is asked for: f16 unless a memory budget
+# would cut the plan and a lossy type measured within its bound lets it fit (devices.kv_costs)
+DEFAULT_KV_TYPE = "auto"

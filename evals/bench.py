@@ -31,9 +31,9 @@ from edgescale.evals.datasets import Item
 from edgescale.evals.rss import PeakRss, current_peak, reset_peak
 from edgescale.evals.store import RecordKey, ResultStore, settings_id
 from edgescale.scheduler.config import SchedulerConfig
-from edgescale.settings import AskOptions
+from edgescale.settings import AskOptions, AskSettings
 from edgescale.strategies.result import Result
-from edgescale.strategies.spec import Strategy, parse_strategy
+from edgescale.strategies.spec import Single, Strategy, parse_strategy, samples_of
 
 PROMPT_FORMAT = 1  # bump when bench_prompt changes what the model sees (part of the settings id)
 # bump when answer extraction or a strategy's rule changes what a record would say (2: numbers
@@ -106,6 +106,7 @@ class BenchConfig:
     policy: str | None = None  # auto's tuned policy (task name) for plain `auto`; None: the default
     kv_layout: str = "auto"  # the shared loop's KV layout (strategies.planner.kv_layout_for)
     deterministic: bool = False  # exact KV streams: a query's tokens do not depend on the others
+    kv_type: str = limits.DEFAULT_KV_TYPE  # the shared cache's element types (or auto)
 
     def settings(self) -> dict[str, Any]:
         """Everything besides dataset, item, strategy, model and seed that shapes the output."""
@@ -122,6 +123,8 @@ class BenchConfig:
             **({"parallel": self.parallel} if self.parallel > 1 else {}),
             **({"kv_layout": self.kv_layout} if self.kv_layout != "auto" else {}),
             **({"deterministic": True} if self.deterministic else {}),
+            # a lossy cache changes the tokens: such records are kept apart
+            **({"kv_type": self.kv_type} if self.kv_type not in ("auto", "f16") else {}),
         }
 
     def stop_strings(self) -> tuple[str, ...]:
@@ -213,8 +216,6 @@ class BenchSession:
 
     def rt(self) -> Runtime:
         if self.runtime is None:
-            from edgescale.strategies.spec import samples_of
-
             lanes = max(1, self.config.parallel)
             # sequences a step will carry (backend auto picks by it): the widest strategies running together
             widest = sorted((samples_of(s.strategy) for s in self.config.strategies if s.strategy is not None),
@@ -222,8 +223,14 @@ class BenchSession:
             spec = RuntimeSpec(self.config.model, backend=self.config.backend, threads=self.config.threads,
                                lanes=lanes, scheduler=SchedulerConfig(memory_bytes=self.config.memory_bytes),
                                width=max(1, sum(widest)),
-                               kv_layout=self.config.kv_layout, deterministic=self.config.deterministic)
-            self.runtime = Runtime.open(spec)
+                               kv_layout=self.config.kv_layout, deterministic=self.config.deterministic,
+                               kv_type=self.config.kv_type)
+            # auto's cache type is chosen for the widest strategy's query under the budget
+            wide = max((s.strategy for s in self.config.strategies if s.strategy is not None), key=samples_of,
+                       default=None)
+            defaults = AskSettings(wide or Single(), Budget(memory_bytes=self.config.memory_bytes),
+                                   AskOptions(max_tokens=self.config.max_tokens))
+            self.runtime = Runtime.open(spec, defaults)
         return self.runtime
 
     def base(self, longest_prompt: int) -> SequentialBaseline:

@@ -291,3 +291,60 @@ def quality_report(
         seconds=time.perf_counter() - t0,
         floor=floor,
     )
+
+
+@dataclass(frozen=True)
+class KvTypeCost:
+    """What keeping the KV cache in ``kv_type`` costs against f16, teacher-forced over the
+    fixed evaluation text: both caches read the same tokens, position by position."""
+
+    kv_type: str
+    tokens: int  # positions compared
+    top1: float  # fraction of positions whose argmax is f16's
+    max_abs_logit_diff: float  # over all positions
+    nll: float  # mean NLL of the text with this cache (nats per token)
+    nll_f16: float  # ... and with f16
+
+    @property
+    def ppl_ratio(self) -> float:
+        return math.exp(self.nll - self.nll_f16)
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {"kv_type": self.kv_type, "tokens": self.tokens, "top1": self.top1,
+                "max_abs_logit_diff": self.max_abs_logit_diff, "nll": self.nll, "nll_f16": self.nll_f16}
+
+
+def kv_type_cost(engine: Engine, kv_type: str, text: str = EVAL_TEXT, *, rows: int = 8,
+                 max_tokens: int | None = 2048) -> KvTypeCost:
+    """Teacher-forced top-1 agreement and max |logit difference| of a ``kv_type`` cache
+    against an f16 one on the same engine: ``rows`` chunks of ``text`` (its first
+    ``max_tokens`` tokens) decoded side by side, one position a step, in two sessions."""
+    from edgescale.runtime.kv_types import F16, parse_kv_type
+
+    kv = parse_kv_type(kv_type)
+    tokens = engine.tokenize(text, add_special=False, parse_special=False)[:max_tokens]
+    chunk = len(tokens) // rows
+    if chunk < 2:
+        raise UsageError(f"the text gives {len(tokens)} tokens: too few for {rows} rows")
+    bos = engine.info.bos_token_id if engine.info.add_bos else None
+    chunks = [([bos] if bos is not None else []) + tokens[r * chunk : (r + 1) * chunk] for r in range(rows)]
+    length = len(chunks[0])
+    sessions = [engine.session(n_seqs=rows, n_cells=rows * length + 8, max_batch=rows, kv_type=t) for t in (F16, kv)]
+    agree = count = 0
+    max_diff = nll_ref = nll = 0.0
+    try:
+        for j in range(length - 1):
+            feeds = [(r, [chunks[r][j]]) for r in range(rows)]
+            ref = np.array(sessions[0].decode(feeds), dtype=np.float32)
+            cand = np.array(sessions[1].decode(feeds), dtype=np.float32)
+            targets = np.array([chunks[r][j + 1] for r in range(rows)], dtype=np.int64)
+            agree += int((ref.argmax(axis=1) == cand.argmax(axis=1)).sum())
+            max_diff = max(max_diff, float(np.abs(cand - ref).max()))
+            nll_ref -= float(log_softmax_at(ref, targets).sum())
+            nll -= float(log_softmax_at(cand, targets).sum())
+            count += rows
+    finally:
+        for s in sessions:
+            s.close()
+    return KvTypeCost(kv_type=kv.name, tokens=count, top1=agree / count, max_abs_logit_diff=max_diff,
+                      nll=nll / count, nll_f16=nll_ref / count)

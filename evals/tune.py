@@ -166,7 +166,7 @@ def tune(config: BenchConfig, task: str, candidates: Sequence[str] = DEFAULT_CAN
             raise UsageError(f"tune candidates are adaptive or conf@k specs (what auto escalates to), got {c.label!r}")
         specs[c.label] = c.strategy
     items = load_items(config)
-    with Runtime.load(config.model, backend=config.backend, threads=config.threads) as rt:
+    with Runtime.load(config.model, backend=config.backend, threads=config.threads, kv_type=config.kv_type) as rt:
         rt.use_policy(STAGE1_ONLY)  # plain auto runs stage 1 alone, and its records say so
         stage1 = BenchStrategy("auto", f"auto:policy={STAGE1_ONLY.id()}", strategy=Auto())
         first = run_bench(replace(config, strategies=(stage1,), policy=None), items=items, runtime=rt,

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from edgescale.errors import ContextOverflow, UsageError
 from edgescale.models.info import ModelInfo
+from edgescale.runtime.kv_types import KvType
 
 Logits = npt.NDArray[np.float32]
 Feed = tuple[int, Sequence[int]]  # (sequence id, tokens to append)
@@ -186,9 +187,13 @@ class Engine(Protocol):
         """Chat messages ({"role", "content"}) -> tokens, through the model's chat template
         when ``chat`` (else their contents, blank-line separated)."""
 
-    def session(self, *, n_seqs: int, n_cells: int, max_batch: int, kv_layout: str | None = None) -> DecodeSession:
+    def kv_type_refusal(self, kv: KvType) -> str | None:
+        """Why sessions cannot keep their cache in ``kv`` (one line), or None."""
+
+    def session(self, *, n_seqs: int, n_cells: int, max_batch: int, kv_layout: str | None = None,
+                kv_type: KvType | None = None) -> DecodeSession:
         """A session of ``n_cells`` KV cells for ``n_seqs`` sequences, in one of ``kv_layouts``
-        (None: ``memory_layout``'s)."""
+        (None: ``memory_layout``'s), its cache in ``kv_type`` (None: ``memory_layout.kv_type``)."""
 
     def weights_bytes(self) -> int: ...
 

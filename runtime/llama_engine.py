@@ -14,6 +14,7 @@ from edgescale.models.info import ModelInfo, read_model_info
 from edgescale.runtime import _llama_ffi as ffi
 from edgescale.runtime.chat import ChatText
 from edgescale.runtime.engine import MemoryLayout, check_session_shape
+from edgescale.runtime.kv_types import F16, KvType
 from edgescale.runtime.llama_session import LlamaSession
 from edgescale.runtime.llama_streams import StreamSession
 from edgescale.runtime.memory import llama_compute_bytes_per_token, mapped_file_rss, process_rss
@@ -81,12 +82,26 @@ class LlamaCppEngine(ChatText):
         """Most sequences one context may hold (llama.cpp's limit)."""
         return ffi.backend().max_parallel_sequences()
 
-    def session(self, *, n_seqs: int, n_cells: int, max_batch: int, kv_layout: str | None = None) -> LlamaSession:
+    def kv_type_refusal(self, kv: KvType) -> str | None:
+        """Why this engine cannot keep its cache in ``kv`` (None: it can). Quantized values
+        are read only by llama.cpp's flash-attention kernel, which sessions then turn on."""
+        if kv.quantized_v and self.flash_attn is False:
+            return (f"a KV cache with {kv.v} values needs llama.cpp's flash attention, which this engine "
+                    "turned off; quantize only the keys (e.g. q8_0/f16)")
+        return None
+
+    def session(self, *, n_seqs: int, n_cells: int, max_batch: int, kv_layout: str | None = None,
+                kv_type: KvType | None = None) -> LlamaSession:
         """A context of ``n_cells`` cells for ``n_seqs`` sequences: one unified cache, or
-        (``kv_layout="streams"``) ``n_seqs`` streams of ``n_cells / n_seqs`` cells each."""
+        (``kv_layout="streams"``) ``n_seqs`` streams of ``n_cells / n_seqs`` cells each; its
+        keys and values in ``kv_type`` (None: f16)."""
         layout = self.kv_layouts.get(kv_layout or self.memory_layout.name)
         if layout is None:
             raise UsageError(f"unknown KV layout {kv_layout!r}; choose one of: {', '.join(self.kv_layouts)}")
+        kv = kv_type or F16
+        refusal = self.kv_type_refusal(kv)
+        if refusal is not None:
+            raise UsageError(refusal)
         check_session_shape(self.info, n_seqs, n_cells)
         exact = layout.name == "exact"
         if n_seqs + exact > self.max_sequences:
@@ -106,7 +121,9 @@ class LlamaCppEngine(ChatText):
             n_batch=max(n_seqs, min(int(max_batch), n_ctx)),
             n_seq_max=n_seqs,
             n_threads=self.n_threads,
-            flash_attn=self.flash_attn,
+            type_k=kv.k,
+            type_v=kv.v,
+            flash_attn=True if kv.quantized_v else self.flash_attn,
             kv_unified=not layout.streams,
         )
         ctx = self._ctx

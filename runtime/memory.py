@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edgescale.models.info import ModelInfo
 from edgescale.runtime.engine import CellCount, Engine
+from edgescale.runtime.kv_types import KvType
 
 
 def llama_compute_bytes_per_token(info: ModelInfo) -> int:
@@ -91,14 +92,15 @@ def mapped_file_rss(path: Path) -> int:
     return int(sum(getattr(m, "rss", 0) for m in maps if os.path.realpath(m.path) == target))
 
 
-def memory_model(engine: Engine, kv_layout: str | None = None) -> MemoryModel:
+def memory_model(engine: Engine, kv_layout: str | None = None, kv_type: KvType | None = None) -> MemoryModel:
     """The planner's memory model of a loaded engine, from what its protocol declares, for
-    one of its KV layouts (None: its default)."""
+    one of its KV layouts (None: its default) and cache types (None: the layout's)."""
     info = engine.info
     layout = engine.memory_layout if kv_layout is None else engine.kv_layouts[kv_layout]
+    kv = kv_type if kv_type is not None else KvType(layout.kv_type, layout.kv_type)
     return MemoryModel(
         fixed_bytes=int(engine.baseline_anon_bytes) + info.file_size,
-        kv_bytes_per_cell=info.kv_bytes_per_cell(layout.kv_type, layout.kv_type),
+        kv_bytes_per_cell=info.kv_bytes_per_cell(kv.k, kv.v),
         prompt_per_sequence=layout.prompt_per_sequence,
         cell_pad=layout.cell_pad,
         streams=layout.streams,

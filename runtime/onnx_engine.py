@@ -22,6 +22,7 @@ from edgescale.errors import BackendUnavailable, InvalidModelFile, UsageError
 from edgescale.models.info import ModelInfo
 from edgescale.runtime.chat import ChatText
 from edgescale.runtime.engine import MemoryLayout, check_session_shape
+from edgescale.runtime.kv_types import KvType
 from edgescale.runtime.onnx_config import OnnxModelConfig
 from edgescale.runtime.onnx_errors import first_line, ort_exceptions
 from edgescale.runtime.onnx_session import OnnxSession
@@ -177,9 +178,19 @@ class OnnxEngine(ChatText):
     def backend_version(self) -> str:
         return str(_import_ort().__version__)
 
-    def session(self, *, n_seqs: int, n_cells: int, max_batch: int, kv_layout: str | None = None) -> OnnxSession:
+    def kv_type_refusal(self, kv: KvType) -> str | None:
+        if kv.name == self.memory_layout.kv_type:
+            return None
+        return (f"the onnx backend keeps its KV cache in {self.memory_layout.kv_type}, the converted graph's type; "
+                f"a {kv.name} cache (--kv-type) needs the llama.cpp backend")
+
+    def session(self, *, n_seqs: int, n_cells: int, max_batch: int, kv_layout: str | None = None,
+                kv_type: KvType | None = None) -> OnnxSession:
         if kv_layout not in (None, "rows"):
             raise UsageError(f"the onnx backend keeps one KV row per sequence (layout 'rows'), not {kv_layout!r}")
+        refusal = self.kv_type_refusal(kv_type) if kv_type is not None else None
+        if refusal is not None:
+            raise UsageError(refusal)
         check_session_shape(self.info, n_seqs, n_cells)
         return OnnxSession(self.config, self.info, self.ort_session, n_seqs=n_seqs, n_cells=n_cells,
                            batch_invariant=self.batch_invariant)

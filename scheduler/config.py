@@ -7,6 +7,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from edgescale.errors import UsageError
+from edgescale.runtime.kv_types import KvType
 from edgescale.runtime.memory import MemoryModel
 from edgescale.strategies.planner import MEMORY_SAFETY
 
@@ -53,6 +54,7 @@ class SchedulerConfig:
     # steps then cost latency, not missed deadlines; fewer, fuller steps read faster). None: prefill_chunk
     bulk_prefill_chunk: int | None = None
     kv_layout: str | None = None  # the engine's KV layout for the shared context (None: its default)
+    kv_type: KvType | None = None  # its cache's element types (None: the layout's, f16 on llama.cpp)
     # the loop's thread (and the compute threads it starts) runs at this nice value, so that a
     # server's event loop keeps its core on a small box (Linux; 0: as the process)
     compute_nice: int = 0

@@ -16,17 +16,18 @@ from typing import Callable, Sequence
 
 from edgescale.errors import UsageError
 from edgescale.runtime.engine import CellBook, DecodeSession, Engine, Feed, Logits
+from edgescale.runtime.kv_types import KvType
 
 
 class SharedContext:
     """A session sized for ``n_cells`` cells and ``n_ids`` sequence ids, shared by lanes."""
 
     def __init__(self, engine: Engine, *, n_cells: int, n_ids: int, max_batch: int,
-                 kv_layout: str | None = None) -> None:
+                 kv_layout: str | None = None, kv_type: KvType | None = None) -> None:
         self.engine = engine
         self.layout = engine.memory_layout if kv_layout is None else engine.kv_layouts[kv_layout]
         self.session: DecodeSession = engine.session(n_seqs=n_ids, n_cells=n_cells, max_batch=max_batch,
-                                                     kv_layout=self.layout.name)
+                                                     kv_layout=self.layout.name, kv_type=kv_type)
         self.n_cells = self.session.n_cells
         self.n_ids = n_ids
         # with one stream per sequence id, what one sequence (a row) may hold; else the whole cache
@@ -38,7 +39,8 @@ class SharedContext:
         # called before a lane decodes on its own (a probe, between the shared steps): the
         # logits rows other lanes hold are views the backend is about to overwrite
         self.before_side_decode: Callable[[], None] | None = None
-        self._bytes_per_cell = engine.info.kv_bytes_per_cell(self.layout.kv_type, self.layout.kv_type)
+        kv = kv_type if kv_type is not None else KvType(self.layout.kv_type, self.layout.kv_type)
+        self._bytes_per_cell = engine.info.kv_bytes_per_cell(kv.k, kv.v)
 
     @property
     def free_ids(self) -> int:

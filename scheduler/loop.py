@@ -86,7 +86,7 @@ class Scheduler:
         self.clock = clock
         self.stats = SchedulerStats()
         self._layout = engine.memory_layout if config.kv_layout is None else engine.kv_layouts[config.kv_layout]
-        self._memory: MemoryModel = memory_model(engine, self._layout.name)
+        self._memory: MemoryModel = memory_model(engine, self._layout.name, config.kv_type)
         self._lock = threading.Condition()
         self._queue: deque[Request] = deque()
         self._running: list[_Running] = []
@@ -312,7 +312,7 @@ class Scheduler:
 
     def _open_context(self, *, n_cells: int, n_ids: int, max_batch: int) -> None:
         self._shared = SharedContext(self.engine, n_cells=n_cells, n_ids=n_ids, max_batch=max_batch,
-                                     kv_layout=self._layout.name)
+                                     kv_layout=self._layout.name, kv_type=self.config.kv_type)
         self._shared.before_side_decode = self._own_rows
         self.stats.contexts += 1
         if self.config.prefix_cache:

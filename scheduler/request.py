@@ -54,18 +54,25 @@ class Request:
         return self.deadline.arrival
 
 
-def plan_request(request: Request, memory: MemoryModel, *, others: int, now: float) -> Query:
-    """Plan a request that will share each step with ``others`` live sequences, at ``now``:
-    its deadline gives the time left (what waiting in the queue has not spent). A request
-    planned beforehand keeps its plan."""
-    if request.planned is not None:
-        return request.planned
+def request_inputs(request: Request, *, others: int, now: float) -> tuple[QueryShape, Timing | None, Budget]:
+    """What the planner plans a request from at ``now``: its shape, the device profile as
+    it sees it beside ``others`` live sequences, and its budget (the deadline's time left)."""
     left = request.deadline.left(now)
     budget = Budget(deadline_s=None if left is None else max(1e-3, left), memory_bytes=request.memory_bytes)
     shape = QueryShape(prompt_tokens=len(request.prompt_tokens), max_new_tokens=request.options.max_tokens,
                        strategy=request.strategy, context_cells=request.context_cells,
                        cue_tokens=request.cue_tokens, exact_samples=request.exact_samples)
     timing = SharedTiming(request.timing, others) if request.timing is not None else None
+    return shape, timing, budget
+
+
+def plan_request(request: Request, memory: MemoryModel, *, others: int, now: float) -> Query:
+    """Plan a request that will share each step with ``others`` live sequences, at ``now``:
+    its deadline gives the time left (what waiting in the queue has not spent). A request
+    planned beforehand keeps its plan."""
+    if request.planned is not None:
+        return request.planned
+    shape, timing, budget = request_inputs(request, others=others, now=now)
     chosen = plan(shape, timing, memory, budget, request.policy)
     step_time = request.timing.step_time if request.timing is not None and chosen.predicted_s is not None else None
     return Query(

@@ -23,6 +23,7 @@ import numpy as np
 from edgescale.models.info import ModelInfo
 from edgescale.runtime.backends import Backend, LoadRequest
 from edgescale.runtime.engine import CellBook, MemoryLayout
+from edgescale.runtime.kv_types import KvType
 
 EOS = 256
 PROMPT_END = 257
@@ -196,7 +197,11 @@ class FakeEngine:
     def format_messages(self, messages: Sequence[Mapping[str, str]], *, chat: bool = True) -> list[int]:
         return self.format_prompt("\n\n".join(m["content"] for m in messages))
 
-    def session(self, *, n_seqs: int, n_cells: int, max_batch: int, kv_layout: str | None = None) -> FakeSession:
+    def kv_type_refusal(self, kv: KvType) -> str | None:
+        return None
+
+    def session(self, *, n_seqs: int, n_cells: int, max_batch: int, kv_layout: str | None = None,
+                kv_type: KvType | None = None) -> FakeSession:
         self.sessions.append(n_seqs)
         return FakeSession(self, n_seqs, n_cells)
 

@@ -14,6 +14,7 @@ import pytest
 
 from edgescale.api import Budget
 from edgescale.devices.profile import cache_path, calibrate, engine_identity, save_profile
+from edgescale.runtime.kv_types import KvType
 from edgescale.strategies.result import Result
 from tests.scheduling import WAIT_S, DecodeClock, scheduler_on
 
@@ -93,7 +94,7 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 @pytest.mark.parametrize("budget_mb,spec", [(300, "maj@8"), (300, "auto"), (220, "maj@8")])
 def test_measured_peak_rss_stays_within_the_memory_budget(cached_profile_env, budget_mb: int, spec: str) -> None:
     proc = run_cli(cached_profile_env, "run", "--json", "--memory", f"{budget_mb}MB", "-s", spec, "-n", "96",
-                   "--seed", "3", LONG)
+                   "--seed", "3", "--ignore-eos", "--kv-type", "f16", LONG)
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     # every sample ran its full 96 tokens: the KV the plan counted was filled, not spared by an early stop
@@ -117,3 +118,48 @@ def test_plan_command_json(cached_profile_env) -> None:
     p = json.loads(proc.stdout)
     assert p["strategy"].startswith("early-exit") and p["predicted_s"] > 0
     assert p["predicted_peak_bytes"] <= 512 * 2**20
+
+
+@pytest.mark.timeout(900)  # a kv cost measurement, a few plans and one run of 8 x 600 tokens on 1 thread
+def test_auto_quantizes_the_cache_to_fit_the_plan_and_rss_stays_within_the_budget(
+        cached_profile_env, model_path: Path) -> None:
+    """The smallest budget (in 10 MB steps) where f16 fits only 4 of maj@8's samples: auto keeps
+    all 8 in a q8_0 cache (measured here within its bound), and the process stays within it."""
+    from edgescale.devices.kv_costs import save_kv_costs
+    from edgescale.evals.quality import kv_type_cost
+    from edgescale.runtime.llama_engine import LlamaCppEngine
+
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = cached_profile_env["XDG_CACHE_HOME"]
+    try:
+        with LlamaCppEngine.load(model_path, n_threads=1) as eng:
+            costs = save_kv_costs(eng, {"q8_0": kv_type_cost(eng, "q8_0", max_tokens=512).to_dict()})
+    finally:
+        if old is None:
+            os.environ.pop("XDG_CACHE_HOME")
+        else:
+            os.environ["XDG_CACHE_HOME"] = old
+    assert costs.refusal(KvType("q8_0", "q8_0")) is None  # within the stored bound
+
+    def plan_of(budget_mb: int, kv_type: str) -> dict:
+        proc = run_cli(cached_profile_env, "plan", "--json", "-s", "maj@8", "-n", "600", "--memory",
+                       f"{budget_mb}MB", "--kv-type", kv_type, LONG)
+        assert proc.returncode in (0, 7), proc.stderr  # 7: the budget fits not even one sample
+        return json.loads(proc.stdout) if proc.returncode == 0 else {"k": 0}
+
+    # a sample of 600 tokens is about 14 MB of f16 KV: f16 fits 4 over two or three 5 MB steps
+    start = next(mb for mb in range(200, 400, 10) if plan_of(mb, "f16")["k"] >= 4) - 5
+    budget_mb = auto = None
+    for mb in range(start, start + 30, 5):
+        if plan_of(mb, "f16")["k"] == 4 and (chosen := plan_of(mb, "auto"))["k"] == 8:
+            budget_mb, auto = mb, chosen
+            break
+    assert budget_mb is not None and auto is not None, "no budget where f16 fits 4 samples and auto 8"
+    assert auto["kv_type"]["kv_type"] == "q8_0" and "f16 fits 4" in auto["kv_type"]["why"]
+    proc = run_cli(cached_profile_env, "run", "--json", "--memory", f"{budget_mb}MB", "-s", "maj@8", "-n", "600",
+                   "--ignore-eos", "--seed", "3", LONG)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["kv_type"]["kv_type"] == "q8_0" and len(res["samples"]) == 8
+    assert all(s["n_tokens"] == 600 for s in res["samples"])  # the whole KV the plan counted was filled
+    assert res["stats"]["peak_rss_bytes"] <= budget_mb * 2**20, (res["plan"], res["stats"], proc.stderr)

@@ -277,6 +277,7 @@ def test_greedy_is_bitwise_identical_at_every_batch_size(engine) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 9 replays of 32 tokens on Gemma 3: about 60 s alone, several minutes on a busy box
 def test_batch_width_dependent_kernels_stay_within_the_measured_bound() -> None:
     """Part 3: Gemma 3 270M Q4_K_M's kernels round differently at batch width 8 than
     at 1, so its rows are not bitwise equal; measured (bench/determinism.py): top-1

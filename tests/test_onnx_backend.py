@@ -20,6 +20,7 @@ from edgescale.errors import (
     InvalidModelFile,
     KVCacheFull,
     ModelNotFound,
+    UsageError,
 )
 from edgescale.evals.quality import (
     EVAL_PROMPTS,
@@ -505,3 +506,27 @@ def test_the_plan_counts_the_cells_admission_reserves(onnx_engine: OnnxEngine) -
         assert_plan_cells_are_reserved(rt)
     finally:
         rt.scheduler.close()
+
+
+def _kv(name: str):  # type: ignore[no-untyped-def]
+    from edgescale.runtime.kv_types import parse_kv_type
+
+    return parse_kv_type(name)
+
+
+def test_the_onnx_backend_refuses_other_cache_types(onnx_engine) -> None:  # type: ignore[no-untyped-def]
+    refusal = onnx_engine.kv_type_refusal(_kv("q8_0"))
+    assert refusal is not None and "llama.cpp backend" in refusal and "\n" not in refusal
+    with pytest.raises(UsageError, match="keeps its KV cache in f32"):
+        onnx_engine.session(n_seqs=1, n_cells=64, max_batch=8, kv_type=_kv("f16"))
+    assert onnx_engine.kv_type_refusal(_kv("f32")) is None
+
+
+def test_auto_on_onnx_keeps_its_own_type(onnx_engine) -> None:  # type: ignore[no-untyped-def]
+    from edgescale.api import Runtime
+
+    rt = Runtime(onnx_engine, "onnx")
+    choice = rt.use_kv_type("auto")
+    assert choice.kv_type.name == "f32" and rt.scheduler_config.kv_type == choice.kv_type
+    with pytest.raises(UsageError, match="llama.cpp backend"):
+        Runtime(onnx_engine, "onnx").use_kv_type("q8_0")

@@ -295,9 +295,9 @@ def test_full_queue_429_budget_400_and_sigterm() -> None:
         # one running and one waiting (seen in /metrics, whatever the machine's speed): the next
         # requests are refused with Retry-After
         running = _Stream(srv.url)
-        assert _wait_for(srv, "edgescale_queries_running", 1)
+        assert _wait_for(srv, "edgescale_queries_running", 1), (running.events[:3], srv.lines[-5:])
         waiting = _Stream(srv.url, "Long ago")
-        assert _wait_for(srv, "edgescale_queue_length", 1)
+        assert _wait_for(srv, "edgescale_queue_length", 1), (waiting.events[:3], srv.lines[-5:])
         with ThreadPoolExecutor(3) as pool:
             responses = list(pool.map(lambda _: _post(srv.url, {"prompt": "Hi", "max_tokens": 4}), range(3)))
         assert [r.status_code for r in responses] == [429, 429, 429]
@@ -495,3 +495,20 @@ def test_a_listener_others_can_reach_without_a_key_is_warned_about(server: Serve
     for address in ("127.0.0.1", "::1", "127.0.0.2"):
         assert exposure_warning(address, None) is None
     assert not any("warning:" in line for line in server.lines)  # loopback
+
+
+def test_a_q8_0_cache_holds_about_1_9x_the_cells_of_f16_in_the_same_budget() -> None:
+    totals = {}
+    for kv_type in ("f16", "q8_0"):
+        # one unified cache, sized once from the budget (streams are sized by the requests they hold)
+        srv = ServerProcess(["--threads", "1", "--parallel", "2", "--kv-layout", "unified", "--memory", "400MB",
+                             "--kv-type", kv_type])
+        try:
+            assert srv.wait_for_line(rf"KV type {kv_type} \(as asked")
+            r = _post(srv.url, {"prompt": "One, two,", "max_tokens": 4})  # the shared context is made
+            assert r.status_code == 200
+            totals[kv_type] = metric(metrics(srv), "edgescale_kv_cells_total")
+        finally:
+            srv.stop()
+    # the room left after the model and runtime, at 2,176 bytes a cell against 4,096 (cells padded to 256)
+    assert 1.8 <= totals["q8_0"] / totals["f16"] <= 1.9, totals
