@@ -285,13 +285,13 @@ class _Stream:
 
 
 def test_full_queue_429_budget_400_and_sigterm() -> None:
-    # 600 MB: room for the 3,000-token stream next to what the process holds on any machine (400 MB left
-    # 2,560 cells on one), and never for 16 samples of 4,000 tokens (1.4 GB of KV)
-    srv = ServerProcess(["--threads", "2", "--parallel", "1", "--max-queue", "1", "--memory", "600MB",
+    # 450 MB: room for the 3,000-token stream next to what the process holds (400 MB left 2,560 cells
+    # on one machine), never for a 7,000-token prompt (160 MB of KV)
+    srv = ServerProcess(["--threads", "2", "--parallel", "1", "--max-queue", "1", "--memory", "450MB",
                          "--grace", "1s"])
     try:
         # a request that can never fit the memory budget: 400 naming the minimum
-        r = _post(srv.url, {"prompt": "Hello", "max_tokens": 4000, "strategy": "maj@16"})
+        r = _post(srv.url, {"prompt": "hello " * 7000, "max_tokens": 16})
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "budget_infeasible" and "at least" in r.json()["error"]["message"]
         # one running and one waiting (seen in /metrics, whatever the machine's speed): the next
