@@ -39,7 +39,8 @@ from edgescale.scheduler.config import SchedulerConfig
 from edgescale.scheduler.loop import Scheduler
 from edgescale.scheduler.request import Request, plan_request
 from edgescale.settings import AskOptions, AskSettings, resolve_strategy
-from edgescale.strategies.planner import Budget, KvChoice, Plan
+from edgescale.strategies.kv_choice import KvChoice
+from edgescale.strategies.planner import Budget, Plan
 from edgescale.strategies.result import Result
 from edgescale.strategies.spec import Auto, Single, Strategy, samples_of
 
@@ -311,7 +312,6 @@ class Runtime:
         memory budget; None: f16), lossy types only where their measured cost on this device
         (``devices.kv_costs``) is within the stored bound."""
         from edgescale.runtime.kv_types import parse_kv_type
-        from edgescale.strategies.planner import KvChoice
 
         own = KvType(self.engine.memory_layout.kv_type, self.engine.memory_layout.kv_type)
         if requested.strip().lower() != "auto":
@@ -335,7 +335,7 @@ class Runtime:
         from edgescale.runtime.kv_types import parse_kv_type
         from edgescale.runtime.memory import memory_model
         from edgescale.scheduler.request import request_inputs
-        from edgescale.strategies.planner import kv_type_for
+        from edgescale.strategies.kv_choice import kv_type_for
 
         costs = load_kv_costs(self.engine) if request.memory_bytes is not None else None
         candidates = []

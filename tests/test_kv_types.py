@@ -13,7 +13,8 @@ import pytest
 from edgescale.errors import UsageError
 from edgescale.runtime.kv_types import F16, KvType, parse_kv_type
 from edgescale.runtime.memory import MemoryModel
-from edgescale.strategies.planner import Budget, QueryShape, kv_type_for
+from edgescale.strategies.kv_choice import kv_type_for
+from edgescale.strategies.planner import Budget, QueryShape
 from edgescale.strategies.spec import Majority
 
 MB = 2**20
