@@ -95,6 +95,7 @@ from edgescale.answers.spans import (
     probe_content_end,
     trimmed,
 )
+from edgescale.answers.structured import canonical_json, extract_json
 from edgescale.answers.text import (
     extract_auto,
     extract_text,
@@ -117,7 +118,7 @@ __all__ = [
     "normalize",
 ]
 
-AnswerKind = Literal["number", "choice", "yesno", "text", "auto"]
+AnswerKind = Literal["number", "choice", "yesno", "text", "json", "auto"]
 ANSWER_KINDS: tuple[str, ...] = get_args(AnswerKind)
 
 _NORMALIZERS: Mapping[str, Normalizer] = MappingProxyType(
@@ -126,6 +127,7 @@ _NORMALIZERS: Mapping[str, Normalizer] = MappingProxyType(
         "choice": normalize_choice,
         "yesno": normalize_yesno,
         "text": normalize_text,
+        "json": canonical_json,
         "auto": normalize_auto,
     }
 )
@@ -157,6 +159,8 @@ def extract(
         return extract_yesno(text)
     if kind == "text":
         return extract_text(text)
+    if kind == "json":
+        return extract_json(text)
     return extract_auto(text)
 
 

@@ -93,37 +93,18 @@ def main() -> None:
     ap.add_argument("--accuracy", type=int, default=0, help="questions per dataset (0: skip accuracy)")
     ap.add_argument("--datasets", default="arith-1d,arc-easy")
     ap.add_argument("--max-tokens", type=int, default=128, help="per sample, for the accuracy runs")
+    ap.add_argument("--no-table", action="store_true", help="skip the quality/speed/RSS table (accuracy only)")
     args = ap.parse_args()
 
     from edgescale.devices.hardware import describe
-    from edgescale.evals.quality import kv_type_cost
-    from edgescale.models.catalog import resolve_model
-    from edgescale.runtime.kv_types import F16, parse_kv_type
-    from edgescale.runtime.llama_engine import LlamaCppEngine
 
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     cpu = describe(measure_load=False).cpu.model
     print(f"# CPU: {cpu}; {args.threads} threads; {STEPS} decode steps after a 100-token prompt")
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         print(f"\n## {model}")
-        print("| KV type | bytes/cell | top-1 vs f16 | max abs logit diff | perplexity x | k=1 tok/s (x f16) "
-              "| k=8 tok/s (x f16) | 8 queries tok/s (x f16) | peak RSS maj@8 x 512 |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        with LlamaCppEngine.load(resolve_model(model), n_threads=args.threads) as engine:
-            for name in types:
-                kv = parse_kv_type(name)
-                cost = kv_type_cost(engine, name) if kv.lossy else None
-                speeds = []
-                for fn in (lambda t: decode_tok_s(engine, t, 1), lambda t: decode_tok_s(engine, t, 8),
-                           lambda t: concurrent_tok_s(engine, t.name)):
-                    base = fn(F16)  # f16 right before, in the same process: a ratio on a noisy machine
-                    speeds.append((fn(kv), base))
-                rss = peak_rss_mb(model, name, args.threads)
-                quality = (f"{cost.top1:.3f} | {cost.max_abs_logit_diff:.2f} | {cost.ppl_ratio:.4f}" if cost
-                           else "1 | 0 | 1")
-                speed = " | ".join(f"{v:.0f} ({v / b:.2f}x)" for v, b in speeds)
-                print(f"| {name} | {engine.info.kv_bytes_per_cell(kv.k, kv.v):.0f} | {quality} | {speed} "
-                      f"| {rss:.0f} MB |", flush=True)
+        if not args.no_table:
+            table(model, types, args.threads)
         if args.accuracy:
             for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
                 print(f"\n{model} on {dataset}, {args.accuracy} questions, -n {args.max_tokens}: accuracy "
@@ -134,6 +115,32 @@ def main() -> None:
                                       for label, (a, lo, hi, tok) in acc.items())
                     print(f"  {name}: {cells}", flush=True)
 
+
+def table(model: str, types: list[str], threads: int) -> None:
+    """Quality against f16, decode speed as a ratio to f16 measured right before, peak RSS."""
+    from edgescale.evals.quality import kv_type_cost
+    from edgescale.models.catalog import resolve_model
+    from edgescale.runtime.kv_types import F16, parse_kv_type
+    from edgescale.runtime.llama_engine import LlamaCppEngine
+
+    print("| KV type | bytes/cell | top-1 vs f16 | max abs logit diff | perplexity x | k=1 tok/s (x f16) "
+          "| k=8 tok/s (x f16) | 8 queries tok/s (x f16) | peak RSS maj@8 x 512 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    with LlamaCppEngine.load(resolve_model(model), n_threads=threads) as engine:
+        for name in types:
+            kv = parse_kv_type(name)
+            cost = kv_type_cost(engine, name) if kv.lossy else None
+            speeds = []
+            for fn in (lambda t: decode_tok_s(engine, t, 1), lambda t: decode_tok_s(engine, t, 8),
+                       lambda t: concurrent_tok_s(engine, t.name)):
+                base = fn(F16)  # f16 right before, in the same process: a ratio on a noisy machine
+                speeds.append((fn(kv), base))
+            rss = peak_rss_mb(model, name, threads)
+            quality = (f"{cost.top1:.3f} | {cost.max_abs_logit_diff:.2f} | {cost.ppl_ratio:.4f}" if cost
+                       else "1 | 0 | 1")
+            speed = " | ".join(f"{v:.0f} ({v / b:.2f}x)" for v, b in speeds)
+            print(f"| {name} | {engine.info.kv_bytes_per_cell(kv.k, kv.v):.0f} | {quality} | {speed} "
+                  f"| {rss:.0f} MB |", flush=True)
 
 if __name__ == "__main__":
     main()

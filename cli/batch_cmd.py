@@ -26,7 +26,7 @@ import typer
 
 from edgescale.batch import Line, answered_lines, input_lines, submit_line
 from edgescale.cli import options as opt
-from edgescale.cli.common import backends, interrupts_deferred, notify, print_json
+from edgescale.cli.common import backends, interrupts_deferred, notify, output_constraint, print_json
 
 BULK_PREFILL_CHUNK = 256  # prompt tokens a step reads per query while no line has a deadline (docs/BENCHMARKS.md)
 RESUME = typer.Option(None, "--resume", help="Output file of an interrupted run: skip the input lines it "
@@ -66,6 +66,10 @@ def batch(
     kv_layout: str = opt.KV_LAYOUT,
     deterministic: bool = opt.DETERMINISTIC,
     kv_type: str = opt.KV_TYPE,
+    json_schema: Optional[str] = opt.JSON_SCHEMA,
+    regex: Optional[str] = opt.REGEX,
+    choices: Optional[str] = opt.CHOICES,
+    grammar: Optional[str] = opt.GRAMMAR,
 ) -> None:
     """Answer JSONL queries from stdin, one JSON result per line on stdout, in input order."""
     from edgescale.api import Runtime, RuntimeSpec
@@ -75,7 +79,7 @@ def batch(
     defaults: dict[str, Any] = dict(
         strategy=strategy, samples=samples, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         max_tokens=max_tokens, seed=seed, answer=answer, stop=(), system=system, raw=raw, deadline=deadline,
-        memory=memory,
+        memory=memory, response_format=output_constraint(json_schema, regex, choices, grammar),
     )
     settings = ask_settings(**defaults, names=CLI_NAMES)  # bad defaults fail before the model loads
     skip = answered_lines(resume) if resume is not None else 0

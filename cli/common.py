@@ -15,6 +15,7 @@ from edgescale.errors import UsageError
 
 if TYPE_CHECKING:
     from edgescale.runtime.backends import BackendRegistry
+    from edgescale.runtime.constraints import Constraint
 
 
 def print_json(obj: Any, stream: TextIO | None = None) -> None:
@@ -67,3 +68,34 @@ def interrupts_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if held:
             raise KeyboardInterrupt
+
+
+def output_constraint(json_schema: str | None, regex: str | None, choices: str | None,
+                      grammar: str | None) -> Constraint | None:
+    """The output constraint of --json-schema FILE|JSON, --regex, --choices or --grammar FILE
+    (at most one), checked: a bad one is a one-line UsageError naming the flag."""
+    from edgescale.runtime.constraints import parse_constraint
+
+    given = {k: v for k, v in (("--json-schema", json_schema), ("--regex", regex), ("--choices", choices),
+                               ("--grammar", grammar)) if v is not None}
+    if len(given) > 1:
+        raise UsageError(f"give one output constraint, not {' and '.join(given)}")
+    if json_schema is not None:
+        text = json_schema if json_schema.lstrip().startswith("{") else _read_file(json_schema, "--json-schema")
+        return parse_constraint("json_schema", text, where="--json-schema")
+    if regex is not None:
+        return parse_constraint("regex", regex, where="--regex")
+    if choices is not None:
+        return parse_constraint("choices", choices, where="--choices")
+    if grammar is not None:
+        return parse_constraint("grammar", _read_file(grammar, "--grammar"), where="--grammar")
+    return None
+
+
+def _read_file(path: str, flag: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"{flag}: cannot read {path}: {reason}") from None

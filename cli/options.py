@@ -29,7 +29,15 @@ THREADS = typer.Option(None, "--threads", envvar="EDGESCALE_THREADS",
                        help="CPU threads (default: the cores free right now; at most the cores there are).")
 GPU_LAYERS = typer.Option(None, "--gpu-layers",
                           help="Layers to offload to the GPU (default: as many as fit; 0 on CPU-only builds).")
-ANSWER = typer.Option("auto", "--answer", help="Answer kind to extract and vote on: auto|number|choice|yesno|text.")
+ANSWER = typer.Option("auto", "--answer",
+                      help="Answer kind to extract and vote on: auto|number|choice|yesno|text|json; number:tail, "
+                           "choice:tail, yesno:tail reason freely, then decode the answer under its grammar.")
+JSON_SCHEMA = typer.Option(None, "--json-schema", metavar="FILE|JSON",
+                           help="Output must be JSON valid under this schema (a file, or the schema's JSON text).")
+REGEX = typer.Option(None, "--regex", help="Output must match this regular expression (in full).")
+CHOICES = typer.Option(None, "--choices", metavar="A,B,C", help="Output must be one of these comma-separated strings.")
+GRAMMAR = typer.Option(None, "--grammar", metavar="FILE",
+                       help="Output must match this grammar file (Lark or llama.cpp GBNF, as llguidance reads them).")
 STOP = typer.Option([], "--stop", help="Stop string (repeatable).")
 SYSTEM = typer.Option(None, "--system", help="System message.")
 RAW = typer.Option(False, "--raw", help="Send the prompt as is, without the model's chat template.")

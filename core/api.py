@@ -38,7 +38,7 @@ from edgescale.runtime.kv_types import F16, KvType
 from edgescale.scheduler.config import SchedulerConfig
 from edgescale.scheduler.loop import Scheduler
 from edgescale.scheduler.request import Request, plan_request
-from edgescale.settings import AskOptions, AskSettings, resolve_strategy
+from edgescale.settings import API_NAMES, AskOptions, AskSettings, answer_settings, resolve_strategy
 from edgescale.strategies.kv_choice import KvChoice
 from edgescale.strategies.planner import Budget, Plan
 from edgescale.strategies.result import Result
@@ -403,7 +403,7 @@ class Runtime:
         draw fewer samples than the strategy asks for to fit the context or the memory
         budget; it fails with :class:`BudgetInfeasible` saying what fits instead."""
         deadline = Deadline.after(budget.deadline_s if budget is not None else None, arrival)
-        opts = replace(options or AskOptions(), **overrides)
+        opts = replace(options or AskOptions(), **overrides_of(options, overrides))
         tokens = self.prompt_tokens(prompt, opts)
         budget = budget or Budget()
         strat = resolve_strategy(strategy, None, budgeted=deadline.bounded or budget.memory_bytes is not None)
@@ -434,9 +434,25 @@ class Runtime:
     def ask(self, prompt: Prompt, **kwargs: Any) -> Result:
         """Answer one prompt; the arguments are :meth:`request`'s: ``strategy`` (None: single, or
         auto when a budget is given), ``budget``, ``options`` or AskOptions fields as keywords
-        (max_tokens=..., seed=...), and ``on_step`` (called in the scheduler's thread after
-        every step of this query)."""
+        (max_tokens=..., seed=..., answer="number:tail"), ``response_format`` (structured output:
+        a JSON schema, regex, choices or grammar; see ``runtime.constraints.response_format_constraint``;
+        a Pydantic model class), and ``on_step`` (called in the scheduler's thread after every
+        step of this query)."""
         request = self.request(prompt, **kwargs)
         result = self.scheduler.submit(request).result()
         self._planned(request)  # (in the caller's thread: before the answer is printed)
         return result
+
+
+def overrides_of(options: AskOptions | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """AskOptions fields given as keywords, with ``answer`` (a kind, maybe ``:tail``) and
+    ``response_format`` turned into the answer kind, the constraint and the tail."""
+    if "answer" not in overrides and "response_format" not in overrides:
+        return overrides
+    out = dict(overrides)
+    base = options or AskOptions()
+    answer = out.pop("answer", base.answer)
+    kind, constraint, tail = answer_settings(answer, out.get("choices", base.choices),
+                                             out.pop("response_format", base.constraint), API_NAMES)
+    return {**out, "answer": kind, "constraint": constraint, "tail": tail if tail is not None else base.tail}
+

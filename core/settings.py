@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 from edgescale import limits
+from edgescale.answers.structured import TAIL_KINDS, answer_tail
 from edgescale.errors import UsageError
+from edgescale.runtime.constraints import Constraint, response_format_constraint
 from edgescale.strategies.generation import GenerationOptions
 from edgescale.strategies.planner import Budget
 from edgescale.strategies.spec import (
@@ -25,7 +27,7 @@ from edgescale.strategies.spec import (
     parse_strategy,
 )
 
-ANSWER_KINDS = ("auto", "number", "choice", "yesno", "text")
+ANSWER_KINDS = ("auto", "number", "choice", "yesno", "text", "json")
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|sec|m|min)?\s*$", re.IGNORECASE)
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 
@@ -124,9 +126,10 @@ def resolve_strategy(spec: str | Strategy | None, samples: int | None, *, budget
 
 # What each value is called where it came from (the rules are the same everywhere).
 API_NAMES = {k: k for k in ("samples", "max_tokens", "temperature", "seed", "top_k", "top_p", "min_p", "answer")}
-CLI_NAMES = {"samples": "--samples", "max_tokens": "--max-tokens", "temperature": "--temperature",
+CLI_NAMES = {"response_format": "--json-schema/--regex/--choices/--grammar",
+             "samples": "--samples", "max_tokens": "--max-tokens", "temperature": "--temperature",
              "seed": "--seed", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p", "answer": "--answer"}
-RECORD_NAMES = {**{k: f"field {k!r}" for k in API_NAMES}, "samples": "field 'k'"}
+RECORD_NAMES = {**{k: f"field {k!r}" for k in (*API_NAMES, "response_format")}, "samples": "field 'k'"}
 
 
 def _check_range(name: str, value: float | None, lo: float, hi: float) -> None:
@@ -152,6 +155,7 @@ def ask_settings(
     deadline: str | float | None = None,
     memory: str | int | None = None,
     choices: Sequence[str] = (),
+    response_format: Any = None,
     names: Mapping[str, str] = API_NAMES,
 ) -> AskSettings:
     """Validate every value and build the API objects. ``names``: what the values are
@@ -164,22 +168,41 @@ def ask_settings(
     _check_range(names["min_p"], min_p, 0.0, 1.0)
     if not 0.0 < top_p <= 1.0:
         raise UsageError(f"{names['top_p']} must be greater than 0 and at most 1, got {top_p:g}")
-    kind = answer.strip().lower()
-    if kind not in ANSWER_KINDS:
-        raise UsageError(f"bad {names['answer']} {answer!r}; choose one of: {', '.join(ANSWER_KINDS)}")
+    kind, constraint, tail = answer_settings(answer, choices, response_format, names)
     options = AskOptions(
         max_tokens=int(max_tokens), temperature=temperature, top_k=int(top_k), top_p=top_p, min_p=min_p,
         seed=int(seed), stop=tuple(stop), ignore_eos=bool(ignore_eos), system=system, chat=not raw, answer=kind,
-        choices=tuple(choices),
+        choices=tuple(choices), constraint=constraint, tail=tail,
     )
     budget = Budget(deadline_s=parse_duration(deadline), memory_bytes=parse_size(memory))
     budgeted = budget.deadline_s is not None or budget.memory_bytes is not None
     return AskSettings(resolve_strategy(strategy, samples, budgeted=budgeted), budget, options)
 
 
+def answer_settings(answer: str, choices: Sequence[str], response_format: Any,
+                    names: Mapping[str, str]) -> tuple[str, Constraint | None, Any]:
+    """The answer kind, the output constraint and the answer tail. ``answer`` is a kind,
+    optionally with its mode: ``number:tail`` (free reasoning, then a constrained answer) or
+    ``number:free``. A JSON constraint makes the kind ``json`` unless one is given."""
+    kind, _, mode = answer.strip().lower().partition(":")
+    if kind not in ANSWER_KINDS or mode not in ("", "free", "tail"):
+        raise UsageError(f"bad {names['answer']} {answer!r}; choose one of: {', '.join(ANSWER_KINDS)}, "
+                         f"optionally with :tail ({', '.join(k + ':tail' for k in TAIL_KINDS)})")
+    constraint = response_format_constraint(response_format, names.get("response_format", "response_format"))
+    if constraint is not None and constraint.is_json and kind == "auto":
+        kind = "json"
+    if mode != "tail":
+        return kind, constraint, None
+    if kind not in TAIL_KINDS:
+        raise UsageError(f"{names['answer']} {answer!r}: an answer tail needs the kind number, choice or yesno")
+    if constraint is not None:
+        raise UsageError(f"{names['answer']} {answer!r}: an answer tail and an output constraint cannot be combined")
+    return kind, None, answer_tail(kind, choices)
+
+
 # -- JSON records: a batch line or a request body over defaults --------------------------
 RECORD_FIELDS = ("id", "prompt", "question", "strategy", "k", "max_tokens", "temperature", "seed", "answer",
-                 "choices", "stop", "system", "deadline")
+                 "choices", "stop", "system", "deadline", "response_format")
 
 
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "a list",
@@ -225,6 +248,8 @@ def settings_from_record(record: Mapping[str, Any], defaults: Mapping[str, Any])
         fields["stop"] = _strings(record, "stop")
     if "choices" in record:
         fields["choices"] = _strings(record, "choices")
+    if record.get("response_format") is not None:
+        fields["response_format"] = typed_field(record, "response_format", (dict, str), None)
     fields["names"] = RECORD_NAMES
     return ask_settings(**fields)
 

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from edgescale.errors import ContextOverflow, UsageError
 from edgescale.models.info import ModelInfo
+from edgescale.runtime.constraints import Vocab
 from edgescale.runtime.kv_types import KvType
 
 Logits = npt.NDArray[np.float32]
@@ -196,6 +197,9 @@ class Engine(Protocol):
         (None: ``memory_layout``'s), its cache in ``kv_type`` (None: ``memory_layout.kv_type``)."""
 
     def weights_bytes(self) -> int: ...
+
+    def constraint_vocab(self) -> Vocab:
+        """The vocabulary as the constraint engine reads it (built on first use, then kept)."""
 
     def close(self) -> None: ...
 

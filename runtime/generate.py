@@ -18,6 +18,7 @@ import numpy as np
 
 from edgescale.deadline import Deadline
 from edgescale.errors import DecodeAborted, UsageError
+from edgescale.runtime.constrained import SampleConstraints
 from edgescale.runtime.detok import IncrementalText
 from edgescale.runtime.engine import DecodeSession, Engine, Feed, Logits
 from edgescale.runtime.samples import (
@@ -95,6 +96,9 @@ class BatchGenerator:
             if cfg not in made:
                 made[cfg] = make_sampler(cfg)
         self._samplers = [made[config.sampling_of(i)] for i in range(n_seqs)]
+        self._greedy = make_sampler(GREEDY)
+        self.constraints = (SampleConstraints(engine, config)
+                            if config.constraint is not None or config.tail is not None else None)
         self._rngs = [sequence_rng(config.seed + i) for i in range(n_seqs)]
         self._stop = tuple(s for s in config.stop if s)
         self._hold = max((len(s) for s in self._stop), default=1) - 1
@@ -174,6 +178,8 @@ class BatchGenerator:
             if st.started_at is not None:
                 continue
             st.started_at = self.now()
+            if self.constraints is not None:
+                self.constraints.start(i)
             self.live.append(i)
             self._rows[i] = self._prefill_row
 
@@ -186,6 +192,8 @@ class BatchGenerator:
         if index in self.live:
             self.live.remove(index)
             self._rows.pop(index, None)
+        if self.constraints is not None:
+            self.constraints.drop(index)
         self.session.remove(index)
 
     def _finish(self, st: SeqState, reason: FinishReason) -> None:
@@ -227,20 +235,29 @@ class BatchGenerator:
         cfg = self.config
         lse_cache: dict[int, tuple[float, float]] = {}
         assert self._scratch is not None
+        con = self.constraints
         for i in list(self.live):
             st = self.states[i]
             row = self._rows[i]
-            key = id(row)
-            cached = lse_cache.get(key)
-            if cached is None:
+            m = con.matcher(i) if con is not None else None
+            if m is not None:
+                row = m.mask(row)  # its own buffer: the row may be another sample's too
                 top = float(row.max())
-                cached = lse_cache[key] = (top, row_logsumexp(row, self._scratch, top))
-            top, lse = cached
-            tok = self._samplers[i](row, self._rngs[i], top)
+                lse = row_logsumexp(row, self._scratch, top)
+            else:
+                key = id(row)
+                cached = lse_cache.get(key)
+                if cached is None:
+                    top = float(row.max())
+                    cached = lse_cache[key] = (top, row_logsumexp(row, self._scratch, top))
+                top, lse = cached
+            tailing = st.tail_at is not None
+            tok = (self._greedy if tailing else self._samplers[i])(row, self._rngs[i], top)
             lp = float(row[tok]) - lse
             reason: FinishReason | None = None
-            if not cfg.ignore_eos and self.engine.is_eog(tok):
-                reason = "stop"
+            feed = [tok]
+            if self.engine.is_eog(tok) and (m is not None or not cfg.ignore_eos):
+                reason, feed = "stop", []
             else:
                 st.tokens.append(tok)
                 st.logprobs.append(lp)
@@ -248,15 +265,29 @@ class BatchGenerator:
                     st.confidences.append(token_confidence(row, lse, cfg.confidence_top_k))
                 reason = self._append_text(st, self.engine.token_bytes(tok))
                 st.ends.append(len(st._visible))
-                if reason is None and len(st.tokens) >= cfg.max_new_tokens:
+                if m is not None and not m.consume(tok):
+                    reason = "stop"
+                elif m is not None and m.stopped:
+                    reason = "stop"
+                limit = con.cap(st, cfg.max_new_tokens) if con is not None else cfg.max_new_tokens
+                if reason is None and len(st.tokens) >= limit:
                     reason = "length"
+            if reason is not None and con is not None and con.wants_tail(st):
+                lead = con.begin_tail(st)
+                self.stats.tail_tokens += len(lead)
+                st._visible += st._text.feed(con.lead_bytes)
+                reason, feed = None, feed + lead
+            elif reason is not None and m is not None:
+                st.valid = m.accepting and not m.failed
             if reason is not None:
                 self._finish(st, reason)
                 self.live.remove(i)
                 del self._rows[i]
+                if con is not None:
+                    con.drop(i)
                 self.session.remove(i)
             else:
-                feeds.append((i, [tok]))
+                feeds.append((i, feed))
             events.append(TokenEvent(i, tok, lp, self._take_delta(st), reason))
         if self.stats.first_token_s is None:
             self.stats.first_token_s = self.now()
@@ -290,7 +321,7 @@ class BatchGenerator:
             return None
         before = len(st._visible)
         st._visible += delta
-        if not self._stop:
+        if not self._stop or st.tail_at is not None:  # an answer tail is not cut by stop strings
             return None
         window_start = max(0, before - self._hold)
         hits = [st._visible.find(s, window_start) for s in self._stop]
@@ -326,14 +357,24 @@ class BatchGenerator:
         ``within_deadline`` a probe stops early when the deadline passes (its text
         so far is returned); a forced-answer probe at the deadline passes False.
         """
+        con = self.constraints
+        if con is not None and con.has_tail:
+            # the probe is the answer tail: its lead-in, then a constrained greedy answer
+            indices = [i for i in indices if self.states[i].tail_at is None]
+            cue_tokens, done = con.lead, None
         indices = [i for i in indices if i in self._rows][: self.probe_slots]
         if not indices or not cue_tokens:
             return []
+        matchers = con.probe_matchers(indices) if con is not None else {}
         self.own_rows()  # the rows are views into the backend's buffer, which the probe overwrites
         in_place = self.session.probes_in_place
         spares = {i: i if in_place else self.n_seqs + j for j, i in enumerate(indices)}
         held = {i: len(self.prompt) + len(self.states[i].tokens) for i in indices}  # each sample's cells
         texts = {i: IncrementalText() for i in indices}
+        if matchers:
+            assert con is not None
+            for t in texts.values():
+                t.feed(con.lead_bytes)
         counts = {i: len(cue_tokens) for i in indices}
         pick = make_sampler(GREEDY)
         try:
@@ -348,10 +389,13 @@ class BatchGenerator:
                 nxt: list[int] = []
                 feeds: list[tuple[int, list[int]]] = []
                 for n, i in enumerate(active):
-                    tok = pick(rows[n], self._rngs[i], 0.0)
+                    m = matchers.get(i)
+                    tok = pick(m.mask(rows[n]) if m is not None else rows[n], self._rngs[i], 0.0)
                     if self.engine.is_eog(tok):
                         continue
                     texts[i].feed(self.engine.token_bytes(tok))
+                    if m is not None and (not m.consume(tok) or m.stopped):
+                        continue
                     if done is not None and done(texts[i].text):
                         continue
                     nxt.append(i)
@@ -365,6 +409,8 @@ class BatchGenerator:
         except DecodeAborted:
             self.expired = True
         finally:
+            if con is not None:
+                con.account(list(matchers.values()))
             for i, s in spares.items():
                 if in_place:
                     self.session.truncate(i, held[i])
@@ -381,7 +427,16 @@ class BatchGenerator:
     # -- accounting --------------------------------------------------------------
     @property
     def generated_tokens(self) -> int:
-        return sum(len(s.tokens) for s in self.states)
+        """Tokens the samples decoded: theirs, and the lead-ins of their answer tails."""
+        return sum(len(s.tokens) for s in self.states) + self.stats.tail_tokens
+
+    @property
+    def mask_seconds(self) -> float:
+        """Time spent computing and applying constraint masks."""
+        if self.constraints is None:
+            return 0.0
+        self.constraints.account(list(self.constraints.matchers.values()))
+        return self.constraints.mask_seconds
 
     def kv_bytes_peak(self) -> int:
         return self.session.kv_bytes_peak()

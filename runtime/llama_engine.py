@@ -13,6 +13,7 @@ from edgescale.errors import UsageError
 from edgescale.models.info import ModelInfo, read_model_info
 from edgescale.runtime import _llama_ffi as ffi
 from edgescale.runtime.chat import ChatText
+from edgescale.runtime.constraints import Vocab, llama_vocab
 from edgescale.runtime.engine import MemoryLayout, check_session_shape
 from edgescale.runtime.kv_types import F16, KvType
 from edgescale.runtime.llama_session import LlamaSession
@@ -59,6 +60,7 @@ class LlamaCppEngine(ChatText):
         # planner's fixed cost (runtime.memory.memory_model).
         self.baseline_anon_bytes = process_rss() - mapped_file_rss(path)
         self.vocab = self.model
+        self._vocab: Vocab | None = None  # for constrained decoding, built when first asked for
         self.bos_text = self.model.token_text(info.bos_token_id) if info.bos_token_id is not None else ""
         self.eos_text = self.model.token_text(info.eos_token_id) if info.eos_token_id is not None else ""
 
@@ -145,6 +147,12 @@ class LlamaCppEngine(ChatText):
 
     def weights_bytes(self) -> int:
         return self.model.size_bytes()
+
+    def constraint_vocab(self) -> Vocab:
+        if self._vocab is None:
+            eog = [t for t in range(self.info.n_vocab) if self.is_eog(t)]
+            self._vocab = llama_vocab(self.model.vocab, self.info.n_vocab, eog)
+        return self._vocab
 
     def close(self) -> None:
         if self._ctx is not None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from edgescale.errors import BackendUnavailable, InvalidModelFile, UsageError
 from edgescale.models.info import ModelInfo
 from edgescale.runtime.chat import ChatText
+from edgescale.runtime.constraints import Vocab, hf_vocab
 from edgescale.runtime.engine import MemoryLayout, check_session_shape
 from edgescale.runtime.kv_types import KvType
 from edgescale.runtime.onnx_config import OnnxModelConfig
@@ -79,6 +80,7 @@ class OnnxEngine(ChatText):
         self.ort_session = ort_session
         self.tokenizer = tokenizer
         self.vocab = tokenizer
+        self._vocab: Vocab | None = None  # for constrained decoding, built when first asked for
         self.bos_text, self.eos_text = config.bos_token, config.eos_token
         self.n_threads = n_threads
         self.providers = providers
@@ -194,6 +196,11 @@ class OnnxEngine(ChatText):
         check_session_shape(self.info, n_seqs, n_cells)
         return OnnxSession(self.config, self.info, self.ort_session, n_seqs=n_seqs, n_cells=n_cells,
                            batch_invariant=self.batch_invariant)
+
+    def constraint_vocab(self) -> Vocab:
+        if self._vocab is None:
+            self._vocab = hf_vocab(self.tokenizer.json(), self.config.n_vocab, sorted(self.tokenizer.eog_ids))
+        return self._vocab
 
     def weights_bytes(self) -> int:
         return self.info.file_size

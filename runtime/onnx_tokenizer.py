@@ -97,6 +97,10 @@ class OnnxTokenizer:
             return bytes([int(m.group(1), 16)])
         return text.replace("\u2581", " ").encode("utf-8")
 
+    def json(self) -> str:
+        """The tokenizer as ``tokenizer.json`` text (what llguidance reads)."""
+        return str(self._tok.to_str())
+
     def token_text(self, token: int) -> str:
         return self._tok.id_to_token(token) or ""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edgescale.runtime.constraints import AnswerTail, Constraint
 from edgescale.runtime.detok import IncrementalText
 from edgescale.runtime.sampling import SamplingConfig
 
@@ -40,6 +41,10 @@ class GenerationConfig:
     # DeepConf's token confidence (strategies.confidence): minus the mean model log-probability
     # of the top ``confidence_top_k`` candidates at each step, kept per sample (0: not computed)
     confidence_top_k: int = 0
+    # every token of every sample matches this (runtime.constraints); None: free text
+    constraint: Constraint | None = None
+    # free reasoning, then a constrained answer (runtime.constraints.AnswerTail); None: none
+    tail: AnswerTail | None = None
 
     def sampling_of(self, index: int) -> SamplingConfig:
         return next((cfg for i, cfg in self.sampling_overrides if i == index), self.sampling)
@@ -56,6 +61,9 @@ class SeqState:
     confidences: list[float] = field(default_factory=list)  # per token, when the config asks for them
     ends: list[int] = field(default_factory=list)  # text length after each token
     finish_reason: FinishReason | None = None
+    # under a constraint: whether the text is a complete match (None: unconstrained)
+    valid: bool | None = None
+    tail_at: int | None = None  # len(tokens) when its answer tail began (None: not begun)
     finished_step: int | None = None
     started_at: float | None = None  # seconds since the generator started
     finished_at: float | None = None
@@ -97,3 +105,5 @@ class GenerationStats:
     decode_steps: int = 0
     probe_tokens: int = 0
     probes: int = 0
+    tail_tokens: int = 0  # answer lead-in tokens fed to samples (their answers are sample tokens)
+    mask_s: float = 0.0  # computing and applying constraint masks

@@ -3,6 +3,7 @@ probes, the decision and the stats."""
 
 from __future__ import annotations
 
+from edgescale.answers.structured import schema_errors
 from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import BatchGenerator, GenerationStats
 from edgescale.runtime.memory import peak_rss_bytes
@@ -31,6 +32,7 @@ def _samples(gen: BatchGenerator, book: AnswerBook, window: int) -> tuple[Sample
                 answer_logprob=answer_logprob(st, book),
                 finished_at_s=st.finished_at,
                 confidence=trace_score(st, window),
+                valid=st.valid,
             )
         )
     return tuple(out)
@@ -69,9 +71,13 @@ def build_result(
         cancelled_tokens=sum(s.n_tokens for s in samples if s.finish_reason in cut),
         cached_prompt_tokens=gen.stats.cached_prompt_tokens,
         queue_s=queue_s,
+        mask_s=gen.mask_seconds,
     )
     winner = decision.winner
     text = gen.states[winner].text if winner is not None else ""
+    if query.answer_kind == "json" and decision.answer is not None and (
+            winner is None or book.value(gen.states[winner]) != decision.answer):
+        text = decision.answer  # a per-field vote assembled an object no sample wrote whole
     outcome = ctl.outcome
     return Result(
         answer=decision.answer,
@@ -88,7 +94,21 @@ def build_result(
         plan=query.plan,
         outcome=outcome,
         skipped=decision.skipped,
+        valid=output_valid(gen, winner, decision.answer),
     )
+
+
+def output_valid(gen: BatchGenerator, winner: int | None, answer: str | None) -> bool | None:
+    """Under an output constraint: the winner's text is a complete match, and JSON output (the
+    answer: the winner's, or the per-field vote's) is an instance of its schema, checked
+    again here (jsonschema) before anyone prints it. None: no constraint."""
+    constraint = gen.config.constraint
+    if constraint is None:
+        return None
+    if winner is None or not gen.states[winner].valid:
+        return False
+    schema = constraint.schema
+    return schema is None or answer is None or schema_errors(answer, schema) is None
 
 
 def empty_result(engine: Engine, query: Query, wall_s: float, gen_stats: GenerationStats | None = None,

@@ -10,7 +10,10 @@ Test-time compute fields (top level, what the ``openai`` client sends with
 ``extra_body``): ``strategy`` (a CLI spec: ``maj@8``, ``short-2@8``, ``auto``...),
 ``deadline_ms`` (wall clock from arrival), ``answer`` (kind), ``seed``, the
 sampling extras ``top_k`` and ``min_p``, and ``ignore_eos`` (samples run to
-``max_tokens`` or a stop string, as llama-server's field: for load tests). ``n`` keeps its OpenAI meaning: n
+``max_tokens`` or a stop string, as llama-server's field: for load tests). ``response_format``
+is OpenAI's (``json_object``, ``json_schema``), plus edgescale's ``regex``, ``choices`` and
+``grammar`` types (``runtime.constraints.response_format_constraint``); ``edgescale.valid``
+says whether the output is complete and valid under it. ``n`` keeps its OpenAI meaning: n
 choices sampled from one shared read of the prompt (they are the samples of a
 ``maj@n`` query, so the response also carries their vote).
 
@@ -38,15 +41,15 @@ FINISH_REASONS = ("stop", "length", "deadline", "cancelled")
 # What our error messages call each setting: the JSON fields of the body.
 NAMES = {"samples": "field 'n'", "max_tokens": "field 'max_tokens'", "temperature": "field 'temperature'",
          "seed": "field 'seed'", "top_k": "field 'top_k'", "top_p": "field 'top_p'", "min_p": "field 'min_p'",
-         "answer": "field 'answer'"}
+         "answer": "field 'answer'", "response_format": "field 'response_format'"}
 
 COMMON = ("model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
-          "strategy", "deadline_ms", "answer", "top_k", "min_p", "ignore_eos")
+          "strategy", "deadline_ms", "answer", "top_k", "min_p", "ignore_eos", "response_format")
 # OpenAI fields accepted at their neutral value only (what many clients send by default)
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False, None),
     "logit_bias": ({},), "echo": (False,), "best_of": (1,), "suffix": ("",), "parallel_tool_calls": (True, False),
-    "tools": ([],), "tool_choice": ("none",), "response_format": ({"type": "text"},),
+    "tools": ([],), "tool_choice": ("none",),
 }
 IGNORED = ("user", "metadata", "store", "service_tier")  # bookkeeping fields with no effect on the answer
 CHAT_FIELDS = (*COMMON, "messages", "max_completion_tokens")
@@ -252,10 +255,10 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
             max_tokens=max_tokens, seed=_get(body, "seed", int, defaults.seed),
             answer=_get(body, "answer", str, defaults.answer), stop=[s for s in stops if s],
             ignore_eos=_get(body, "ignore_eos", bool, False),
-            raw=not chat, deadline=deadline_s, names=NAMES,
+            raw=not chat, deadline=deadline_s, names=NAMES, response_format=body.get("response_format"),
         )
     except EdgescaleError as exc:
-        raise _bad(str(exc)) from None
+        raise _bad(str(exc), param="response_format" if "response_format" in str(exc) else None) from None
     refusal = limits_.samples_refusal(samples_of(settings.strategy), f"strategy {settings.strategy.spec()!r}",
                                       "strategy")
     if refusal is not None:
@@ -304,7 +307,7 @@ def edgescale_fields(result: Result) -> dict[str, Any]:
         "prompt_tokens_read": s.prompt_tokens - s.cached_prompt_tokens,
         "prompt_tokens_cached": s.cached_prompt_tokens,
         "wall_ms": round(s.wall_s * 1000, 1), "queue_ms": round(s.queue_s * 1000, 1),
-        "plan": _plan(result),
+        "plan": _plan(result), "valid": result.valid,
     }
 
 

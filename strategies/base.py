@@ -31,7 +31,9 @@ class AnswerBook:
 
     def of(self, st: SeqState) -> Extracted | None:
         if st.index not in self._cache:
-            self._cache[st.index] = extract(st.text, self.kind, choices=self.choices or None)  # type: ignore[arg-type]
+            # a sample that broke off inside its constraint has no answer (its text is not valid)
+            self._cache[st.index] = (None if st.valid is False else
+                                     extract(st.text, self.kind, choices=self.choices or None))  # type: ignore[arg-type]
         return self._cache[st.index]
 
     def value(self, st: SeqState) -> str | None:

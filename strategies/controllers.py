@@ -40,7 +40,7 @@ def build_controller(
         return MajorityController(k=1)
     conf = confidence_of(strategy)
     if isinstance(strategy, Majority):
-        return MajorityController(k=strategy.k, confidence=conf)
+        return MajorityController(k=strategy.k, confidence=conf, fields=strategy.vote == "fields")
     if isinstance(strategy, Confidence):
         return ConfidenceController(strategy)
     if isinstance(strategy, FirstFinish):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgescale import limits
+from edgescale.runtime.constraints import AnswerTail, Constraint
 from edgescale.runtime.generate import GenerationConfig
 from edgescale.runtime.sampling import SamplingConfig
 from edgescale.strategies.spec import Escalate, Single, Strategy, confidence_of, draws_one_sample, spec_temperature
@@ -30,6 +31,8 @@ class GenerationOptions:
     seed: int = limits.DEFAULT_SEED
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # samples run to max_tokens (or a stop string): load tests, benchmarks
+    constraint: Constraint | None = None  # every sample's whole output matches it (structured output)
+    tail: AnswerTail | None = None  # free reasoning, then a constrained answer (--answer number:tail)
 
     def sampling_for(self, strategy: Strategy) -> SamplingConfig:
         temp = self.temperature  # --temperature, when given, holds for every strategy
@@ -50,4 +53,5 @@ def generation_config(strategy: Strategy, options: GenerationOptions, max_new_to
     conf = confidence_of(strategy)
     return GenerationConfig(max_new_tokens=max_new_tokens, stop=options.stop, sampling=sampling, seed=options.seed,
                             ignore_eos=options.ignore_eos, sampling_overrides=overrides,
-                            confidence_top_k=conf.topk if conf is not None else 0)
+                            confidence_top_k=conf.topk if conf is not None else 0, constraint=options.constraint,
+                            tail=options.tail)

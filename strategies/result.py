@@ -26,6 +26,7 @@ class Sample:
     answer_logprob: float | None  # mean over the tokens of the answer span (self-certainty)
     finished_at_s: float | None
     confidence: float | None = None  # DeepConf's trace score (lowest window confidence), when computed
+    valid: bool | None = None  # under a constraint: the text is a complete match (None: unconstrained)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Stats:
     cancelled_tokens: int = 0  # tokens of samples the strategy cut short (already spent, in generated_tokens)
     cached_prompt_tokens: int = 0  # of prompt_tokens, served from the prefix cache instead of read
     queue_s: float = 0.0  # of wall_s, waiting for room in a shared decode loop
+    mask_s: float = 0.0  # computing and applying output-constraint masks
 
     @property
     def total_tokens(self) -> int:
@@ -70,6 +72,9 @@ class Result:
     # samples that finished without an extractable answer and so did not count as finishers
     # (ffs / short-m@k with rule=answered)
     skipped: tuple[int, ...] = ()
+    # under an output constraint (structured output): the answer is complete and valid
+    # (JSON: an instance of its schema); None: no constraint
+    valid: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,7 +1,7 @@
 """Strategy spec strings: one syntax for the CLI and the API.
 
     single                      one sample (greedy by default)
-    maj@8[:vote=count|conf,temp=T]  self-consistency: 8 samples, majority vote
+    maj@8[:vote=count|conf|fields,temp=T]  self-consistency: 8 samples, majority vote
     ffs@8[:rule=answered|any]   first finish search: first finished sample wins
     short-3@8[:rule=answered|any]  stop when 3 of 8 have finished, vote among them
     best@8                      8 samples, highest self-certainty answer wins
@@ -15,7 +15,8 @@
 ``rule`` of ffs and short-m@k: ``answered`` (the default) counts only finished samples
 whose answer can be extracted as finishers; ``any`` is the papers' rule (every sample
 that stops finishes). ``maj@8:vote=conf`` and ``adaptive:...,vote=conf`` decide by
-DeepConf's confidence-weighted vote instead of counting. ``temp`` (maj, conf,
+DeepConf's confidence-weighted vote instead of counting; ``maj@8:vote=fields`` (JSON
+answers) gives each top-level field its own majority. ``temp`` (maj, conf,
 adaptive: ``maj@8:temp=0.5``) is the samples' temperature, in (0, 2], so strategies at
 different temperatures compare in one run; ``--temperature``, when given, overrides it;
 unset, the multi-sample default (0.8) applies.
@@ -31,7 +32,7 @@ from edgescale import limits
 from edgescale.errors import InvalidSpec, UsageError
 
 VALID_FORMS = (
-    "single, maj@K[:vote=count|conf,temp=T], ffs@K[:rule=answered|any], short-M@K[:rule=answered|any], best@K, "
+    "single, maj@K[:vote=count|conf|fields,temp=T], ffs@K[:rule=answered|any], short-M@K[:rule=answered|any], best@K, "
     "conf@K[:keep=0.9,window=16,topk=5,online=0|1,warmup=4,consensus=0.95,temp=T], "
     "adaptive[:max=16,conf=0.8,wave=2,rule=beta|esc,window=4,vote=count|conf,refill=lazy|eager,temp=0.4], "
     "early-exit[:every=32,window=2,k=1,probe=20], auto[:policy=NAME]"
@@ -271,9 +272,10 @@ def _params(spec: str, types: dict[str, type], text: str) -> dict[str, Any]:
     return out
 
 
-def _vote(spec: str, vote: str) -> str:
-    if vote not in VOTES:
-        raise _fail(spec, f"vote must be {' or '.join(VOTES)}")
+def _vote(spec: str, vote: str, *, fields: bool = False) -> str:
+    allowed = (*VOTES, "fields") if fields else VOTES
+    if vote not in allowed:
+        raise _fail(spec, f"vote must be {' or '.join(allowed)}")
     return vote
 
 
@@ -365,7 +367,7 @@ def parse_strategy(spec: str, *, default_k: int = limits.DEFAULT_K) -> Strategy:
             kind = m.group(1)
             if kind in ("maj", "majority", "sc"):
                 params = _params(spec, _VOTE_PARAM_TYPES, tail)
-                return Majority(k, vote=_vote(spec, params.get("vote", "count")),
+                return Majority(k, vote=_vote(spec, params.get("vote", "count"), fields=True),
                                 temp=_check_temp(spec, params.get("temp")))
             if kind == "conf":
                 params = {"warmup": min(Confidence.warmup, k), **_params(spec, _CONF_PARAM_TYPES, tail)}

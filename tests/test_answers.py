@@ -137,7 +137,7 @@ def test_unknown_kind_is_a_usage_error() -> None:
 
 
 def test_answer_kinds_lists_every_kind() -> None:
-    assert ANSWER_KINDS == ("number", "choice", "yesno", "text", "auto")
+    assert ANSWER_KINDS == ("number", "choice", "yesno", "text", "json", "auto")
 
 
 # --------------------------------------------------------------------------
@@ -437,6 +437,7 @@ VALUES = {
     "choice": st.sampled_from(["A", "B", "(C)", "d"]),
     "yesno": st.sampled_from(["yes", "No", "true", "FALSE"]),
     "text": st.sampled_from(["Paris", "the Eiffel Tower", "-2 + 7i", "3, 5, 7", "a red car"]),
+    "json": st.sampled_from(['{"a": 1}', '[1, 2.0]', '{"b": "x", "a": {"c": 2.0}}', '"text"', "7"]),
 }
 VALUES["auto"] = st.one_of(VALUES["number"], VALUES["text"])
 
