@@ -7,12 +7,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from edgescale.cli import options as opt
-from edgescale.cli.common import print_json
+from edgescale.cli.common import output_constraint, print_json
 from edgescale.errors import UsageError
 from edgescale.settings import parse_duration, parse_size
 
@@ -66,6 +66,13 @@ def bench(
     kv_layout: str = opt.KV_LAYOUT,
     deterministic: bool = opt.DETERMINISTIC,
     kv_type: str = opt.KV_TYPE,
+    answer_mode: str = typer.Option("free", "--answer-mode",
+                                    help="free, or tail: samples reason freely, then decode their answer under the "
+                                         "question kind's grammar (number, choice letter, yes/no)."),
+    json_schema: Optional[str] = opt.JSON_SCHEMA,
+    regex: Optional[str] = opt.REGEX,
+    choices: Optional[str] = opt.CHOICES,
+    grammar: Optional[str] = opt.GRAMMAR,
 ) -> None:
     """Run strategies on benchmark questions, interleaved per question; report accuracy (95% CI),
     tokens, wall time and memory per strategy, with ratios to maj@k."""
@@ -81,8 +88,10 @@ def bench(
         model=model, backend=backend, threads=threads, max_tokens=max_tokens, seed=seed,
         prompt_style=prompt_style, shots=shots, raw=raw, stop=tuple(stop), deadline_s=parse_duration(deadline),
         memory_bytes=parse_size(memory), out=out, parallel=parallel, policy=policy, kv_layout=kv_layout,
-        deterministic=deterministic, kv_type=kv_type,
+        deterministic=deterministic, kv_type=kv_type, answer_mode=answer_mode,
+        constraint=output_constraint(json_schema, regex, choices, grammar),
     )
+    config.check()
     if out is not None:
         from edgescale.evals.plots import require_matplotlib
 

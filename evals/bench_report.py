@@ -34,6 +34,7 @@ class StrategyRow:
     wall_mean_s: float
     peak_rss_bytes: int
     peak_kv_bytes: int
+    no_answer: float = math.nan  # share of the samples that ran to their end (stop, length) with no answer
     tokens_vs_ref: float | None = None  # mean tokens / reference's mean tokens
     wall_vs_ref: float | None = None
     acc_vs_ref: PairedDiff | None = None  # accuracy minus the reference's, same questions
@@ -59,7 +60,15 @@ def _row(label: str, spec: str, records: Sequence[Mapping[str, Any]]) -> Strateg
         wall_p50_s=percentile(walls, 50), wall_p95_s=percentile(walls, 95), wall_mean_s=mean(walls),
         peak_rss_bytes=max((int(r.get("rss_peak_bytes") or 0) for r in records), default=0),
         peak_kv_bytes=max((int(s["peak_kv_bytes"]) for s in stats), default=0),
+        no_answer=no_answer_share(records),
     )
+
+
+def no_answer_share(records: Sequence[Mapping[str, Any]]) -> float:
+    """Of the samples that ran to their end (stop or length), the share with no answer:
+    the ones that cannot vote."""
+    ended = [s for r in records for s in r["result"]["samples"] if s["finish_reason"] in ("stop", "length")]
+    return sum(s["answer"] is None for s in ended) / len(ended) if ended else math.nan
 
 
 def reference_label(specs: Mapping[str, str]) -> str | None:
@@ -106,7 +115,7 @@ def _cells(row: StrategyRow, has_ref: bool) -> list[str]:
     cells = [
         row.label, str(row.n), f"{_pct(row.accuracy)} [{_pct(row.ci.low)}, {_pct(row.ci.high)}]",
         f"{row.tokens_per_query:.1f}", f"{row.wall_p50_s:.2f}", f"{row.wall_p95_s:.2f}",
-        f"{row.peak_rss_bytes / MB:.0f}", f"{row.peak_kv_bytes / MB:.1f}",
+        f"{row.peak_rss_bytes / MB:.0f}", f"{row.peak_kv_bytes / MB:.1f}", _pct(row.no_answer),
     ]
     if has_ref:
         d = row.acc_vs_ref
@@ -122,7 +131,7 @@ def _times(x: float | None) -> str:
 
 def headers(has_ref: bool, ref: str | None = None) -> list[str]:
     cols = ["strategy", "n", "accuracy % [95% CI]", "tokens/query", "wall p50 s", "wall p95 s",
-            "peak RSS MB", "peak KV MB"]
+            "peak RSS MB", "peak KV MB", "no answer %"]
     if has_ref:
         cols += [f"tokens vs {ref}", f"wall vs {ref}", f"acc - {ref} (pts) [95% CI]"]
     return cols

@@ -35,6 +35,7 @@ class SampleConstraints:
         self.matchers: dict[int, Matcher] = {}
         self.mask_seconds = 0.0
         self.masks = 0
+        self.checks = 0
 
     @property
     def has_tail(self) -> bool:
@@ -72,7 +73,8 @@ class SampleConstraints:
         for m in matchers:
             self.mask_seconds += m.mask_seconds
             self.masks += m.masks
-            m.mask_seconds, m.masks = 0.0, 0
+            self.checks += m.checks
+            m.mask_seconds, m.masks, m.checks = 0.0, 0, 0
 
     def drop(self, index: int) -> None:
         m = self.matchers.pop(index, None)

@@ -180,9 +180,13 @@ class Vocab:
 def llama_vocab(vocab_ptr: Any, n_vocab: int, eog: Sequence[int]) -> Vocab:
     """The vocabulary of a llama.cpp model (its ``llama_vocab`` pointer)."""
     _llguidance()
+    import warnings
+
     from llguidance.llamacpp import lltokenizer_from_vocab
 
-    return Vocab(lltokenizer_from_vocab(vocab_ptr, n_vocab=n_vocab, eos_token=list(eog)), n_vocab)
+    with warnings.catch_warnings():  # it reads token attributes through a binding llama-cpp-python deprecates
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return Vocab(lltokenizer_from_vocab(vocab_ptr, n_vocab=n_vocab, eos_token=list(eog)), n_vocab)
 
 
 def hf_vocab(tokenizer_json: str, n_vocab: int, eog: Sequence[int]) -> Vocab:
@@ -201,8 +205,9 @@ class Matcher:
         self._m = matcher
         self._bits = np.zeros(vocab.words, dtype=np.int32)
         self._out: npt.NDArray[np.float32] | None = None
-        self.mask_seconds = 0.0  # time spent computing and applying masks (bench/structured.py reads it)
-        self.masks = 0
+        self.mask_seconds = 0.0  # time in checks and masks (bench/structured.py reads it)
+        self.masks = 0  # full-vocabulary masks computed
+        self.checks = 0  # single tokens checked
 
     def clone(self) -> Matcher:
         return Matcher(self.vocab, self._m.deep_copy())
@@ -220,6 +225,15 @@ class Matcher:
         self.mask_seconds += time.perf_counter() - t0
         self.masks += 1
         return out
+
+    def allows(self, token: int) -> bool:
+        """Whether ``token`` may come next (a check of one token: microseconds, where a mask
+        over the vocabulary takes ~100)."""
+        t0 = time.perf_counter()
+        ok = self._m.validate_tokens([token]) == 1
+        self.mask_seconds += time.perf_counter() - t0
+        self.checks += 1
+        return ok
 
     def consume(self, token: int) -> bool:
         """Advance by ``token``; False when the constraint does not allow it (the matcher

@@ -240,20 +240,20 @@ class BatchGenerator:
             st = self.states[i]
             row = self._rows[i]
             m = con.matcher(i) if con is not None else None
-            if m is not None:
-                row = m.mask(row)  # its own buffer: the row may be another sample's too
+            key = id(row)
+            cached = lse_cache.get(key)
+            if cached is None:
                 top = float(row.max())
-                lse = row_logsumexp(row, self._scratch, top)
-            else:
-                key = id(row)
-                cached = lse_cache.get(key)
-                if cached is None:
-                    top = float(row.max())
-                    cached = lse_cache[key] = (top, row_logsumexp(row, self._scratch, top))
-                top, lse = cached
-            tailing = st.tail_at is not None
-            tok = (self._greedy if tailing else self._samplers[i])(row, self._rngs[i], top)
-            lp = float(row[tok]) - lse
+                cached = lse_cache[key] = (top, row_logsumexp(row, self._scratch, top))
+            top, lse = cached
+            sampler = self._greedy if st.tail_at is not None else self._samplers[i]
+            tok = sampler(row, self._rngs[i], top)
+            if m is not None and not m.allows(tok):
+                # llama.cpp's order: the token drawn from the model's row stands when the constraint
+                # allows it (a check of a few us); else the row is masked and drawn from again
+                masked = m.mask(row)  # its own buffer: the row may be another sample's too
+                tok = sampler(masked, self._rngs[i], float(masked.max()))
+            lp = float(row[tok]) - lse  # the model's log-probability, constrained or not
             reason: FinishReason | None = None
             feed = [tok]
             if self.engine.is_eog(tok) and (m is not None or not cfg.ignore_eos):

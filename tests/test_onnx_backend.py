@@ -530,3 +530,31 @@ def test_auto_on_onnx_keeps_its_own_type(onnx_engine) -> None:  # type: ignore[n
     assert choice.kv_type.name == "f32" and rt.scheduler_config.kv_type == choice.kv_type
     with pytest.raises(UsageError, match="llama.cpp backend"):
         Runtime(onnx_engine, "onnx").use_kv_type("q8_0")
+
+
+def test_constrained_output_on_onnx(onnx_engine: OnnxEngine) -> None:
+    """The same constraints hold on ONNX Runtime (its tokenizer.json read by llguidance)."""
+    import json
+    import re
+
+    from edgescale.runtime.constraints import AnswerTail, parse_constraint
+    from edgescale.runtime.generate import BatchGenerator, GenerationConfig
+    from edgescale.runtime.sampling import SamplingConfig
+
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10},
+              "age": {"type": "integer"}}, "required": ["name", "age"], "additionalProperties": False}
+    prompt = onnx_engine.format_prompt("Describe a person as JSON.")
+    cfg = GenerationConfig(max_new_tokens=60, sampling=SamplingConfig(temperature=0.8),
+                           constraint=parse_constraint("json_schema", schema))
+    with BatchGenerator(onnx_engine, prompt, cfg, n_seqs=4) as gen:
+        while gen.live:
+            gen.step()
+    for st in gen.states:
+        assert st.finish_reason == "stop" and st.valid is True
+        assert set(json.loads(st.text)) == {"name", "age"}
+    tail = AnswerTail(parse_constraint("regex", r" ?[0-9]+"))
+    cfg = GenerationConfig(max_new_tokens=30, sampling=SamplingConfig(temperature=0.8), tail=tail)
+    with BatchGenerator(onnx_engine, onnx_engine.format_prompt("What is 3 + 4?"), cfg, n_seqs=2) as gen:
+        while gen.live:
+            gen.step()
+    assert all(re.search(r"The answer is ?[0-9]+$", st.text) for st in gen.states), [s.text for s in gen.states]

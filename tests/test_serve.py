@@ -337,6 +337,51 @@ def test_openai_errors_reach_the_client(client: OpenAI) -> None:
                                        n=2, extra_body={"strategy": "maj@4"})
 
 
+def test_response_format_through_the_openai_client(client: OpenAI) -> None:
+    """json_object, a strict json_schema and a Pydantic model (the client's parse()), as the
+    client sends them; the output is valid JSON under the schema."""
+    import jsonschema
+    from pydantic import BaseModel
+
+    ask = [{"role": "user", "content": "Describe a city as JSON."}]
+    r = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=80,
+                                       response_format={"type": "json_object"})
+    assert isinstance(json.loads(r.choices[0].message.content or ""), dict)
+    assert r.choices[0].finish_reason == "stop" and (r.model_extra or {})["edgescale"]["valid"] is True
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+              "population": {"type": "integer", "minimum": 0}}, "required": ["city", "population"],
+              "additionalProperties": False}
+    r = client.chat.completions.create(
+        model=MODEL, messages=ask, max_tokens=80, extra_body={"strategy": "maj@4"},
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}})
+    jsonschema.validate(json.loads(r.choices[0].message.content or ""), schema)
+    assert (r.model_extra or {})["edgescale"]["valid"] is True
+
+    class City(BaseModel):
+        name: str
+        country: str
+        population: int
+
+    parsed = client.chat.completions.parse(model=MODEL, messages=ask, max_tokens=80, response_format=City)
+    city = parsed.choices[0].message.parsed
+    assert isinstance(city, City) and city.name and isinstance(city.population, int)
+
+
+def test_response_format_errors_and_cut_structures(client: OpenAI) -> None:
+    ask = [{"role": "user", "content": "Describe a city as JSON."}]
+    with pytest.raises(BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=ask, max_tokens=8, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {
+                "tags": {"type": "array", "uniqueItems": True}}}}})
+    assert "uniqueItems" in str(info.value) and info.value.body["param"] == "response_format"  # type: ignore[index]
+    with pytest.raises(BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=ask, max_tokens=8, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}})
+    assert "invalid JSON schema at type" in str(info.value)
+    r = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=3, response_format={"type": "json_object"})
+    assert r.choices[0].finish_reason == "length" and (r.model_extra or {})["edgescale"]["valid"] is False
+
+
 def test_the_readme_example_works_as_written(exact: ServerProcess) -> None:
     """The README's `openai` example, run as it is printed (only the port differs)."""
     import ast
