@@ -421,7 +421,7 @@ class BatchGenerator:
         out = []
         for i in indices:
             texts[i].flush()
-            out.append(ProbeResult(i, texts[i].text, counts[i]))
+            out.append(ProbeResult(i, texts[i].text, counts[i], tail=bool(matchers)))
         return out
 
     # -- accounting --------------------------------------------------------------

@@ -94,6 +94,7 @@ class ProbeResult:
     index: int
     text: str
     n_tokens: int  # tokens decoded for this probe (cue + answer)
+    tail: bool = False  # the answer tail's lead-in and a constrained answer (else: after the answer cue)
 
 
 @dataclass

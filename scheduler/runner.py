@@ -17,7 +17,6 @@ import time
 from collections import deque
 from typing import Callable, Sequence
 
-from edgescale.answers.extract import extract_probe, is_hedge
 from edgescale.deadline import Deadline
 from edgescale.runtime.engine import DecodeSession, Engine, MemoryLayout
 from edgescale.runtime.generate import MAX_BATCH, BatchGenerator, TokenEvent
@@ -50,7 +49,7 @@ class QueryRun:
         self.cue = engine.tokenize(ANSWER_CUE, add_special=False, parse_special=False)
         self.ctl = build_controller(query.strategy, self.cue, prior=query.prior,
                                     max_new_tokens=query.config.max_new_tokens, step_time=query.step_time)
-        self.book = AnswerBook(query.answer_kind, query.choices)
+        self.book = AnswerBook(query.answer_kind, query.choices, tail=query.config.tail is not None)
         self.alloc = allocation(self.ctl, cue_tokens=len(self.cue), deadline=self.deadline.bounded)
         self.probe_slots, self.probe_cells = self.alloc.probe_slots, self.alloc.probe_cells
         self.pace = _Pace(query.step_time)
@@ -203,8 +202,7 @@ def _forced_answer(gen: BatchGenerator, ctl: Controller, book: AnswerBook, cue: 
     target = max(gen.live, key=lambda i: (len(gen.states[i].tokens), -i))
     records = []
     for res in gen.probe([target], cue, max_tokens=max_tokens, done=probe_done, within_deadline=False):
-        got = extract_probe(res.text, book.kind)  # type: ignore[arg-type]
-        hedged = is_hedge(res.text)
+        got, hedged = book.probe_answer(res)
         answer = got.value if got is not None else None
         if answer is not None:
             book.set_probe_answer(res.index, answer)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
-from edgescale.answers.extract import Extracted, extract
-from edgescale.runtime.generate import BatchGenerator, SeqState, TokenEvent
+from edgescale.answers.extract import Extracted, extract, extract_probe, is_hedge
+from edgescale.runtime.generate import BatchGenerator, ProbeResult, SeqState, TokenEvent
 from edgescale.strategies.records import Outcome, ProbeRecord
 from edgescale.strategies.voting import VoteOutcome, majority
 
@@ -26,15 +26,27 @@ class AnswerBook:
 
     kind: str
     choices: tuple[str, ...] = ()
+    # answer tails (--answer number:tail): a sample's answer is its tail's; one cut before
+    # its tail began (a deadline, a cancel) has none
+    tail: bool = False
     _cache: dict[int, Extracted | None] = field(default_factory=dict)
     _from_probe: dict[int, str] = field(default_factory=dict)
 
     def of(self, st: SeqState) -> Extracted | None:
         if st.index not in self._cache:
             # a sample that broke off inside its constraint has no answer (its text is not valid)
-            self._cache[st.index] = (None if st.valid is False else
+            none = st.valid is False or (self.tail and st.tail_at is None)
+            self._cache[st.index] = (None if none else
                                      extract(st.text, self.kind, choices=self.choices or None))  # type: ignore[arg-type]
         return self._cache[st.index]
+
+    def probe_answer(self, res: ProbeResult) -> tuple[Extracted | None, bool]:
+        """A probe's answer and whether its text hedges. A probe after the answer cue reads
+        up to the brace that closes ``\\boxed{``; a tail probe decoded a constrained answer
+        after its lead-in (it cannot hedge)."""
+        if res.tail:
+            return extract(res.text, self.kind, choices=self.choices or None), False  # type: ignore[arg-type]
+        return extract_probe(res.text, self.kind), is_hedge(res.text)  # type: ignore[arg-type]
 
     def value(self, st: SeqState) -> str | None:
         if st.index in self._from_probe:

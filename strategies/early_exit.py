@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from edgescale.answers.extract import extract_probe, is_hedge
 from edgescale.runtime.generate import BatchGenerator, TokenEvent
 from edgescale.strategies.base import AllAtOnce, AnswerBook, Decision, vote
 from edgescale.strategies.records import Outcome, ProbeRecord
@@ -64,8 +63,7 @@ class EarlyExitController(AllAtOnce):
         due = [i for i in gen.live if gen.states[i].tokens and len(gen.states[i].tokens) % self.every == 0]
         if due:
             for res in gen.probe(due, self.cue, max_tokens=self.probe_tokens, done=probe_done):
-                got = extract_probe(res.text, book.kind)  # type: ignore[arg-type]
-                hedged = is_hedge(res.text)
+                got, hedged = book.probe_answer(res)
                 answer = got.value if got is not None and not hedged else None
                 n_tok = len(gen.states[res.index].tokens)
                 self.records.append(ProbeRecord(res.index, n_tok, res.text, answer, hedged))

@@ -153,6 +153,21 @@ def test_the_answer_tail_gives_every_finished_sample_an_answer(rt: Runtime) -> N
         assert sum(tail.votes.values()) == 8
 
 
+def test_probes_and_the_deadline_answer_decode_the_tail(rt: Runtime) -> None:
+    from edgescale.strategies.planner import Budget
+
+    res = rt.ask("What is 17 + 25? Explain your steps.", strategy="early-exit", answer="number:tail", max_tokens=200)
+    assert res.probes and all(p.text.startswith("\n\nThe answer is") and p.answer is not None and not p.hedged
+                              for p in res.probes)
+    res = rt.ask("What is 17 + 25? Explain every step in great detail.", strategy="maj@4", answer="number:tail",
+                 max_tokens=2000, budget=Budget(deadline_s=3.0))
+    cut = [s for s in res.samples if s.finish_reason == "deadline"]
+    assert res.answer is not None
+    # cut before their tail: no answer read from half a reasoning (only the forced probe's)
+    assert all(s.answer is None or s.answer_source == "probe" for s in cut)
+    assert all(p.text.startswith("\n\nThe answer is") for p in res.probes)
+
+
 def test_queries_with_different_constraints_share_a_step(engine: Any) -> None:
     """A JSON query, a regex query and a free one, k=8 each, in the same scheduler steps."""
     rt = Runtime(engine, "smollm2-135m", scheduler=SchedulerConfig(memory_bytes=1024 * 2**20, max_running=3))
