@@ -76,9 +76,12 @@ def peak_rss_mb(model: str, kv_type: str, threads: int) -> float:
     return json.loads(proc.stdout)["stats"]["peak_rss_bytes"] / 2**20
 
 
-def accuracy(model: str, kv_type: str, dataset: str, limit: int, threads: int, max_tokens: int) -> dict[str, Any]:
+def accuracy(model: str, kv_type: str, dataset: str, limit: int, threads: int, max_tokens: int,
+             out: str | None = None) -> dict[str, Any]:
+    store = ["--out", f"{out}/{model}-{dataset}-{kv_type}"] if out else []  # resumable
     proc = subprocess.run([sys.executable, "-m", "edgescale.cli", "bench", "--json", "-m", model, "--dataset", dataset,
-                           "--limit", str(limit), "-S", "single,maj@8", "-n", str(max_tokens), "--kv-type", kv_type],
+                           "--limit", str(limit), "-S", "single,maj@8", "-n", str(max_tokens), "--kv-type", kv_type,
+                           *store],
                           capture_output=True, text=True, timeout=7200,
                           env={**os.environ, "EDGESCALE_THREADS": str(threads)}, check=True)
     rows = json.loads(proc.stdout)["rows"]
@@ -94,6 +97,7 @@ def main() -> None:
     ap.add_argument("--datasets", default="arith-1d,arc-easy")
     ap.add_argument("--max-tokens", type=int, default=128, help="per sample, for the accuracy runs")
     ap.add_argument("--no-table", action="store_true", help="skip the quality/speed/RSS table (accuracy only)")
+    ap.add_argument("--out", default=None, help="folder for the accuracy runs' bench stores (a rerun resumes)")
     args = ap.parse_args()
 
     from edgescale.devices.hardware import describe
@@ -110,7 +114,7 @@ def main() -> None:
                 print(f"\n{model} on {dataset}, {args.accuracy} questions, -n {args.max_tokens}: accuracy "
                       "[95% CI] (tokens per query)")
                 for name in types:
-                    acc = accuracy(model, name, dataset, args.accuracy, args.threads, args.max_tokens)
+                    acc = accuracy(model, name, dataset, args.accuracy, args.threads, args.max_tokens, args.out)
                     cells = ", ".join(f"{label} {a:.2f} [{lo:.2f}, {hi:.2f}] ({tok:.0f})"
                                       for label, (a, lo, hi, tok) in acc.items())
                     print(f"  {name}: {cells}", flush=True)

@@ -248,15 +248,19 @@ class BatchGenerator:
             top, lse = cached
             sampler = self._greedy if st.tail_at is not None else self._samplers[i]
             tok = sampler(row, self._rngs[i], top)
+            dead_end = False
             if m is not None and not m.allows(tok):
                 # llama.cpp's order: the token drawn from the model's row stands when the constraint
                 # allows it (a check of a few us); else the row is masked and drawn from again
                 masked = m.mask(row)  # its own buffer: the row may be another sample's too
-                tok = sampler(masked, self._rngs[i], float(masked.max()))
+                best = float(masked.max())
+                dead_end = best == float("-inf")  # nothing allowed (a vocabulary that cannot go on)
+                if not dead_end:
+                    tok = sampler(masked, self._rngs[i], best)
             lp = float(row[tok]) - lse  # the model's log-probability, constrained or not
             reason: FinishReason | None = None
             feed = [tok]
-            if self.engine.is_eog(tok) and (m is not None or not cfg.ignore_eos):
+            if dead_end or (self.engine.is_eog(tok) and (m is not None or not cfg.ignore_eos)):
                 reason, feed = "stop", []
             else:
                 st.tokens.append(tok)
