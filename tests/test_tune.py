@@ -160,8 +160,8 @@ def test_auto_names_its_policy_in_the_spec() -> None:
 def test_tune_runs_on_a_quantized_kv_cache_and_keeps_its_records_apart(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     fit = cli("tune", "--dataset", "arith-1d", "--task", "arith-q8", "--limit", "2", "--prompt-style", "bare",
-              "--max-tokens", "8", "--candidates", "adaptive:max=2,wave=1,window=1", "--min-gain", "0", "--kv-type", "q8_0", "--json",
-              cache=cache)
+              "--max-tokens", "8", "--candidates", "adaptive:max=2,wave=1,window=1", "--min-gain", "0",
+              "--kv-type", "q8_0", "--json", cache=cache)
     assert fit.returncode == 0, fit.stderr
     saved = json.loads(fit.stdout)
     lines = (cache / "edgescale" / "tune" / saved["model"] / "arith-q8" / "results.jsonl").read_text().splitlines()
