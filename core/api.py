@@ -38,7 +38,7 @@ from edgescale.runtime.kv_types import F16, KvType
 from edgescale.scheduler.config import SchedulerConfig
 from edgescale.scheduler.loop import Scheduler
 from edgescale.scheduler.request import Request, plan_request
-from edgescale.settings import API_NAMES, AskOptions, AskSettings, answer_settings, resolve_strategy
+from edgescale.settings import AskOptions, AskSettings, overrides_of, resolve_strategy
 from edgescale.strategies.kv_choice import KvChoice
 from edgescale.strategies.planner import Budget, Plan
 from edgescale.strategies.result import Result
@@ -442,17 +442,3 @@ class Runtime:
         result = self.scheduler.submit(request).result()
         self._planned(request)  # (in the caller's thread: before the answer is printed)
         return result
-
-
-def overrides_of(options: AskOptions | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """AskOptions fields given as keywords, with ``answer`` (a kind, maybe ``:tail``) and
-    ``response_format`` turned into the answer kind, the constraint and the tail."""
-    if "answer" not in overrides and "response_format" not in overrides:
-        return overrides
-    out = dict(overrides)
-    base = options or AskOptions()
-    answer = out.pop("answer", base.answer)
-    kind, constraint, tail = answer_settings(answer, out.get("choices", base.choices),
-                                             out.pop("response_format", base.constraint), API_NAMES)
-    return {**out, "answer": kind, "constraint": constraint, "tail": tail if tail is not None else base.tail}
-

@@ -259,3 +259,17 @@ def record_prompt(record: Mapping[str, Any]) -> str:
     if not isinstance(prompt, str):
         raise UsageError('needs a string "prompt"')
     return prompt
+
+
+def overrides_of(options: AskOptions | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """AskOptions fields given as keywords, with ``answer`` (a kind, maybe ``:tail``) and
+    ``response_format`` turned into the answer kind, the constraint and the tail."""
+    if "answer" not in overrides and "response_format" not in overrides:
+        return overrides
+    out = dict(overrides)
+    base = options or AskOptions()
+    answer = out.pop("answer", base.answer)
+    kind, constraint, tail = answer_settings(answer, out.get("choices", base.choices),
+                                             out.pop("response_format", base.constraint), API_NAMES)
+    return {**out, "answer": kind, "constraint": constraint, "tail": tail if tail is not None else base.tail}
+
