@@ -168,9 +168,9 @@ def test_probes_and_the_deadline_answer_decode_the_tail(rt: Runtime) -> None:
     assert all(p.text.startswith("\n\nThe answer is") for p in res.probes)
 
 
-def test_queries_with_different_constraints_share_a_step(engine: Any) -> None:
+def test_queries_with_different_constraints_share_a_step(rt: Runtime) -> None:
     """A JSON query, a regex query and a free one, k=8 each, in the same scheduler steps."""
-    rt = Runtime(engine, "smollm2-135m", scheduler=SchedulerConfig(memory_bytes=1024 * 2**20, max_running=3))
+    rt = Runtime(rt.engine, rt.model_name, scheduler=SchedulerConfig(memory_bytes=1024 * 2**20, max_running=3))
     steps: dict[str, set[int]] = {"json": set(), "regex": set(), "free": set()}
 
     def seen(name: str):  # type: ignore[no-untyped-def]
@@ -190,6 +190,31 @@ def test_queries_with_different_constraints_share_a_step(engine: Any) -> None:
     assert steps["json"] & steps["regex"] & steps["free"]
     assert all(s.valid for s in js.samples) and all(re.fullmatch("[0-9]{2,4}", s.text) for s in rx.samples)
     assert free.valid is None and all(s.valid is None for s in free.samples)
+
+
+def test_serve_takes_response_format_on_gemma() -> None:
+    """The openai client's json_schema and parse() against a server of the other packaged model
+    (tests/test_serve.py covers SmolLM2 and the errors)."""
+    from openai import OpenAI
+    from pydantic import BaseModel
+
+    from tests.serve_harness import ServerProcess
+
+    class Pet(BaseModel):
+        name: str
+        legs: int
+
+    srv = ServerProcess(["-m", "gemma3-270m", "--threads", "2", "--parallel", "2"])
+    try:
+        client = OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        ask = [{"role": "user", "content": "Describe a pet as JSON."}]
+        r = client.chat.completions.create(model="gemma3-270m", messages=ask, max_tokens=60, response_format={
+            "type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}})
+        jsonschema.validate(json.loads(r.choices[0].message.content or ""), PERSON)
+        pet = client.chat.completions.parse(model="gemma3-270m", messages=ask, max_tokens=60, response_format=Pet)
+        assert isinstance(pet.choices[0].message.parsed, Pet)
+    finally:
+        srv.stop()
 
 
 # -- the CLI --------------------------------------------------------------------------------
