@@ -196,13 +196,13 @@ def test_serve_takes_response_format_on_gemma() -> None:
     """The openai client's json_schema and parse() against a server of the other packaged model
     (tests/test_serve.py covers SmolLM2 and the errors)."""
     from openai import OpenAI
-    from pydantic import BaseModel
+    from pydantic import BaseModel, Field
 
     from tests.serve_harness import ServerProcess
 
     class Pet(BaseModel):
-        name: str
-        legs: int
+        name: str = Field(max_length=16)
+        legs: int = Field(ge=0, le=8)
 
     srv = ServerProcess(["-m", "gemma3-270m", "--threads", "2", "--parallel", "2"])
     try:
@@ -211,7 +211,7 @@ def test_serve_takes_response_format_on_gemma() -> None:
         r = client.chat.completions.create(model="gemma3-270m", messages=ask, max_tokens=60, response_format={
             "type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}})
         jsonschema.validate(json.loads(r.choices[0].message.content or ""), PERSON)
-        pet = client.chat.completions.parse(model="gemma3-270m", messages=ask, max_tokens=60, response_format=Pet)
+        pet = client.chat.completions.parse(model="gemma3-270m", messages=ask, max_tokens=120, response_format=Pet)
         assert isinstance(pet.choices[0].message.parsed, Pet)
     finally:
         srv.stop()
