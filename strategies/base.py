@@ -35,7 +35,10 @@ class AnswerBook:
     def of(self, st: SeqState) -> Extracted | None:
         if st.index not in self._cache:
             # a sample that broke off inside its constraint has no answer (its text is not valid)
-            none = st.valid is False or (self.tail and st.tail_at is None)
+            # with answer tails, only a finished tail answers (not half a reasoning, nor a tail
+            # cut at a deadline after its first digit)
+            none = st.valid is False or (self.tail and (st.tail_at is None or
+                                                         st.finish_reason not in ("stop", "length")))
             self._cache[st.index] = (None if none else
                                      extract(st.text, self.kind, choices=self.choices or None))  # type: ignore[arg-type]
         return self._cache[st.index]

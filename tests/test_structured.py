@@ -163,14 +163,15 @@ def test_probes_and_the_deadline_answer_decode_the_tail(rt: Runtime) -> None:
                  max_tokens=2000, budget=Budget(deadline_s=3.0))
     cut = [s for s in res.samples if s.finish_reason == "deadline"]
     assert res.answer is not None
-    # cut before their tail: no answer read from half a reasoning (only the forced probe's)
+    # cut before their tail ended: no answer read from half a reasoning (only the forced probe's)
     assert all(s.answer is None or s.answer_source == "probe" for s in cut)
     assert all(p.text.startswith("\n\nThe answer is") for p in res.probes)
 
 
 def test_queries_with_different_constraints_share_a_step(rt: Runtime) -> None:
     """A JSON query, a regex query and a free one, k=8 each, in the same scheduler steps."""
-    rt = Runtime(rt.engine, rt.model_name, scheduler=SchedulerConfig(memory_bytes=1024 * 2**20, max_running=3))
+    rt = Runtime(rt.engine, rt.model_name, scheduler=SchedulerConfig(max_running=3))  # no budget: the test
+    # process may hold several models by now, and a budget counts the whole process
     steps: dict[str, set[int]] = {"json": set(), "regex": set(), "free": set()}
 
     def seen(name: str):  # type: ignore[no-untyped-def]
