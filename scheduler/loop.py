@@ -37,7 +37,6 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
 
 import psutil
@@ -51,14 +50,14 @@ from edgescale.scheduler.config import (
     SchedulerStats,
     cells_in_budget,
     min_memory_bytes,
-    read_chunk,
 )
-from edgescale.scheduler.lanes import Lane, SharedContext
+from edgescale.scheduler.lanes import SharedContext
 from edgescale.scheduler.prefix_cache import PrefixCache
 from edgescale.scheduler.request import Request, plan_request
 from edgescale.scheduler.results import empty_result
 from edgescale.scheduler.runner import QueryRun
 from edgescale.scheduler.sizing import Need, available_memory_refusal, context_shape
+from edgescale.scheduler.step import Running, step
 from edgescale.strategies.planner import Plan
 from edgescale.strategies.result import Result
 
@@ -66,14 +65,6 @@ T = TypeVar("T")
 
 __all__ = ["POLICIES", "Request", "Scheduler", "SchedulerConfig", "SchedulerStats", "cells_in_budget",
            "min_memory_bytes"]
-
-@dataclass
-class _Running:
-    request: Request
-    run: QueryRun
-    lane: Lane
-    cells: int
-    cached: bool = False  # its prompt went to the prefix cache
 
 
 class Scheduler:
@@ -89,7 +80,7 @@ class Scheduler:
         self._memory: MemoryModel = memory_model(engine, self._layout.name, config.kv_type)
         self._lock = threading.Condition()
         self._queue: deque[Request] = deque()
-        self._running: list[_Running] = []
+        self._running: list[Running] = []
         self._shared: SharedContext | None = None
         self._cache: PrefixCache | None = None
         self._closing = False
@@ -343,7 +334,7 @@ class Scheduler:
         self.stats.prompt_tokens_cached += prefix
         if self._cache is not None:
             self.stats.cache_hits, self.stats.cache_misses = self._cache.hits, self._cache.misses
-        self._running.append(_Running(request, run, lane, run.kv_cells))
+        self._running.append(Running(request, run, lane, run.kv_cells))
 
     def _expire(self, request: Request, now: float, *, rule: str) -> None:
         """Answer a query that never got a sample: cancelled, or its deadline passed while it waited."""
@@ -366,74 +357,8 @@ class Scheduler:
     def _step(self) -> None:
         shared = self._shared
         assert shared is not None
-        for r in list(self._running):
-            if r.request.cancelled and not r.run.done:
-                r.run.cancel()
-        width = max(1, self._width())
-        # the next step is expected to take as long as the last one did (it read prompts then too
-        # if some query is still reading): a deadline that would pass in it is answered now
-        reading = any(r.run.gen is not None and r.run.gen.reading_prompt for r in self._running)
-        hint = self.stats.recent[-1][0] if self.stats.recent and reading else 0.0
-        active = [r for r in self._running if not r.run.done and r.run.due(width, self._probes_ahead(r), hint)]
-        # prompt reading shares a step up to step_prompt_tokens (the oldest readers first), so that
-        # a burst of arrivals cannot make one step long (every deadline is checked between steps);
-        # while no query has a deadline, readers take bigger chunks (fewer, fuller steps)
-        chunk = read_chunk(self.config, any(r.request.deadline.bounded for r in self._running))
-        room = self.config.step_prompt_tokens or 2 * chunk
-        sitting_out = set()
-        for r in active:
-            if r.run.gen is not None and r.run.gen.reading_prompt:
-                if room <= 0:
-                    sitting_out.add(id(r))
-                r.run.gen.set_chunk(chunk)
-                room -= chunk
-        active = [r for r in active if id(r) not in sitting_out]
-        parts = []
-        events_of = {}
-        for r in active:
-            gen = r.run.gen
-            assert gen is not None
-            events, feeds = gen.feeds()
-            events_of[id(r)] = events
-            if feeds:
-                parts.append((r, feeds))
-        t0 = self.clock()
-        read = decoded = 0
-        if parts:
-            # with one KV stream per id, live sequences on consecutive ids decode in one pass
-            shared.compact([r.lane.ids[seq] for r, feeds in parts for seq, _ in feeds])
-            all_feeds = [f for r, feeds in parts for f in r.lane.to_shared(feeds)]
-            rows = shared.decode(all_feeds)
-            at = 0
-            for r, feeds in parts:
-                r.lane.fed(feeds)
-                reading = r.run.gen.reading_prompt  # type: ignore[union-attr]
-                if reading:
-                    read += sum(len(t) for _, t in feeds)
-                else:
-                    decoded += len(feeds)
-                r.run.gen.take(rows[at : at + len(feeds)])  # type: ignore[union-attr]
-                at += len(feeds)
-                if reading and not r.run.gen.reading_prompt:  # type: ignore[union-attr]
-                    self._cache_prompt(r)
-        seconds = self.clock() - t0
-        self.stats.steps += 1
-        self.stats.prompt_tokens_read += read
-        self.stats.tokens += decoded
-        self.stats.recent.append((seconds, read, decoded))
-        for r in active:
-            if not r.run.done:
-                r.run.after(events_of[id(r)], seconds, width)
+        step(self._running, shared, self.config, self.stats, self.clock, self._cache_prompt)
         self._retire()
-
-    def _probes_ahead(self, r: _Running) -> int:
-        """Other running queries that may run a forced-answer probe before ``r``'s deadline
-        (each probe holds the loop for its few tokens, so deadlines due together must
-        leave room for all of them)."""
-        if not r.request.deadline.bounded:
-            return 0
-        due = r.request.deadline.due
-        return sum(1 for o in self._running if o is not r and not o.run.done and o.run.may_probe_by(due))
 
     def _own_rows(self) -> None:
         """A probe is about to decode: the others' rows must not be views of the buffer it fills."""
@@ -441,7 +366,7 @@ class Scheduler:
             if r.run.gen is not None:
                 r.run.gen.own_rows()
 
-    def _cache_prompt(self, r: _Running) -> None:
+    def _cache_prompt(self, r: Running) -> None:
         if self._cache is not None and not r.cached:
             r.cached = self._cache.insert(r.run.query.prompt_tokens, r.lane.ids[0])
 
