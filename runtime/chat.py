@@ -19,43 +19,71 @@ from edgescale.models.info import ModelInfo
 Message = Mapping[str, str]
 
 
+class _Refused(Exception):
+    """A template's ``raise_exception``: it refuses the messages (the text says why)."""
+
+
 def _raise(message: str) -> None:
-    raise UsageError(f"chat template refused the messages: {message}")
+    raise _Refused(str(message))
+
+
+def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    """Jinja's ``tojson`` as chat templates expect it (HF's): plain JSON, not HTML-escaped."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
+                      separators=(separators[0], separators[1]) if separators else None, sort_keys=sort_keys)
 
 
 @lru_cache(maxsize=8)
 def _compile(template: str) -> Any:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, autoescape=False,
+                                        extensions=["jinja2.ext.loopcontrols"])  # {% break %}, {% continue %}
+    env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: _dt.datetime.now().strftime(fmt)
     return env.from_string(template)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def render_chat(
     template: str,
     messages: Sequence[Message],
     *,
+    model: str = "",
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    variables: Mapping[str, Any] | None = None,
 ) -> str:
-    """Render ``messages`` with the model's template, ready to tokenize."""
-    from jinja2 import TemplateError
+    """Render ``messages`` with the model's template, ready to tokenize. ``variables``: more
+    names the template may read (``tools``, ``enable_thinking``, ...). A template that cannot
+    render, or that refuses the messages (``raise_exception``), is a one-line UsageError that
+    names ``model``."""
+    from jinja2 import TemplateError, TemplateSyntaxError
 
+    whose = f"chat template of model '{model}'" if model else "the model's chat template"
     try:
         return str(
             _compile(template).render(
+                **(variables or {}),
                 messages=[dict(m) for m in messages],
                 bos_token=bos_token,
                 eos_token=eos_token,
                 add_generation_prompt=add_generation_prompt,
             )
         )
-    except TemplateError as exc:
-        raise UsageError(f"the model's chat template failed to render: {exc}") from None
+    except _Refused as exc:
+        raise UsageError(f"{whose} refused the messages: {_one_line(str(exc))}") from None
+    except Exception as exc:  # noqa: BLE001 - the template is the model file's code: any failure is its own
+        reason = str(exc) if isinstance(exc, TemplateError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, TemplateSyntaxError) and exc.lineno:
+            reason += f" (line {exc.lineno})"
+        raise UsageError(f"{whose} failed to render: {_one_line(reason)}") from None
 
 
 def user_messages(prompt: str, system: str | None = None) -> list[dict[str, str]]:
@@ -66,6 +94,7 @@ def user_messages(prompt: str, system: str | None = None) -> list[dict[str, str]
 
 def prompt_text(
     template: str | None, messages: Sequence[Message], *, chat: bool, bos_token: str, eos_token: str,
+    model: str = "",
 ) -> tuple[str, bool]:
     """The text to tokenize for ``messages`` and whether the tokenizer should add BOS.
 
@@ -75,10 +104,35 @@ def prompt_text(
     start with it. Every backend formats prompts through this one function.
     """
     if chat and template:
-        text = render_chat(template, messages, bos_token=bos_token, eos_token=eos_token)
+        text = render_chat(template, messages, model=model, bos_token=bos_token, eos_token=eos_token)
     else:
         text = "\n\n".join(m["content"] for m in messages if m.get("content"))
     return text, not (bool(bos_token) and text.startswith(bos_token))
+
+
+# A template's family by its markers, the most specific first: Phi-4 writes ChatML's markers too,
+# and Qwen 3 is ChatML with a <think> block.
+_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("llama3", ("<|start_header_id|>",)),
+    ("phi4", ("<|im_sep|>",)),
+    ("qwen3", ("<|im_start|>", "<think>")),
+    ("chatml", ("<|im_start|>",)),
+    ("gemma", ("<start_of_turn>",)),
+    ("phi3", ("<|user|>",)),
+    ("phi3", ("<|end|>",)),
+    ("mistral", ("[INST]",)),
+)
+
+
+def chat_template_family(template: str | None) -> str | None:
+    """The family of a chat template by the turn markers it writes: llama3, phi4, qwen3, chatml,
+    gemma, phi3 or mistral; "other" for a template with none of them, None for no template."""
+    if not template:
+        return None
+    for family, markers in _FAMILIES:
+        if all(marker in template for marker in markers):
+            return family
+    return "other"
 
 
 class Vocabulary(Protocol):
@@ -109,7 +163,7 @@ def _as_rendered(content: str, rendered: str, at: int, following: str) -> str | 
 
 
 def template_segments(template: str, messages: Sequence[Message], *, bos_token: str,
-                      eos_token: str) -> list[tuple[str, bool]]:
+                      eos_token: str, model: str = "") -> list[tuple[str, bool]]:
     """The rendered chat cut into ``(text, is_template)`` pieces, in order.
 
     The template is rendered twice: with every content replaced by a marker (which gives the
@@ -118,8 +172,8 @@ def template_segments(template: str, messages: Sequence[Message], *, bos_token: 
     write it), else the template treats contents as more than text and the messages are refused.
     """
     skeleton = render_chat(template, [{**m, "content": _mark(i)} for i, m in enumerate(messages)],
-                           bos_token=bos_token, eos_token=eos_token)
-    rendered = render_chat(template, messages, bos_token=bos_token, eos_token=eos_token)
+                           model=model, bos_token=bos_token, eos_token=eos_token)
+    rendered = render_chat(template, messages, model=model, bos_token=bos_token, eos_token=eos_token)
     pieces = _MARK.split(skeleton)  # template text, message index, template text, ...
     segments: list[tuple[str, bool]] = []
     at = 0
@@ -138,7 +192,8 @@ def template_segments(template: str, messages: Sequence[Message], *, bos_token: 
     else:
         if at == len(rendered):
             return [s for s in segments if s[0]]
-    raise UsageError("a message holds the text of a control token, and this model's chat template "
+    whose = f"the chat template of model '{model}'" if model else "this model's chat template"
+    raise UsageError(f"a message holds the text of a control token, and {whose} "
                      "changes message contents in a way that cannot keep it as plain text")
 
 
@@ -171,13 +226,15 @@ class ChatText:
 
     def format_messages(self, messages: Sequence[Message], *, chat: bool = True) -> list[int]:
         template = self.info.chat_template
-        text, add_bos = prompt_text(template, messages, chat=chat, bos_token=self.bos_text, eos_token=self.eos_text)
+        text, add_bos = prompt_text(template, messages, chat=chat, bos_token=self.bos_text, eos_token=self.eos_text,
+                                    model=self.info.name)
         bos = self.info.add_bos and add_bos
         if not (chat and template):  # no template: all of it is the user's text
             return self.tokenize(text, add_special=bos, parse_special=False)
         if not any(self._holds_control_text(m["content"]) for m in messages):
             return self.tokenize(text, add_special=bos, parse_special=True)  # the common case, in one call
-        segments = template_segments(template, messages, bos_token=self.bos_text, eos_token=self.eos_text)
+        segments = template_segments(template, messages, bos_token=self.bos_text, eos_token=self.eos_text,
+                                     model=self.info.name)
         tokens = self.tokenize("", add_special=True) if bos else []
         for piece, is_template in segments:
             tokens += self.tokenize(piece, add_special=False, parse_special=is_template)
