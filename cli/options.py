@@ -8,7 +8,8 @@ import typer
 from edgescale import limits
 
 MODEL = typer.Option(None, "--model", "-m", envvar="EDGESCALE_MODEL",
-                     help="Catalog name (see `edgescale models`) or path to a .gguf file / ONNX directory.")
+                     help="Catalog name, a pulled model's name (`edgescale models` lists both) or path to a .gguf "
+                          "file / ONNX directory.")
 BACKEND = typer.Option("llama.cpp", "--backend", envvar="EDGESCALE_BACKEND",
                        help="llama.cpp, onnx, or auto (the faster of the two by this device's measured profiles).")
 STRATEGY = typer.Option(None, "--strategy", "-s", envvar="EDGESCALE_STRATEGY",

@@ -36,7 +36,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def convert(
-    model: str = typer.Argument(..., help="GGUF file or catalog name (llama or gemma3 architecture)."),
+    model: str = typer.Argument(..., help="GGUF file, catalog name or pulled model (llama or gemma3 architecture)."),
     out_dir: Path = typer.Argument(..., help="Directory to write model.onnx, tokenizer.json and the config."),
     int_bits: int = typer.Option(8, "--int-bits", help="Block width (4 or 8) for weights that are re-quantised."),
     float_activations: bool = typer.Option(False, "--float-activations",
@@ -65,7 +65,7 @@ def convert(
 
 
 def quantize(
-    model: str = typer.Argument(..., help="Source GGUF file or catalog name."),
+    model: str = typer.Argument(..., help="Source GGUF file, catalog name or pulled model."),
     out: Path = typer.Argument(..., help="Destination .gguf file."),
     qtype: str = typer.Option(..., "--type",
                               help="Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K_S | Q4_K_M | Q5_K_M | Q6_K | F16"),

