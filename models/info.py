@@ -161,3 +161,28 @@ def _file_type_name(file_type: object, counts: Counter[str]) -> str:
 def read_model_info(path: str | Path) -> ModelInfo:
     """Validate the file and return its ModelInfo (milliseconds, no weights read)."""
     return model_info_from_header(read_header(path))
+
+
+# A template's family by its markers, the most specific first: Phi-4 writes ChatML's markers too,
+# and Qwen 3 is ChatML with a <think> block.
+_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("llama3", ("<|start_header_id|>",)),
+    ("phi4", ("<|im_sep|>",)),
+    ("qwen3", ("<|im_start|>", "<think>")),
+    ("chatml", ("<|im_start|>",)),
+    ("gemma", ("<start_of_turn>",)),
+    ("phi3", ("<|user|>",)),
+    ("phi3", ("<|end|>",)),
+    ("mistral", ("[INST]",)),
+)
+
+
+def chat_template_family(template: str | None) -> str | None:
+    """The family of a chat template by the turn markers it writes: llama3, phi4, qwen3, chatml,
+    gemma, phi3 or mistral; "other" for a template with none of them, None for no template."""
+    if not template:
+        return None
+    for family, markers in _FAMILIES:
+        if all(marker in template for marker in markers):
+            return family
+    return "other"

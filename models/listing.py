@@ -7,30 +7,8 @@ from typing import Any
 
 from edgescale.errors import EdgescaleError
 from edgescale.models.catalog import DEFAULT_MODEL, CatalogEntry, catalog, find_entry, is_installed, made_copies
-from edgescale.models.info import ModelInfo, read_model_info
+from edgescale.models.info import ModelInfo, chat_template_family, read_model_info
 from edgescale.models.store import PulledModel, find_pulled, pulled_models
-
-# Markers of the chat formats, in the order they are told apart (Qwen 3 is ChatML with a think block).
-_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("llama3", ("<|start_header_id|>",)),
-    ("phi4", ("<|im_sep|>",)),
-    ("qwen3", ("<|im_start|>", "<think>")),
-    ("chatml", ("<|im_start|>",)),
-    ("gemma", ("<start_of_turn>",)),
-    ("phi3", ("<|user|>", "<|end|>")),
-    ("mistral", ("[INST]",)),
-)
-
-
-def chat_template_family(template: str | None) -> str | None:
-    """The chat format a template writes, from its markers; None without a template, ``other``
-    for a format not listed."""
-    if not template:
-        return None
-    for family, markers in _FAMILIES:
-        if all(m in template for m in markers):
-            return family
-    return "other"
 
 
 def file_facts(info: ModelInfo) -> dict[str, Any]:

@@ -22,8 +22,8 @@ import pytest
 from edgescale.errors import UsageError
 from edgescale.loader import LoadSpec, load_engine
 from edgescale.models.catalog import resolve_model
-from edgescale.models.info import read_model_info
-from edgescale.runtime.chat import ChatText, chat_template_family, prompt_text, render_chat
+from edgescale.models.info import chat_template_family, read_model_info
+from edgescale.runtime.chat import ChatText, prompt_text, render_chat
 from edgescale.runtime.llama_engine import LlamaCppEngine
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
