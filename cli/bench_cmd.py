@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_STRATEGIES = "single,maj@8,ffs@8,short-3@8,adaptive,early-exit"
 
 DATASET = typer.Option(..., "--dataset", "-d", help="gsm8k, math500, arc-easy, arc-challenge, csqa, boolq, mmlu; "
-                       "generated: arith-1d, arith-2d, add-1d; or the path of a JSONL file of "
+                       "generated: arith-1d, arith-2d, add-1d, count-objects, arith-3; or the path of a JSONL file of "
                        "{question, answer[, id, kind, choices]}.")
 STRATEGIES = typer.Option(DEFAULT_STRATEGIES, "--strategies", "-S",
                           help="Comma-separated strategy specs (see `run --help`), plus baseline@K: K sequential "

@@ -89,4 +89,12 @@ def _report(result: Any, path: Path) -> None:
         top = max((o for o in fit.options if o.escalation == label), key=lambda o: (o.correct, -o.tokens))
         typer.echo(line(f"{label} @ certainty < {min(1.0, top.threshold):.3f}", top))
     typer.echo(line("chosen", fit.chosen))
+    for h in result.held_out:
+        spread = ", ".join(f"{100 * a:.0f}" for a in h.fold_accuracy)
+        typer.echo(f"  held out ({h.folds}-fold CV), {h.candidate:<22} {100 * h.accuracy:5.1f}%  {h.tokens:7.1f} "
+                   f"tokens/question ({h.tokens / max(fit.stage1.tokens, 1e-9):.1f}x stage 1; folds: {spread}%)")
+    if result.held_out:
+        h = result.held_out[0]
+        typer.echo(f"expected on new questions (cross-validated): {100 * h.accuracy:.1f}% at {h.tokens:.1f} "
+                   f"tokens/question; check it with `edgescale bench --policy {pol.task}` on a report split")
     typer.echo(f"{pol.describe()}\nsaved to {path}; use it with --policy {pol.task}")

@@ -20,6 +20,8 @@ mmlu           ``hf_datasets/hails/mmlu_no_train/*/test``    14042  choice
 add-1d         generated (:mod:`edgescale.evals.generated`)  500    number
 arith-1d       generated (:mod:`edgescale.evals.generated`)  1000   number
 arith-2d       generated (:mod:`edgescale.evals.generated`)  1000   number
+count-objects  generated (:mod:`edgescale.evals.counting`)   1000   number
+arith-3        generated (:mod:`edgescale.evals.counting`)   1000   number
 =============  ===========================================  =====  ========
 
 Gold answers: GSM8K's ``short_answer``; MATH-500's content of the last
@@ -48,7 +50,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from edgescale.answers.extract import last_boxed, normalize
 from edgescale.errors import UsageError
-from edgescale.evals import generated, olmo
+from edgescale.evals import counting, generated, olmo
 from edgescale.evals.items import LETTERS, PROMPT_STYLES, Examples, Item, PromptStyle, lettered
 from edgescale.evals.items import gold as _gold
 from edgescale.evals.user_jsonl import load_jsonl
@@ -277,6 +279,10 @@ _DATASETS: tuple[_Dataset, ...] = (
              lambda count: generated.arithmetic("arith-1d", count)),
     _Dataset("arith-2d", "generated: two-digit plus, minus (evals/generated.py)",
              lambda count: generated.arithmetic("arith-2d", count)),
+    _Dataset("count-objects", "generated: object counting with distractors, where answers spread (evals/counting.py)",
+             lambda count: counting.generated_set("count-objects", count)),
+    _Dataset("arith-3", "generated: three one-digit numbers, two operations with precedence (evals/counting.py)",
+             lambda count: counting.generated_set("arith-3", count)),
 )
 
 _ALIASES: Mapping[str, str] = MappingProxyType(

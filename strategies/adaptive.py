@@ -13,6 +13,15 @@ checked on all finished samples, and if it does not fire another sample is
 started in its place until k_max have been started. When the rule fires the live
 samples are cancelled at once. Samples whose answer cannot be extracted do not vote.
 
+Giving up (``give_up``, the Beta rule only): after each finished sample that does not fire
+the rule, with at least four answers counted (auto's prior one included), adaptive stops
+when the probability that the rule fires within the samples left (``k_max`` minus the
+finished ones) falls below ``give_up`` (0.5 by default; 0 never gives up). The probability
+is exact under a Polya urn predictive of the answers to come (``voting.reach_probability``):
+where answers spread, new answers keep coming and the rule grows unlikely. The query then
+ends with the current vote (``stop_reason: gave-up``): the best-supported answer, not
+``k_max`` samples.
+
 Refill (``refill``): ``eager`` starts a replacement as soon as a sample finishes;
 ``lazy`` starts one only when the rule could not fire even if every live sample
 ended up voting for the leading answer, since otherwise the replacement may well be
@@ -36,7 +45,9 @@ from edgescale.strategies.base import (
 )
 from edgescale.strategies.confidence import weighted_vote
 from edgescale.strategies.spec import Confidence
-from edgescale.strategies.voting import beta_rule, esc_rule, majority
+from edgescale.strategies.voting import beta_rule, esc_rule, majority, reach_probability
+
+GIVE_UP_AFTER = 4  # answers counted before the give-up rule may stop a query
 
 
 @dataclass
@@ -49,6 +60,7 @@ class AdaptiveController(Unstaged):
     prior: tuple[str, ...] = ()  # answers from before this run (auto's first stage), counted as votes
     confidence: Confidence | None = None  # the final decision by DeepConf's weighted vote (no prior)
     refill: str = "eager"  # or "lazy" (see the module notes)
+    give_up: float = 0.0  # stop below this chance of the Beta rule firing (see the module notes)
     probe_slots: int = 0
     probe_cells: int = 0
     order: list[int] = field(default_factory=list)  # finished samples, in finish order
@@ -74,6 +86,9 @@ class AdaptiveController(Unstaged):
             if self._fires(answers):
                 cancel_live(gen)
                 return f"{self.rule}-confident"
+            if self._gives_up(answers):
+                cancel_live(gen)
+                return "gave-up"
         free = self.wave - len(gen.live)
         pending = gen.pending()
         if free > 0 and pending and not (self.refill == "lazy" and self._live_may_decide(gen, book)):
@@ -81,6 +96,12 @@ class AdaptiveController(Unstaged):
         if not gen.live:
             return "k-max-reached"
         return None
+
+    def _gives_up(self, answers: list[str | None]) -> bool:
+        if self.rule != "beta" or self.give_up <= 0 or sum(a is not None for a in answers) < GIVE_UP_AFTER:
+            return False
+        left = self.k_max - (len(answers) - len(self.prior))
+        return left > 0 and reach_probability(answers, left, self.threshold) < self.give_up
 
     def _live_may_decide(self, gen: BatchGenerator, book: AnswerBook) -> bool:
         """Whether the rule would fire if every live sample voted for the leading answer."""

@@ -106,7 +106,7 @@ class AutoController:
         if isinstance(esc, Adaptive):
             self.stage2 = AdaptiveController(
                 k_max=esc.max, threshold=esc.conf, wave=esc.wave, rule=esc.rule, window=esc.window,
-                prior=(first.answer,) if first.answer is not None else (), refill=esc.refill,
+                prior=(first.answer,) if first.answer is not None else (), refill=esc.refill, give_up=esc.give_up,
             )
         else:
             self.stage2 = ConfidenceController(esc)

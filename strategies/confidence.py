@@ -16,7 +16,11 @@
   samples start, and one whose latest window falls below the threshold is stopped at
   once (``low-confidence``: it does not vote). After every finished sample the
   weighted share of the leading answer is checked: at ``consensus`` or more the query
-  stops (``consensus``).
+  stops (``consensus``). With ``give_up`` (online; 0, off, by default): when the warm-up
+  ends, if its distinct answers are at least ``give_up`` of its answered samples (at least
+  two answered), the query stops there (``gave-up``) with the warm-up's weighted vote: where
+  the answers spread, more samples would not make a consensus. `auto`'s default escalation
+  gives up at 0.75 (3 or 4 different answers among 4).
 
 Ties of weight go to the answer whose first sample finished first, as everywhere.
 """
@@ -131,6 +135,8 @@ class ConfidenceController(Unstaged):
             self.threshold = float(np.quantile(scores, 1 - self.spec.keep)) if scores else -math.inf
             if self._agreed(gen, book):
                 return "consensus"
+            if self._spread(gen, book):
+                return "gave-up"
             gen.activate(gen.pending())
         else:
             for i in list(gen.live):
@@ -141,6 +147,10 @@ class ConfidenceController(Unstaged):
                 cancel_live(gen)
                 return "consensus"
         return "all-finished" if not gen.live else None
+
+    def _spread(self, gen: BatchGenerator, book: AnswerBook) -> bool:
+        answers = [a for a in (book.value(gen.states[i]) for i in self.order) if a is not None]
+        return self.spec.give_up > 0 and len(answers) >= 2 and len(set(answers)) >= self.spec.give_up * len(answers)
 
     def _agreed(self, gen: BatchGenerator, book: AnswerBook) -> bool:
         out = weighted_vote(gen, book, self.order, keep=1.0, window=self.spec.window)

@@ -52,7 +52,7 @@ def build_controller(
     if isinstance(strategy, Adaptive):
         return AdaptiveController(
             k_max=strategy.max, threshold=strategy.conf, wave=strategy.wave, rule=strategy.rule,
-            window=strategy.window, prior=prior, confidence=conf, refill=strategy.refill,
+            window=strategy.window, prior=prior, confidence=conf, refill=strategy.refill, give_up=strategy.give_up,
         )
     if isinstance(strategy, EarlyExit):
         return EarlyExitController(

@@ -5,9 +5,9 @@
     ffs@8[:rule=answered|any]   first finish search: first finished sample wins
     short-3@8[:rule=answered|any]  stop when 3 of 8 have finished, vote among them
     best@8                      8 samples, highest self-certainty answer wins
-    conf@8[:keep=0.9,window=16,topk=5,online=0|1,warmup=4,consensus=0.95,temp=T]
+    conf@8[:keep=0.9,window=16,topk=5,online=0|1,warmup=4,consensus=0.95,give_up=0,temp=T]
                                 DeepConf: votes weighted by trace confidence (strategies/confidence.py)
-    adaptive[:max=16,conf=0.8,wave=2,rule=beta|esc,window=4,vote=count|conf,refill=lazy|eager,temp=0.4]
+    adaptive[:max=16,conf=0.8,wave=2,rule=beta|esc,window=4,vote=count|conf,refill=lazy|eager,temp=0.4,give_up=0.5]
     early-exit[:every=32,window=2,k=1,probe=20]
     auto[:policy=NAME]          the planner picks, by the default policy or one `edgescale tune` fitted
 
@@ -33,8 +33,8 @@ from edgescale.errors import InvalidSpec, UsageError
 
 VALID_FORMS = (
     "single, maj@K[:vote=count|conf|fields,temp=T], ffs@K[:rule=answered|any], short-M@K[:rule=answered|any], best@K, "
-    "conf@K[:keep=0.9,window=16,topk=5,online=0|1,warmup=4,consensus=0.95,temp=T], "
-    "adaptive[:max=16,conf=0.8,wave=2,rule=beta|esc,window=4,vote=count|conf,refill=lazy|eager,temp=0.4], "
+    "conf@K[:keep=0.9,window=16,topk=5,online=0|1,warmup=4,consensus=0.95,give_up=0,temp=T], "
+    "adaptive[:max=16,conf=0.8,wave=2,rule=beta|esc,window=4,vote=count|conf,refill=lazy|eager,temp=0.4,give_up=0.5], "
     "early-exit[:every=32,window=2,k=1,probe=20], auto[:policy=NAME]"
 )
 MAX_SAMPLES = limits.MAX_SAMPLES
@@ -113,13 +113,16 @@ class Adaptive:
     vote: str = "count"  # the final decision: counted, or DeepConf's weighted vote ("conf")
     refill: str = "lazy"  # when a finished sample is replaced: at once ("eager"), or "lazy" (strategies/adaptive.py)
     temp: float = 0.4  # the samples' temperature (--temperature, when given, overrides it)
+    # stop when the Beta rule's chance to fire within the samples left is below this
+    # (strategies/voting.py reach_probability; 0: never give up; the Beta rule only)
+    give_up: float = 0.5
     name = "adaptive"
 
     def spec(self) -> str:
         return (
             f"adaptive:max={self.max},conf={self.conf:g},wave={self.wave},rule={self.rule},"
             f"window={self.window}" + ("" if self.vote == "count" else f",vote={self.vote}")
-            + f",refill={self.refill},temp={self.temp:g}"
+            + f",refill={self.refill},temp={self.temp:g},give_up={self.give_up:g}"
         )
 
 
@@ -136,10 +139,14 @@ class Confidence:
     warmup: int = 4  # online: samples that run to their end first and set the threshold
     consensus: float = 0.95  # online: the weighted share of the leading answer that stops the query
     temp: float | None = None  # the samples' temperature (None: the option's)
+    # online: after the warm-up, stop when its distinct answers are at least this share of its
+    # answered samples (the answers spread: more samples would not make a consensus); 0: never
+    give_up: float = 0.0
     name = "conf"
 
     def spec(self) -> str:
-        params = [f"{f}={_fmt(getattr(self, f))}" for f in ("keep", "window", "topk", "online", "warmup", "consensus")
+        params = [f"{f}={_fmt(getattr(self, f))}" for f in ("keep", "window", "topk", "online", "warmup", "consensus",
+                                                            "give_up")
                   if getattr(self, f) != getattr(Confidence, f)] + _temp(self.temp)
         return f"conf@{self.k}" + (":" + ",".join(params) if params else "")
 
@@ -238,13 +245,13 @@ _AT_K = re.compile(r"^(maj|majority|ffs|best|sc|conf)(?:@(\d+))?$")
 _SHORT = re.compile(r"^short-(\d+)(?:@(\d+))?$")
 _PARAM_TYPES: dict[str, dict[str, type]] = {
     "adaptive": {"max": int, "conf": float, "wave": int, "rule": str, "window": int, "vote": str,
-                 "refill": str, "temp": float},
+                 "refill": str, "temp": float, "give_up": float},
     "early-exit": {"every": int, "window": int, "k": int, "probe": int},
 }
 _FINISH_PARAM_TYPES: dict[str, type] = {"rule": str}
 _VOTE_PARAM_TYPES: dict[str, type] = {"vote": str, "temp": float}
 _CONF_PARAM_TYPES: dict[str, type] = {"keep": float, "window": int, "topk": int, "online": int, "warmup": int,
-                                      "consensus": float, "temp": float}
+                                      "consensus": float, "temp": float, "give_up": float}
 
 
 def _fail(spec: str, why: str) -> InvalidSpec:
@@ -295,6 +302,8 @@ def _check_confidence(spec: str, s: Confidence) -> Confidence:
         raise _fail(spec, "online must be 0 or 1, warmup between 1 and k")
     if not 0.5 <= s.consensus <= 1:
         raise _fail(spec, "consensus must be in [0.5, 1]")
+    if not 0 <= s.give_up <= 1 or (s.give_up and not s.online):
+        raise _fail(spec, "give_up must be in [0, 1], and needs online=1")
     return replace(s, online=bool(s.online))
 
 
@@ -311,6 +320,8 @@ def _check_adaptive(spec: str, s: Adaptive) -> Adaptive:
         raise _fail(spec, "rule must be beta or esc")
     if not 1 <= s.wave <= s.max or not 1 <= s.window <= s.max:
         raise _fail(spec, "wave and window must be between 1 and max")
+    if not 0 <= s.give_up < 1:
+        raise _fail(spec, "give_up must be in [0, 1)")
     return s
 
 

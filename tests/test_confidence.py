@@ -86,6 +86,27 @@ def test_online_stops_unsure_samples_and_stops_at_consensus() -> None:
     assert agreed.stop_reason == "consensus" and len(agreed.samples) == 2 and agreed.answer == "4"
 
 
+@pytest.mark.parametrize("warmup,stops", [(["1", "2", "3", "4"], True), (["1", "2", "3", "1"], True),
+                                          (["1", "1", "2", "2"], False), (["1", "2", None, None], True),
+                                          (["1", None, None, None], False)])
+def test_online_gives_up_when_the_warmup_spreads(warmup: list[str | None], stops: bool) -> None:
+    """give_up=0.75: 3 or 4 different answers among 4 (or 2 of 2 answered) end the query after
+    the warm-up with its weighted vote; otherwise the other samples start."""
+    scripts = [pad(a, 40 + i) if a is not None else " " + "x" * (39 + i) for i, a in enumerate(warmup)]
+    scripts += [pad("1", 60 + i) for i in range(4)]
+    res = ask(FakeEngine(scripts, margins=[SURE] * 8), "conf@8:online=1,warmup=4,give_up=0.75")
+    answered = [a for a in warmup if a is not None]
+    assert (len(answered) >= 2 and len(set(answered)) >= 0.75 * len(answered)) == stops
+    if stops:
+        assert res.stop_reason == "gave-up" and len(res.samples) == 4
+        assert res.answer == answered[0]  # equal weights: the first finisher's answer
+    else:  # a split of two answers goes on; one answer alone is a consensus
+        assert res.stop_reason == ("consensus" if len(answered) == 1 else "all-finished")
+        assert len(res.samples) == (4 if len(answered) == 1 else 8)
+    never = ask(FakeEngine(scripts, margins=[SURE] * 8), "conf@8:online=1,warmup=4")
+    assert never.stop_reason != "gave-up"
+
+
 def test_adaptive_can_decide_by_weight() -> None:
     scripts = [pad("5", 40), pad("7", 41), pad("5", 42), pad("7", 43)]
     margins = [UNSURE, SURE, UNSURE, SURE]
@@ -127,3 +148,15 @@ def test_auto_keeps_stage_one_answer_when_no_escalated_sample_has_one() -> None:
     res = ask_auto(FakeEngine(scripts, margins=[5.0, SURE, SURE]), "conf@2")
     assert res.outcome.name == "escalated" and len(res.samples) == 3
     assert res.answer == "7" and res.winner == 0
+
+
+def test_auto_default_escalation_gives_up_where_the_warmup_spreads() -> None:
+    from edgescale.strategies.policy import DEFAULT_POLICY
+
+    assert DEFAULT_POLICY.escalation is not None
+    spec = DEFAULT_POLICY.escalation.spec()
+    assert "give_up=0.75" in spec and "online=1" in spec
+    scripts = [pad("7", 30), pad("1", 40), pad("2", 41), pad("3", 42), pad("1", 43)] + [pad("1", 90)] * 4
+    res = ask_auto(FakeEngine(scripts, margins=[5.0] + [SURE] * 8), spec)
+    assert res.stop_reason == "escalated:gave-up" and len(res.samples) == 5  # sample 0 and the warm-up
+    assert res.answer == "1" and res.votes == {"1": 2, "2": 1, "3": 1}

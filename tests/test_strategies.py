@@ -18,7 +18,7 @@ from edgescale.scheduler.runner import Query, StepCallback
 from edgescale.strategies.planner import Plan
 from edgescale.strategies.result import Result
 from edgescale.strategies.spec import Adaptive, EarlyExit, Escalate, Strategy, parse_strategy, samples_of
-from edgescale.strategies.voting import beta_confidence, beta_rule, esc_rule
+from edgescale.strategies.voting import beta_confidence, beta_rule, esc_rule, reach_probability
 from tests.fake_engine import PROMPT_END, FakeEngine
 from tests.scheduling import WAIT_S, StepClock, scheduler_on
 
@@ -199,7 +199,7 @@ def _first_stop(answers: list[str], threshold: float = 0.95) -> int:
 def test_adaptive_beta_stops_where_the_formula_says(answers: list[str]) -> None:
     # wave=1: one sample at a time, each one longer so the finish order is the index order
     scripts = [pad(a, 30 + i) for i, a in enumerate(answers)]
-    res = ask(FakeEngine(scripts), f"adaptive:max={len(answers)},conf=0.95,wave=1")
+    res = ask(FakeEngine(scripts), f"adaptive:max={len(answers)},conf=0.95,wave=1,give_up=0")
     expected = _first_stop(answers)
     finished = [s for s in res.samples if s.finish_reason == "stop"]
     assert len(finished) == expected
@@ -224,6 +224,77 @@ def test_default_adaptive_stops_at_two_agreeing_answers() -> None:
     # a split first wave: the live sample alone could not decide, so one more starts at a time
     split = ask(FakeEngine([pad("5", 30), pad("6", 31), pad("5", 32), pad("5", 33), pad("5", 34)]), "adaptive:max=8")
     assert split.answer == "5" and split.votes == {"5": 3, "6": 1} and split.stop_reason == "beta-confident"
+
+
+def _reach_by_hand(answers: list[str], left: int, threshold: float) -> float:
+    """reach_probability from scipy's Dirichlet-multinomial and betainc, by enumeration."""
+    from collections import Counter
+
+    from scipy.stats import dirichlet_multinomial
+
+    counts = sorted(Counter(answers).values(), reverse=True) + [0]
+    a, b, rest = counts[0], counts[1], sum(counts[2:])
+    total = 0.0
+    for x1 in range(left + 1):
+        for x2 in range(left + 1 - x1):
+            hi, lo = max(a + x1, b + x2), min(a + x1, b + x2)
+            if 1 - betainc(hi + 1, lo + 1, 0.5) >= threshold:
+                alpha = [a, b, rest + 1.0] if b else [a, rest + 1.0]
+                draws = [x1, x2, left - x1 - x2] if b else [x1, left - x1 - x2]
+                if b or x2 == 0:
+                    total += dirichlet_multinomial.pmf(draws, alpha, left)
+    return total
+
+
+@pytest.mark.parametrize("answers,left", [(["1", "2", "3", "4"], 12), (["1", "1", "2", "2"], 12), (["1", "2"], 14),
+                                          (["1", "1", "1", "2", "2", "3"], 10), (["4", "4"], 3), (["1", "2", "3"], 0)])
+@pytest.mark.parametrize("threshold", [0.8, 0.95])
+def test_reach_probability_is_the_polya_urn_sum(answers: list[str], left: int, threshold: float) -> None:
+    got = reach_probability(answers, left, threshold)
+    if left == 0:
+        assert got == float(beta_rule(answers, threshold))
+    else:
+        assert got == pytest.approx(_reach_by_hand(answers, left, threshold), abs=1e-9)
+
+
+def _first_give_up(answers: list[str], k_max: int, threshold: float = 0.8, give_up: float = 0.5) -> int | None:
+    """By hand: the sample count at which adaptive gives up (None: it does not)."""
+    for n in range(1, len(answers) + 1):
+        if beta_rule(answers[:n], threshold):
+            return None
+        if n >= 4 and _reach_by_hand(answers[:n], k_max - n, threshold) < give_up:
+            return n
+    return None
+
+
+@pytest.mark.parametrize("answers", [
+    [str(i) for i in range(16)],  # every answer new: it gives up at 5 (0.531, then 0.462)
+    ["1", "2", "3", "1", "4", "5", "6", "2", "7", "8", "9", "3", "10", "11", "12", "13"],
+    ["1", "2", "1", "2", "3", "4", "1", "2", "5", "6", "7", "8", "9", "10", "11", "12"],
+])
+def test_default_adaptive_gives_up_where_answers_spread(answers: list[str]) -> None:
+    """Through the scheduler with the fake engine: the default (max 16, conf 0.8, give_up 0.5)."""
+    scripts = [pad(a, 30 + i) for i, a in enumerate(answers)]
+    res = ask(FakeEngine(scripts), "adaptive")
+    expected = _first_give_up(answers, 16)
+    assert expected is not None and expected < 16
+    answered = [s for s in res.samples if s.finish_reason == "stop"]
+    assert len(answered) == expected and res.stop_reason == "gave-up"
+    assert res.answer == majority_of(answers[:expected])
+    never = ask(FakeEngine(scripts), "adaptive:give_up=0")
+    assert never.stop_reason == "k-max-reached" and len(never.samples) == 16
+
+
+def test_adaptive_does_not_give_up_where_answers_agree() -> None:
+    answers = ["1", "2", "3", "1", "1"] + ["1"] * 11
+    res = ask(FakeEngine([pad(a, 30 + i) for i, a in enumerate(answers)]), "adaptive")
+    assert _first_give_up(answers, 16) is None
+    assert res.stop_reason == "beta-confident" and res.answer == "1"
+
+
+def majority_of(answers: list[str]) -> str:
+    """Most common; ties to the first seen (finish order = index order here)."""
+    return max(dict.fromkeys(answers), key=answers.count)
 
 
 def test_esc_window_rule() -> None:
