@@ -91,3 +91,31 @@ def test_auto_escalates_to_deepconf_on_the_real_model(runtime) -> None:
     # stage 1, then DeepConf's own scored samples
     assert len(res.samples) > 1 and all(s.confidence is not None for s in res.samples[1:] if s.n_tokens)
     assert res.answer is None or res.answer in res.votes or res.samples[0].answer == res.answer
+
+
+def test_give_up_rules_end_to_end_on_the_real_model(runtime) -> None:
+    """Where SmolLM2's answers spread (object counting), adaptive gives up exactly where the rule
+    says, from the samples it finished; online DeepConf with give_up stops after its warm-up."""
+    from edgescale.evals.datasets import load
+    from edgescale.strategies.voting import beta_rule, reach_probability
+
+    opts = AskOptions(max_tokens=48, seed=0, answer="number")
+    gave_up = 0
+    for item in load("count-objects", limit=6):
+        res = runtime.ask(item.question, strategy="adaptive", options=opts)
+        done = sorted((s for s in res.samples if s.finish_reason in ("stop", "length")),
+                      key=lambda s: s.finished_at_s)
+        answers = [s.answer for s in done]
+        counted = sum(a is not None for a in answers)
+        if res.stop_reason == "gave-up":
+            gave_up += 1
+            assert counted >= 4 and not beta_rule(answers, 0.8)
+            assert reach_probability(answers, 16 - len(answers), 0.8) < 0.5
+            assert res.answer == max(res.votes, key=lambda a: res.votes[a]) and len(res.samples) < 16
+        elif res.stop_reason == "beta-confident":
+            assert beta_rule(answers, 0.8)
+        conf = runtime.ask(item.question, strategy="conf@8:online=1,temp=0.4,give_up=0.75", options=opts)
+        warm = [s.answer for s in conf.samples[:4] if s.answer is not None]
+        if conf.stop_reason == "gave-up":
+            assert len(conf.samples) == 4 and len(set(warm)) >= 0.75 * len(warm)
+    assert gave_up >= 1  # the set is there for this: answers spread
