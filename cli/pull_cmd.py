@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import typer
@@ -54,12 +55,16 @@ def pull(
 
 
 class _Bar:
-    """rich's progress bar (bytes, rate, ETA) on stderr, one task per phase."""
+    """rich's progress bar (bytes, rate, ETA) on stderr, one task per phase; when stderr is not
+    a terminal (a script's log), a line per tenth of the download instead."""
 
     def __init__(self, *, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
+        self.lines = enabled and not self.enabled
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
+        self._said: dict[str, int] = {}
+        self._t0 = time.monotonic()
 
     def __enter__(self) -> "_Bar":
         if self.enabled:
@@ -84,6 +89,12 @@ class _Bar:
             self._progress.__exit__(*exc)
 
     def update(self, phase: str, done: int, total: int | None) -> None:
+        if self.lines and phase == "download" and total:
+            tenth = 10 * done // total
+            if tenth > self._said.get(phase, 0):
+                self._said[phase] = tenth
+                rate = done / max(time.monotonic() - self._t0, 1e-6)
+                sys.stderr.write(f"pull: {10 * tenth}% of {total / 1e6:,.1f} MB ({rate / 1e6:,.1f} MB/s)\n")
         if self._progress is None:
             return
         task = self._tasks.get(phase)

@@ -54,6 +54,13 @@ def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Com
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def one_error(p: subprocess.CompletedProcess[str]) -> bool:
+    """The run ended with one error line, last (progress lines may come before it), no traceback."""
+    lines = p.stderr.splitlines()
+    return bool(lines) and lines[-1].startswith("error: ") and sum(x.startswith("error:") for x in lines) == 1 \
+        and "Traceback" not in p.stderr
+
+
 def test_pull_by_repo_and_quant_then_run_list_show_rm(mirror: Mirror, env: dict[str, str], gguf: bytes) -> None:
     p = cli(env, "pull", f"hf:{REPO}:q4_k_m", "--json")
     assert p.returncode == 0, p.stderr
@@ -84,7 +91,7 @@ def test_pull_by_repo_and_quant_then_run_list_show_rm(mirror: Mirror, env: dict[
     rm = cli(env, "models", "rm", "smollm2-135m-instruct-q4_k_m")
     assert rm.returncode == 0 and not Path(out["path"]).exists()
     gone = cli(env, "run", "-m", "smollm2-135m-instruct-q4_k_m", "hi")
-    assert gone.returncode == 3 and gone.stderr.count("\n") == 1
+    assert gone.returncode == 3 and one_error(gone)
 
 
 def test_pull_chooses_a_quant_and_lists_the_others(env: dict[str, str]) -> None:
@@ -109,7 +116,7 @@ def test_resume_after_the_server_cuts_the_connection(mirror: Mirror, env: dict[s
 def test_checksum_mismatch_deletes_the_file_and_names_both_sums(env: dict[str, str], gguf: bytes,
                                                               tmp_path: Path) -> None:
     p = cli(env, "pull", f"hf:{REPO}:IQ4_XS")
-    assert p.returncode == 13 and p.stderr.count("\n") == 1
+    assert p.returncode == 13 and one_error(p)
     assert "0" * 64 in p.stderr and hashlib.sha256(gguf).hexdigest() in p.stderr and "deleted" in p.stderr
     assert not list((tmp_path / "store").glob("*/*.gguf*"))
     url = env["HF_ENDPOINT"] + "/files/smol.gguf"
@@ -121,7 +128,7 @@ def test_checksum_mismatch_deletes_the_file_and_names_both_sums(env: dict[str, s
 
 def test_truncated_and_non_gguf_files_are_refused(env: dict[str, str], tmp_path: Path) -> None:
     trunc = cli(env, "pull", f"hf:{REPO}:Q2_K")
-    assert trunc.returncode == 4 and "truncated GGUF" in trunc.stderr and trunc.stderr.count("\n") == 1
+    assert trunc.returncode == 4 and "truncated GGUF" in trunc.stderr and one_error(trunc)
     html = cli(env, "pull", f"hf:{REPO}:Q3_K_S")
     assert html.returncode == 4 and "not a GGUF file" in html.stderr
     assert json.loads(cli(env, "models", "--json").stdout)[-1]["source"] == "catalog"  # nothing registered
@@ -189,9 +196,9 @@ def test_import_a_local_file_and_bad_sources(env: dict[str, str], model_path: Pa
                          (["hf:a/b", "--name", "Bad Name"], "model name"), (["hf:a/b", "--sha256", "xyz"], "64 hex"),
                          (["hf:a/b", "--name", "smollm2-135m"], "catalog model")]:
         r = cli(env, "pull", *args)
-        assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert r.returncode == 2 and needle in r.stderr and one_error(r), (args, r.stderr)
     missing = cli(env, "pull", "hf:test-org/no-such-repo:Q4_K_M")
-    assert missing.returncode == 13 and missing.stderr.count("\n") == 1
+    assert missing.returncode == 13 and one_error(missing)
 
 
 def test_a_pulled_model_works_in_the_python_api(mirror: Mirror, monkeypatch: pytest.MonkeyPatch,
