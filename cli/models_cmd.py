@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -56,6 +57,11 @@ def models(ctx: typer.Context, as_json: bool = JSON) -> None:
     copies = [c for r in rows for c in r.get("copies", [])]
     if copies:
         console.print(f"copies in other weight types: {', '.join(copies)}")
+    from edgescale.models.store import partial_downloads
+
+    for part in partial_downloads():
+        console.print(f"unfinished download: {part} ({part.stat().st_size / 1e6:,.1f} MB; the same `edgescale pull` "
+                      f"resumes it, `edgescale models rm {part.parent.name}` deletes it)")
 
 
 def show(name: str = typer.Argument(..., help="A catalog name, a pulled model's name, or a .gguf path."),
@@ -91,8 +97,11 @@ def rm(name: str = typer.Argument(..., help="A pulled model's name.")) -> None:
 
     if find_entry(name) is not None:
         raise UsageError(f"{name!r} is a catalog model, installed by pip; `pip uninstall` its package instead")
-    model = remove(name)
-    typer.echo(f"removed {model.name} ({mb(model.size)}, {model.path})", err=True)
+    gone = remove(name)
+    if isinstance(gone, Path):
+        typer.echo(f"removed the unfinished download in {gone}", err=True)
+    else:
+        typer.echo(f"removed {gone.name} ({mb(gone.size)}, {gone.path})", err=True)
 
 
 def models_app() -> typer.Typer:

@@ -24,6 +24,7 @@ from edgescale.models.store import (
     PulledModel,
     check_name,
     find_pulled,
+    locked,
     model_folder,
     name_for_file,
     new_manifest,
@@ -86,15 +87,18 @@ def pull(source: str, *, name: str | None = None, sha256: str | None = None, for
         return PullResult(existing, 0, 0, others)
     folder = model_folder(model_name)
     target = folder / Path(file).name
-    folder.mkdir(parents=True, exist_ok=True)
-    if force or (existing is not None and existing.etag != remote.etag):
-        target.unlink(missing_ok=True)
-    start = partial_bytes(target)
-    fetch(remote, target, progress=lambda done, total: progress("download", done, total))
-    got = _checked(target, want_sha, canonical, progress)
-    _validated(target, canonical)
-    model = new_manifest(model_name, target, source=canonical, sha256=got, revision=revision, etag=remote.etag)
-    model = register(replace(model, request=src.text))
+    with locked(folder):
+        again = find_pulled(model_name)  # another pull may have finished it while this one waited
+        if again is not None and not force and again.source == canonical and again.etag == remote.etag:
+            return PullResult(again, 0, 0, others)
+        if force or (existing is not None and existing.etag != remote.etag):
+            target.unlink(missing_ok=True)
+        start = partial_bytes(target)
+        fetch(remote, target, progress=lambda done, total: progress("download", done, total))
+        got = _checked(target, want_sha, canonical, progress)
+        _validated(target, canonical)
+        model = new_manifest(model_name, target, source=canonical, sha256=got, revision=revision, etag=remote.etag)
+        model = register(replace(model, request=src.text))
     return PullResult(model, target.stat().st_size - start, start, others)
 
 
@@ -161,11 +165,14 @@ def _validated(target: Path, source: str) -> None:
 
 
 def _discard(target: Path) -> None:
+    """Delete a refused file and its partial download (and the folder when nothing else is in it)."""
     target.unlink(missing_ok=True)
-    part_path(target).unlink(missing_ok=True)
+    part = part_path(target)
+    part.unlink(missing_ok=True)
+    part.with_name(part.name + ".json").unlink(missing_ok=True)
     folder = target.parent
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    if folder.is_dir() and all(p.name == ".lock" for p in folder.iterdir()):
+        shutil.rmtree(folder)
 
 
 def _import_file(src: Source, name: str | None, want_sha: str | None, force: bool, progress: Progress) -> PullResult:

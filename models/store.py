@@ -15,8 +15,10 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 from edgescale.errors import ModelNotFound, UsageError
 
@@ -124,14 +126,44 @@ def register(model: PulledModel) -> PulledModel:
     return model
 
 
-def remove(name: str) -> PulledModel:
-    """Delete a pulled model's folder (file, manifest and any partial download)."""
+def partial_downloads() -> list[Path]:
+    """Unfinished downloads in the store (``<name>/<file>.part``, no manifest yet)."""
+    root = store_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("*/*.part") if not (p.parent / MANIFEST).is_file())
+
+
+def remove(name: str) -> PulledModel | Path:
+    """Delete a pulled model's folder (file, manifest and any partial download), or the folder of
+    an unfinished download of that name; what was removed."""
     model = find_pulled(name)
-    if model is None or model.name != name.strip().lower():
-        names = ", ".join(m.name for m in pulled_models()) or "none"
-        raise ModelNotFound(f"no pulled model named {name!r} (pulled: {names})")
-    shutil.rmtree(model.folder)
-    return model
+    if model is not None and model.name == name.strip().lower():
+        shutil.rmtree(model.folder)
+        return model
+    folder = store_dir() / name.strip().lower()
+    if _NAME.fullmatch(folder.name) and folder.is_dir() and not (folder / MANIFEST).exists():
+        shutil.rmtree(folder)
+        return folder
+    names = ", ".join(m.name for m in pulled_models()) or "none"
+    raise ModelNotFound(f"no pulled model named {name!r} (pulled: {names})")
+
+
+@contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s lock: one pull of a model at a time (a second waits for the first)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+b") as f:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def new_manifest(name: str, path: Path, *, source: str, sha256: str, revision: str | None = None,

@@ -164,6 +164,8 @@ def test_ctrl_c_keeps_a_partial_file_that_the_next_pull_resumes(mirror: Mirror, 
     assert "interrupted" in err and str(part) in err and "resume" in err and "Traceback" not in err
     kept = part.stat().st_size
     assert 8 << 20 < kept < len(gguf)
+    listing = cli(env, "models")
+    assert "unfinished download" in listing.stdout and "smollm2-135m-instruct-q4_k_m" in listing.stdout
     mirror.bytes_per_s = None
     p = cli(env, "pull", f"hf:{REPO}:{GOOD}", "--json")
     assert p.returncode == 0, p.stderr
@@ -246,3 +248,16 @@ def test_serve_a_pulled_model_by_name(env: dict[str, str], model_path: Path) -> 
         assert reply["usage"]["completion_tokens"] >= 1
     finally:
         server.stop()
+
+
+def test_two_pulls_of_one_model_at_once_download_it_once(mirror: Mirror, env: dict[str, str], gguf: bytes) -> None:
+    mirror.bytes_per_s = 40e6
+    procs = [subprocess.Popen([*CLI, "pull", f"hf:{REPO}:{GOOD}", "--json"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+    results = [json.loads(o) for o, _ in outs]
+    assert sorted(r["downloaded"] for r in results) == [0, len(gguf)]  # the second waited for the first
+    assert len([e for e in mirror.gets() if "resolve" in e[1]]) == 1
+    assert Path(results[0]["path"]).read_bytes() == gguf
+    assert cli(env, "models", "rm", "smollm2-135m-instruct-q4_k_m").returncode == 0
