@@ -404,6 +404,10 @@ class Runtime:
         budget; it fails with :class:`BudgetInfeasible` saying what fits instead."""
         deadline = Deadline.after(budget.deadline_s if budget is not None else None, arrival)
         opts = replace(options or AskOptions(), **overrides_of(options, overrides))
+        n_vocab = self.engine.info.n_vocab
+        if opts.logit_bias and opts.logit_bias[-1][0] >= n_vocab:
+            raise UsageError(f"logit_bias: token {opts.logit_bias[-1][0]} is not in the model's vocabulary "
+                             f"(0 to {n_vocab - 1})")
         tokens = self.prompt_tokens(prompt, opts)
         budget = budget or Budget()
         strat = resolve_strategy(strategy, None, budgeted=deadline.bounded or budget.memory_bytes is not None)
