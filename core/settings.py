@@ -172,13 +172,14 @@ def logit_bias_pairs(value: Any, name: str = "logit_bias") -> tuple[tuple[int, f
 
 
 def sampling_extras(names: Mapping[str, str], *, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-                    logit_bias: Any = None, top_logprobs: int = 0) -> dict[str, Any]:
-    """Penalties, logit bias and top logprobs checked: GenerationOptions fields."""
+                    logit_bias: Any = None, top_logprobs: int = 0, logprobs: bool = False) -> dict[str, Any]:
+    """Penalties, logit bias and logprobs checked: GenerationOptions fields."""
     _check_range(names["frequency_penalty"], frequency_penalty, -MAX_PENALTY, MAX_PENALTY)
     _check_range(names["presence_penalty"], presence_penalty, -MAX_PENALTY, MAX_PENALTY)
     _check_range(names["top_logprobs"], top_logprobs, 0, MAX_TOP_LOGPROBS)
     return {"frequency_penalty": float(frequency_penalty), "presence_penalty": float(presence_penalty),
-            "logit_bias": logit_bias_pairs(logit_bias, names["logit_bias"]), "top_logprobs": int(top_logprobs)}
+            "logit_bias": logit_bias_pairs(logit_bias, names["logit_bias"]), "top_logprobs": int(top_logprobs),
+            "logprobs": bool(logprobs or top_logprobs)}
 
 
 def _check_range(name: str, value: float | None, lo: float, hi: float) -> None:
@@ -209,6 +210,7 @@ def ask_settings(
     presence_penalty: float = 0.0,
     logit_bias: Any = None,
     top_logprobs: int = 0,
+    logprobs: bool = False,
     names: Mapping[str, str] = API_NAMES,
 ) -> AskSettings:
     """Validate every value and build the API objects. ``names``: what the values are
@@ -227,7 +229,7 @@ def ask_settings(
         seed=int(seed), stop=tuple(stop), ignore_eos=bool(ignore_eos), system=system, chat=not raw, answer=kind,
         choices=tuple(choices), constraint=constraint, tail=tail,
         **sampling_extras(names, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                          logit_bias=logit_bias, top_logprobs=top_logprobs),
+                          logit_bias=logit_bias, top_logprobs=top_logprobs, logprobs=logprobs),
     )
     budget = Budget(deadline_s=parse_duration(deadline), memory_bytes=parse_size(memory))
     budgeted = budget.deadline_s is not None or budget.memory_bytes is not None
@@ -321,7 +323,7 @@ def overrides_of(options: AskOptions | None, overrides: dict[str, Any]) -> dict[
     ``response_format`` turned into the answer kind, the constraint and the tail."""
     out = dict(overrides)
     base = options or AskOptions()
-    extras = ("frequency_penalty", "presence_penalty", "logit_bias", "top_logprobs")
+    extras = ("frequency_penalty", "presence_penalty", "logit_bias", "top_logprobs", "logprobs")
     if any(k in out for k in extras):
         out.update(sampling_extras(API_NAMES, **{k: out.get(k, getattr(base, k)) for k in extras}))
     if "answer" not in overrides and "response_format" not in overrides:

@@ -97,7 +97,8 @@ class BenchConfig:
     frequency_penalty: float = 0.0  # OpenAI's penalties and logit bias (runtime.sampling.make_adjuster)
     presence_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
-    top_logprobs: int = 0  # (sampling_extras' field; a bench keeps none)
+    top_logprobs: int = 0  # (sampling_extras' fields; a bench keeps none)
+    logprobs: bool = False
 
     def settings(self) -> dict[str, Any]:
         """Everything besides dataset, item, strategy, model and seed that shapes the output."""

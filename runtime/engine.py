@@ -124,6 +124,10 @@ class DecodeSession(Protocol):
         """Append each feed's tokens to its sequence in one batch; return (len(feeds), V)
         logits of each feed's last token. The rows stay valid until the next call."""
 
+    def decode_all(self, seq_id: int, tokens: Sequence[int]) -> Logits:
+        """Append ``tokens`` to ``seq_id`` and return the logits of every one of them,
+        (len(tokens), V), a copy (scoring a prompt: OpenAI's ``echo`` with ``logprobs``)."""
+
     def remove(self, seq_id: int) -> None:
         """Drop a sequence; cells no other sequence uses are freed at once."""
 

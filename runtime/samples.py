@@ -47,6 +47,7 @@ class GenerationConfig:
     tail: AnswerTail | None = None
     # the most likely tokens of each step and their model log-probabilities, kept per sample (0: none)
     top_logprobs: int = 0
+    logprobs: bool = False  # the result carries each sample's tokens and their log-probabilities
 
     def sampling_of(self, index: int) -> SamplingConfig:
         return next((cfg for i, cfg in self.sampling_overrides if i == index), self.sampling)

@@ -38,6 +38,7 @@ class GenerationOptions:
     presence_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     top_logprobs: int = 0  # keep each step's top (token, log-probability) pairs per sample (0: none)
+    logprobs: bool = False  # each sample's tokens and log-probabilities in the result (OpenAI's logprobs)
 
     def sampling_for(self, strategy: Strategy) -> SamplingConfig:
         temp = self.temperature  # --temperature, when given, holds for every strategy
@@ -61,4 +62,5 @@ def generation_config(strategy: Strategy, options: GenerationOptions, max_new_to
     return GenerationConfig(max_new_tokens=max_new_tokens, stop=options.stop, sampling=sampling, seed=options.seed,
                             ignore_eos=options.ignore_eos, sampling_overrides=overrides,
                             confidence_top_k=conf.topk if conf is not None else 0, constraint=options.constraint,
-                            tail=options.tail, top_logprobs=options.top_logprobs)
+                            tail=options.tail, top_logprobs=options.top_logprobs,
+                            logprobs=options.logprobs or options.top_logprobs > 0)
