@@ -28,10 +28,13 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from edgescale import limits
 from edgescale.errors import EdgescaleError, UsageError
+from edgescale.runtime.token_logprobs import TokenLogprob
+from edgescale.serve.fields import Extras, default_efforts, parse_extras
+from edgescale.serve.logprobs import logprobs_object
 from edgescale.settings import AskSettings, ask_settings, typed_field
 from edgescale.strategies.result import Result, Sample
 from edgescale.strategies.spec import Majority, draws_one_sample, samples_of
@@ -41,19 +44,21 @@ FINISH_REASONS = ("stop", "length", "deadline", "cancelled")
 # What our error messages call each setting: the JSON fields of the body.
 NAMES = {"samples": "field 'n'", "max_tokens": "field 'max_tokens'", "temperature": "field 'temperature'",
          "seed": "field 'seed'", "top_k": "field 'top_k'", "top_p": "field 'top_p'", "min_p": "field 'min_p'",
-         "answer": "field 'answer'", "response_format": "field 'response_format'"}
+         "answer": "field 'answer'", "response_format": "field 'response_format'",
+         "frequency_penalty": "field 'frequency_penalty'", "presence_penalty": "field 'presence_penalty'",
+         "logit_bias": "field 'logit_bias'", "top_logprobs": "field 'top_logprobs'"}
 
 COMMON = ("model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
-          "strategy", "deadline_ms", "answer", "top_k", "min_p", "ignore_eos", "response_format")
+          "strategy", "deadline_ms", "answer", "top_k", "min_p", "ignore_eos", "response_format",
+          "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "reasoning_effort")
 # OpenAI fields accepted at their neutral value only (what many clients send by default)
 NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False, None),
-    "logit_bias": ({},), "echo": (False,), "best_of": (1,), "suffix": ("",), "parallel_tool_calls": (True, False),
-    "tools": ([],), "tool_choice": ("none",),
+    "best_of": (1,), "suffix": ("",), "modalities": (["text"],), "function_call": ("none",), "functions": ([],),
 }
-IGNORED = ("user", "metadata", "store", "service_tier")  # bookkeeping fields with no effect on the answer
-CHAT_FIELDS = (*COMMON, "messages", "max_completion_tokens")
-COMPLETION_FIELDS = (*COMMON, "prompt")
+# bookkeeping fields with no effect on the answer
+IGNORED = ("user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier")
+CHAT_FIELDS = (*COMMON, "messages", "max_completion_tokens", "top_logprobs")
+COMPLETION_FIELDS = (*COMMON, "prompt", "echo")
 ROLES = ("system", "user", "assistant", "developer")
 
 
@@ -81,6 +86,11 @@ class Defaults:
     seed: int = limits.DEFAULT_SEED
     max_tokens: int = limits.DEFAULT_MAX_TOKENS
     temperature: float | None = None
+    # reasoning_effort level -> strategy spec (serve.fields; --reasoning-effort LEVEL=SPEC)
+    efforts: tuple[tuple[str, str], ...] = default_efforts(16)
+
+    def effort_strategy(self, level: str) -> str:
+        return dict(self.efforts)[level]
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,7 @@ class Call:
     n: int
     stream: bool
     include_usage: bool
+    extras: Extras = Extras()
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -136,7 +147,8 @@ def deadline_seconds(deadline_ms: int | float | None, name: str = "field 'deadli
 
 
 def defaults_of(*, strategy: str | None, deadline_ms: int | None, answer: str, seed: int,
-                max_tokens: int) -> tuple[Defaults, AskSettings]:
+                max_tokens: int, efforts: tuple[tuple[str, str], ...] = default_efforts(16)
+                ) -> tuple[Defaults, AskSettings]:
     """The server's defaults (from its command line), checked by the rules every request
     goes through; UsageError (one line) when one is bad."""
     try:
@@ -145,7 +157,7 @@ def defaults_of(*, strategy: str | None, deadline_ms: int | None, answer: str, s
     except ApiError as exc:
         raise UsageError(exc.message) from None
     return Defaults(strategy=strategy, deadline_ms=deadline_ms, answer=settings.options.answer, seed=seed,
-                    max_tokens=max_tokens), settings
+                    max_tokens=max_tokens, efforts=efforts), settings
 
 
 def _bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
@@ -232,8 +244,11 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
     max_tokens = _get(body, key, int, defaults.max_tokens)
     if not 1 <= max_tokens <= limits_.max_tokens:
         raise _bad(f"field {key!r} must be between 1 and {limits_.max_tokens}, got {max_tokens}", param=key)
+    extras = parse_extras(body, chat=chat, get=_get, bad=lambda message, param: _bad(message, param=param))
     strategy = _get(body, "strategy", str, None)
-    if strategy is not None and n > 1:
+    if strategy is None and n == 1 and extras.effort is not None:  # an explicit strategy (or n) comes first
+        strategy = defaults.effort_strategy(extras.effort)
+    if strategy is not None and n > 1 and body.get("strategy") is not None:
         raise _bad("n > 1 asks for n samples as choices; with a 'strategy' the samples are voted into one "
                    "choice: send one of them", param="n")
     deadline_s = deadline_seconds(_get(body, "deadline_ms", (int, float), defaults.deadline_ms))
@@ -256,15 +271,24 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
             answer=_get(body, "answer", str, defaults.answer), stop=[s for s in stops if s],
             ignore_eos=_get(body, "ignore_eos", bool, False),
             raw=not chat, deadline=deadline_s, names=NAMES, response_format=body.get("response_format"),
+            **extras.settings_fields(),
         )
     except EdgescaleError as exc:
-        raise _bad(str(exc), param="response_format" if "response_format" in str(exc) else None) from None
+        message = str(exc)
+        param = next((k for k, name in NAMES.items() if name in message), None)
+        param = {"samples": "n"}.get(param or "", param)
+        if param is None and "response_format" in message:
+            param = "response_format"
+        if param is None and extras.effort is not None and body.get("strategy") is None:
+            param = "reasoning_effort"
+        raise _bad(message, param=param) from None
+    by_effort = extras.effort is not None and body.get("strategy") is None and n == 1
     refusal = limits_.samples_refusal(samples_of(settings.strategy), f"strategy {settings.strategy.spec()!r}",
-                                      "strategy")
+                                      "reasoning_effort" if by_effort else "strategy")
     if refusal is not None:
         raise refusal
     return Call(chat=chat, prompt=prompt, settings=settings, n=n, stream=stream,
-                include_usage=bool(options.get("include_usage")))
+                include_usage=bool(options.get("include_usage")), extras=extras)
 
 
 # -- responses -----------------------------------------------------------------------------
@@ -279,15 +303,21 @@ def finish_reason(sample_reason: str | None, result: Result | None = None) -> st
     return "stop"
 
 
-def choices_of(call: Call, result: Result) -> list[tuple[str, str]]:
-    """(text, finish_reason) of each choice: the n samples, or the query's winning text."""
+class Choice(NamedTuple):
+    text: str
+    finish_reason: str
+    sample: Sample | None  # whose tokens the text is (its logprobs); None: no sample
+
+
+def choices_of(call: Call, result: Result) -> list[Choice]:
+    """Each choice: the n samples, or the query's winning text."""
     if call.n > 1:
         ordered = sorted(result.samples, key=lambda s: s.index)
-        return [(s.text, finish_reason(s.finish_reason)) for s in ordered]
+        return [Choice(s.text, finish_reason(s.finish_reason), s) for s in ordered]
     winner: Sample | None = next((s for s in result.samples if s.index == result.winner), None)
     if winner is None and result.samples:
         winner = result.samples[0]
-    return [(result.text, finish_reason(winner.finish_reason if winner else None, result))]
+    return [Choice(result.text, finish_reason(winner.finish_reason if winner else None, result), winner)]
 
 
 def usage(result: Result) -> dict[str, Any]:
@@ -297,10 +327,12 @@ def usage(result: Result) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": s.cached_prompt_tokens}}
 
 
-def edgescale_fields(result: Result) -> dict[str, Any]:
+def edgescale_fields(result: Result, call: Call | None = None) -> dict[str, Any]:
     """The test-time compute account of a response."""
     s = result.stats
+    effort = call.extras.effort if call is not None else None
     return {
+        **({"reasoning_effort": effort} if effort is not None else {}),
         "answer": result.answer, "votes": result.votes, "strategy": result.strategy,
         "stop_reason": result.stop_reason, "samples": len(result.samples), "skipped": list(result.skipped),
         "tokens_generated": s.total_tokens, "sample_tokens": s.generated_tokens, "probe_tokens": s.probe_tokens,
@@ -316,20 +348,34 @@ def _plan(result: Result) -> dict[str, Any] | None:
     return plan if isinstance(plan, dict) else None
 
 
-def response(call: Call, result: Result, model: str, fingerprint: str) -> dict[str, Any]:
-    """The non-streaming response object."""
+def response(call: Call, result: Result, model: str, fingerprint: str,
+             prompt: Sequence[TokenLogprob] | None = None) -> dict[str, Any]:
+    """The non-streaming response object. ``prompt``: the prompt's token records (``echo``
+    with ``logprobs``)."""
     choices: list[dict[str, Any]] = []
-    for i, (text, reason) in enumerate(choices_of(call, result)):
+    lp = call.extras.logprobs
+    for i, (text, reason, sample) in enumerate(choices_of(call, result)):
+        entries = (sample.logprobs or ()) if sample is not None and lp else () if lp else None
         if call.chat:
-            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                            "logprobs": logprobs_object(True, entries, call.extras.top_logprobs),
                             "finish_reason": reason})
-        else:
-            choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": reason})
+            continue
+        head = echoed(call)
+        if head and entries is not None:
+            entries = (*(prompt or ()), *entries)
+        choices.append({"index": i, "text": head + text, "finish_reason": reason,
+                        "logprobs": logprobs_object(False, entries, call.extras.top_logprobs)})
     return {
         "id": call.object_id, "object": "chat.completion" if call.chat else "text_completion",
         "created": call.created, "model": model, "system_fingerprint": fingerprint, "choices": choices,
-        "usage": usage(result), "edgescale": edgescale_fields(result),
+        "usage": usage(result), "edgescale": edgescale_fields(result, call),
     }
+
+
+def echoed(call: Call) -> str:
+    """The text a completion choice starts with: its prompt under ``echo``, else nothing."""
+    return call.prompt if call.extras.echo and isinstance(call.prompt, str) else ""
 
 
 def chunk(call: Call, model: str, fingerprint: str, choices: list[dict[str, Any]],
@@ -340,14 +386,17 @@ def chunk(call: Call, model: str, fingerprint: str, choices: list[dict[str, Any]
             **extra}
 
 
-def delta(call: Call, index: int, text: str | None, reason: str | None = None,
-          *, role: bool = False) -> dict[str, Any]:
-    """One choice of a chunk: new text, and the finish reason on the last."""
+def delta(call: Call, index: int, text: str | None, reason: str | None = None, *, role: bool = False,
+          logprobs: Sequence[TokenLogprob] | None = None, offset: int = 0) -> dict[str, Any]:
+    """One choice of a chunk: new text (and its tokens' logprobs, when asked), and the finish
+    reason on the last. ``offset``: the characters of the choice streamed before (completions)."""
+    entries = (logprobs or ()) if call.extras.logprobs else None
+    lp = logprobs_object(call.chat, entries, call.extras.top_logprobs, offset) if entries else None
     if call.chat:
         d: dict[str, Any] = {"role": "assistant"} if role else {}
         if text:
             d["content"] = text
         elif role:
             d["content"] = ""
-        return {"index": index, "delta": d, "logprobs": None, "finish_reason": reason}
-    return {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
+        return {"index": index, "delta": d, "logprobs": lp, "finish_reason": reason}
+    return {"index": index, "text": text or "", "logprobs": lp, "finish_reason": reason}
