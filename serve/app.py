@@ -31,6 +31,7 @@ from edgescale.serve import protocol as proto
 from edgescale.serve.metrics import metrics_response
 from edgescale.serve.protocol import ApiError, Call
 from edgescale.serve.state import ServerState
+from edgescale.serve.tools import tool_call_deltas
 from edgescale.strategies.policy import DEFAULT_POLICY
 from edgescale.strategies.spec import Auto, samples_of
 
@@ -344,6 +345,12 @@ async def _events(state: ServerState, call: Call, future: Future[Result], deltas
         else:  # what the deltas held back (a stop string's prefix that was not one); never a repeat
             rest = text[len(streamed[i]):] if text.startswith(streamed[i]) else ""
         extra = {"edgescale": proto.edgescale_fields(result, call)} if i == len(choices) - 1 else {}
+        calls = tool_call_deltas(call.tools, i, text, reason) if call.chat and call.tools is not None else None
+        if calls is not None:  # a tool call: its name, then its arguments, then the finish
+            for d in calls[:-1]:
+                yield _sse(proto.chunk(call, model, fp, [d]))
+            yield _sse(proto.chunk(call, model, fp, [calls[-1]], **extra))
+            continue
         d = proto.delta(call, i, rest, reason, logprobs=records, offset=offsets[i])
         yield _sse(proto.chunk(call, model, fp, [d], **extra))
     if call.include_usage:

@@ -35,6 +35,7 @@ from edgescale.errors import EdgescaleError, UsageError
 from edgescale.runtime.token_logprobs import TokenLogprob
 from edgescale.serve.fields import Extras, default_efforts, parse_extras
 from edgescale.serve.logprobs import logprobs_object
+from edgescale.serve.tools import Tools, chat_message, history_message, parse_tools, with_tools
 from edgescale.settings import AskSettings, ask_settings, typed_field
 from edgescale.strategies.result import Result, Sample
 from edgescale.strategies.spec import Majority, draws_one_sample, samples_of
@@ -57,9 +58,10 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 # bookkeeping fields with no effect on the answer
 IGNORED = ("user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier")
-CHAT_FIELDS = (*COMMON, "messages", "max_completion_tokens", "top_logprobs")
+CHAT_FIELDS = (*COMMON, "messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
+               "parallel_tool_calls")
 COMPLETION_FIELDS = (*COMMON, "prompt", "echo")
-ROLES = ("system", "user", "assistant", "developer")
+ROLES = ("system", "user", "assistant", "developer", "tool")
 
 
 class ApiError(Exception):
@@ -122,6 +124,7 @@ class Call:
     stream: bool
     include_usage: bool
     extras: Extras = Extras()
+    tools: Tools | None = None  # functions offered (serve.tools); None: none
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -133,6 +136,8 @@ class Call:
     def streams_tokens(self) -> bool:
         """Whether text can stream token by token: one sample per choice. A voting
         strategy's text is known only when the vote is: it comes as one chunk."""
+        if self.tools is not None and self.tools.choice != "none":
+            return False  # a call is known only when its text is whole
         return self.n > 1 or draws_one_sample(self.settings.strategy)
 
 
@@ -215,6 +220,12 @@ def _messages(body: Mapping[str, Any]) -> tuple[dict[str, str], ...]:
         if role not in ROLES:
             raise _bad(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}",
                        param=f"messages[{i}].role")
+        if role == "tool" or (role == "assistant" and m.get("tool_calls") is not None):
+            try:  # earlier calls and their results, written as chat text (serve.tools)
+                out.append(history_message(m, i, _content(m, i)))
+            except UsageError as exc:
+                raise _bad(str(exc), param=f"messages[{i}]") from None
+            continue
         out.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
     return tuple(out)
 
@@ -233,7 +244,19 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
     _check_fields(body, CHAT_FIELDS if chat else COMPLETION_FIELDS)
-    prompt: str | tuple[dict[str, str], ...] = _messages(body) if chat else _completion_prompt(body)
+    try:
+        tools = parse_tools(body) if chat else None
+    except UsageError as exc:
+        raise _bad(str(exc), param=next(p for p in ("parallel_tool_calls", "tool_choice", "tools")
+                                        if p in str(exc))) from None
+    response_format = body.get("response_format")
+    if tools is not None and tools.forced:
+        if response_format is not None:
+            raise _bad("a forced tool call ('tool_choice') holds the output to the call's schema: leave "
+                       "'response_format' out", param="response_format")
+        response_format = tools.constraint()
+    prompt: str | tuple[dict[str, str], ...] = with_tools(_messages(body), tools) if chat else _completion_prompt(
+        body)
     n = _get(body, "n", int, 1)
     if not 1 <= n <= limits_.max_n:
         raise _bad(f"field 'n' must be between 1 and {limits_.max_n} (--max-n), got {n}", param="n")
@@ -270,15 +293,15 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
             max_tokens=max_tokens, seed=_get(body, "seed", int, defaults.seed),
             answer=_get(body, "answer", str, defaults.answer), stop=[s for s in stops if s],
             ignore_eos=_get(body, "ignore_eos", bool, False),
-            raw=not chat, deadline=deadline_s, names=NAMES, response_format=body.get("response_format"),
+            raw=not chat, deadline=deadline_s, names=NAMES, response_format=response_format,
             **extras.settings_fields(),
         )
     except EdgescaleError as exc:
         message = str(exc)
         param = next((k for k, name in NAMES.items() if name in message), None)
         param = {"samples": "n"}.get(param or "", param)
-        if param is None and "response_format" in message:
-            param = "response_format"
+        if param is None and ("response_format" in message or "tools" in message):
+            param = "tools" if "tools" in message else "response_format"
         if param is None and extras.effort is not None and body.get("strategy") is None:
             param = "reasoning_effort"
         raise _bad(message, param=param) from None
@@ -288,7 +311,7 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
     if refusal is not None:
         raise refusal
     return Call(chat=chat, prompt=prompt, settings=settings, n=n, stream=stream,
-                include_usage=bool(options.get("include_usage")), extras=extras)
+                include_usage=bool(options.get("include_usage")), extras=extras, tools=tools)
 
 
 # -- responses -----------------------------------------------------------------------------
@@ -357,7 +380,8 @@ def response(call: Call, result: Result, model: str, fingerprint: str,
     for i, (text, reason, sample) in enumerate(choices_of(call, result)):
         entries = (sample.logprobs or ()) if sample is not None and lp else () if lp else None
         if call.chat:
-            choices.append({"index": i, "message": {"role": "assistant", "content": text},
+            message, reason = chat_message(call.tools, text, reason)
+            choices.append({"index": i, "message": message,
                             "logprobs": logprobs_object(True, entries, call.extras.top_logprobs),
                             "finish_reason": reason})
             continue

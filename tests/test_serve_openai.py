@@ -3,6 +3,7 @@ driven through the `openai` client against one real `edgescale serve` on the pac
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Iterator
 
@@ -178,3 +179,82 @@ def test_logit_bias_out_of_vocabulary_is_a_400(server: ServerProcess) -> None:
     r = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2,
                                                          "logit_bias": {"99999999": 5}}, timeout=60)
     assert r.status_code == 400 and "vocabulary" in r.json()["error"]["message"]
+
+
+# -- tools ----------------------------------------------------------------------------------------
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40},
+                                                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "The local time in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
+                   "required": ["city"], "additionalProperties": False}}}
+WEATHER_Q = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _valid_call(name: str, arguments: str, tools: list[dict[str, Any]]) -> dict[str, Any]:
+    import jsonschema
+
+    schema = next(t["function"]["parameters"] for t in tools if t["function"]["name"] == name)
+    args = json.loads(arguments)
+    jsonschema.validate(args, schema)
+    return dict(args)
+
+
+def test_a_forced_tool_call_plain_and_streamed(client: OpenAI) -> None:
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    r = client.chat.completions.create(model=MODEL, messages=WEATHER_Q, tools=[WEATHER, TIME], tool_choice=forced,
+                                       max_tokens=64)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_") and call.function.name == "get_weather"
+    args = _valid_call(call.function.name, call.function.arguments, [WEATHER, TIME])
+    chunks = list(client.chat.completions.create(model=MODEL, messages=WEATHER_Q, tools=[WEATHER, TIME],
+                                                 tool_choice=forced, max_tokens=64, stream=True))
+    parts = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls for tc in c.choices[0].delta.tool_calls]
+    assert parts[0].id and parts[0].function.name == "get_weather"
+    streamed_args = "".join(p.function.arguments or "" for p in parts)
+    assert _valid_call("get_weather", streamed_args, [WEATHER]) == args
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+
+
+def test_required_picks_one_of_the_tools_and_votes_on_the_call(client: OpenAI) -> None:
+    r = client.chat.completions.create(model=MODEL, messages=WEATHER_Q, tools=[WEATHER, TIME],
+                                       tool_choice="required", max_tokens=64, extra_body={"strategy": "maj@4"})
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name in ("get_weather", "get_time")
+    args = _valid_call(call.function.name, call.function.arguments, [WEATHER, TIME])
+    es = r.model_extra["edgescale"]
+    assert es["samples"] == 4 and sum(es["votes"].values()) >= 1
+    assert json.loads(es["answer"]) == {"name": call.function.name, "arguments": args}  # the canonical call won
+
+
+def test_tool_history_and_auto_and_none(client: OpenAI) -> None:
+    history = [*WEATHER_Q,
+               {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                   "name": "get_weather", "arguments": json.dumps({"city": "Paris", "unit": "celsius"})}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, sunny"}]
+    r = client.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER], max_tokens=32)
+    choice = r.choices[0]
+    assert choice.finish_reason in ("stop", "length", "tool_calls")
+    assert (choice.message.content is not None) != bool(choice.message.tool_calls)
+    none = client.chat.completions.create(model=MODEL, messages=WEATHER_Q, tools=[WEATHER], tool_choice="none",
+                                          max_tokens=16)
+    assert none.choices[0].message.tool_calls is None and none.choices[0].message.content
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools"),
+    ({"tools": [WEATHER], "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+    ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
+])
+def test_bad_tool_fields_are_400s(server: ServerProcess, extra: dict[str, Any], param: str) -> None:
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": WEATHER_Q, "max_tokens": 4, **extra},
+                   timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
