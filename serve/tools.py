@@ -10,8 +10,9 @@ as a user message holding the result.
 
 ``tool_choice``: ``required`` or a named function holds the output to the call schema with the
 structured-output engine (``anyOf`` the functions: ``name`` a constant, ``arguments`` the
-function's ``parameters``), so every sample is a valid call, and voting strategies vote on the
-canonical call (the ``json`` answer kind). ``auto`` (the default with tools) leaves the output
+function's ``parameters``; an object schema that does not say ``additionalProperties`` is
+closed, as llama.cpp's converter treats it), so every sample is a valid call, and voting
+strategies vote on the canonical call (the ``json`` answer kind). ``auto`` (the default with tools) leaves the output
 free and reads a call from it when the text is one such object (a fenced code block around it
 allowed); else the text is the answer. ``none``: the functions are not shown and nothing is read
 as a call. At most one call per choice (``parallel_tool_calls`` is accepted either way).
@@ -55,7 +56,8 @@ class Tools:
         if not self.forced:
             return None
         allowed = [f for f in self.functions if self.choice in ("required", f.name)]
-        variants = [{"type": "object", "properties": {"name": {"const": f.name}, "arguments": f.parameters},
+        variants = [{"type": "object",
+                     "properties": {"name": {"const": f.name}, "arguments": closed(f.parameters)},
                      "required": ["name", "arguments"], "additionalProperties": False} for f in allowed]
         schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
         return parse_constraint("json_schema", schema, name="tool_call", where="tools")
@@ -79,6 +81,14 @@ class Tools:
             return None
         return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
                 "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+
+
+def closed(schema: dict[str, Any]) -> dict[str, Any]:
+    """An object schema that leaves ``additionalProperties`` out, closed (as llama.cpp's schema
+    converter does): a small model given room invents properties instead of ending the call."""
+    if schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema:
+        return {**schema, "additionalProperties": False}
+    return schema
 
 
 def parse_tools(body: Mapping[str, Any]) -> Tools | None:
