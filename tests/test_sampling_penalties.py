@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -124,3 +125,19 @@ def test_a_strong_penalty_changes_greedy_text(runtime: Any) -> None:
 def test_a_token_id_outside_the_vocabulary_is_refused(runtime: Any, engine: Any) -> None:
     with pytest.raises(UsageError, match="not in the model's vocabulary"):
         runtime.ask(PROMPT, max_tokens=4, logit_bias={str(engine.info.n_vocab): -100})
+
+
+# -- the command line -------------------------------------------------------------------------
+def test_cli_flags_reach_the_sampler(engine: Any) -> None:
+    from tests.test_cli import assert_one_line_error, cli
+
+    comma = engine.tokenize(",", add_special=False, parse_special=False)[0]
+    plain = cli("run", "--raw", "-n", "12", "--json", PROMPT)
+    banned = cli("run", "--raw", "-n", "12", "--json", "--logit-bias", f"{comma}=-100", "--frequency-penalty", "0.5",
+                 PROMPT)
+    assert plain.returncode == 0 and banned.returncode == 0, banned.stderr
+    assert "," in json.loads(plain.stdout)["text"] and "," not in json.loads(banned.stdout)["text"]
+    batch = cli("batch", "-n", "12", "--raw", "--logit-bias", f"{comma}=-100", stdin=json.dumps({"prompt": PROMPT}))
+    assert batch.returncode == 0 and "," not in json.loads(batch.stdout)["text"]
+    assert_one_line_error(cli("run", "--presence-penalty", "5", "hi"), 2, "--presence-penalty must be between")
+    assert_one_line_error(cli("run", "--logit-bias", "3:1", "hi"), 2, "--logit-bias takes TOKEN_ID=BIAS")
