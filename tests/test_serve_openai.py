@@ -20,11 +20,13 @@ from tests.serve_harness import ServerProcess  # noqa: E402
 
 MODEL = "smollm2-135m"
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
+HIGH = "conf@6:online=1,temp=0.4"
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    srv = ServerProcess(["--threads", "2", "--parallel", "4"])
+    # medium keeps its default (auto); high is overridden (the default, conf@16, is tested without a server)
+    srv = ServerProcess(["--threads", "2", "--parallel", "4", "--reasoning-effort", f"high={HIGH}"])
     yield srv
     srv.stop()
 
@@ -139,7 +141,7 @@ def test_reasoning_effort_picks_the_test_time_compute(client: OpenAI) -> None:
           (("low", low), ("minimal", minimal), ("high", high), ("medium", medium))}
     assert es["low"]["strategy"] == "single" and es["low"]["plan"]["strategy"] == "single"
     assert es["minimal"]["reasoning_effort"] == "low" and es["minimal"]["strategy"] == "single"
-    assert es["high"]["strategy"].startswith("conf@") and es["high"]["plan"]["k"] > 1
+    assert es["high"]["strategy"] == HIGH and es["high"]["plan"]["k"] == 6  # the server's --reasoning-effort
     assert es["medium"]["strategy"] == "auto" and es["medium"]["plan"] != es["low"]["plan"]
     assert es["high"]["plan"] != es["low"]["plan"] and es["high"]["samples"] > es["low"]["samples"]
     explicit = client.chat.completions.create(model=MODEL, messages=q, max_tokens=32, reasoning_effort="high",
@@ -258,3 +260,42 @@ def test_bad_tool_fields_are_400s(server: ServerProcess, extra: dict[str, Any], 
                    timeout=60)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+# -- without a server ---------------------------------------------------------------------------
+def test_the_effort_table_and_its_flag() -> None:
+    from edgescale.errors import UsageError
+    from edgescale.serve.fields import default_efforts, parse_efforts
+
+    assert dict(default_efforts(16)) == {"low": "single", "medium": "auto", "high": "conf@16:online=1,temp=0.4"}
+    assert dict(default_efforts(8))["high"] == "conf@8:online=1,temp=0.4"  # within --max-samples
+    assert dict(parse_efforts(["minimal=maj@3", "high=adaptive"], 16)) == {
+        "low": "maj@3", "medium": "auto", "high": "adaptive"}
+    for bad in ("extreme=single", "low", "low=maj@x"):
+        with pytest.raises(UsageError):
+            parse_efforts([bad], 16)
+
+
+@pytest.mark.parametrize("text, name", [
+    ('{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}', "get_weather"),
+    ('```json\n{"name": "get_time", "arguments": {"city": "Oslo"}}\n```', "get_time"),
+    ('{"name": "nope", "arguments": {}}', None),
+    ('{"name": "get_time", "arguments": "Oslo"}', None),
+    ("It is sunny.", None),
+])
+def test_auto_reads_a_call_only_when_the_text_is_one(text: str, name: str | None) -> None:
+    from edgescale.serve.tools import parse_tools
+
+    tools = parse_tools({"tools": [WEATHER, TIME]})
+    assert tools is not None and tools.choice == "auto" and tools.constraint() is None
+    call = tools.call_in(text)
+    assert (call["function"]["name"] if call else None) == name
+    if call:
+        assert isinstance(json.loads(call["function"]["arguments"]), dict)
+
+
+def test_a_bad_reasoning_effort_flag_fails_in_one_line() -> None:
+    from tests.test_cli import assert_one_line_error, cli
+
+    assert_one_line_error(cli("serve", "--reasoning-effort", "extreme=single"), 2, "--reasoning-effort takes")
+    assert_one_line_error(cli("serve", "--reasoning-effort", "high=maj@32"), 2, "--max-samples")
