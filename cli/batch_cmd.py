@@ -2,7 +2,8 @@
 
 Each input line is a JSON object with "prompt" (or "question") and optionally
 "id", "strategy", "k", "max_tokens", "temperature", "seed", "answer",
-"choices", "stop", "system", "deadline". Command-line options give the
+"choices", "stop", "system", "deadline", "response_format", "frequency_penalty",
+"presence_penalty", "logit_bias". Command-line options give the
 defaults; both go through ``edgescale.settings``. Every input line yields
 exactly one output line carrying the input's "id"; a bad line yields
 {"id": ..., "line": N, "ok": false, "error": "..."} and the rest go on. The

@@ -259,7 +259,8 @@ def answer_settings(answer: str, choices: Sequence[str], response_format: Any,
 
 # -- JSON records: a batch line or a request body over defaults --------------------------
 RECORD_FIELDS = ("id", "prompt", "question", "strategy", "k", "max_tokens", "temperature", "seed", "answer",
-                 "choices", "stop", "system", "deadline", "response_format")
+                 "choices", "stop", "system", "deadline", "response_format", "frequency_penalty",
+                 "presence_penalty", "logit_bias")
 
 
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "a list",
@@ -305,6 +306,9 @@ def settings_from_record(record: Mapping[str, Any], defaults: Mapping[str, Any])
         fields["stop"] = _strings(record, "stop")
     if "choices" in record:
         fields["choices"] = _strings(record, "choices")
+    for key in ("frequency_penalty", "presence_penalty"):
+        fields[key] = typed_field(record, key, (int, float), defaults.get(key, 0.0))
+    fields["logit_bias"] = typed_field(record, "logit_bias", dict, defaults.get("logit_bias"))
     if record.get("response_format") is not None:
         fields["response_format"] = typed_field(record, "response_format", (dict, str), None)
     fields["names"] = RECORD_NAMES

@@ -141,3 +141,13 @@ def test_cli_flags_reach_the_sampler(engine: Any) -> None:
     assert batch.returncode == 0 and "," not in json.loads(batch.stdout)["text"]
     assert_one_line_error(cli("run", "--presence-penalty", "5", "hi"), 2, "--presence-penalty must be between")
     assert_one_line_error(cli("run", "--logit-bias", "3:1", "hi"), 2, "--logit-bias takes TOKEN_ID=BIAS")
+
+
+def test_a_batch_line_carries_its_own_penalties_and_bias() -> None:
+    from edgescale.settings import settings_from_record
+
+    s = settings_from_record({"prompt": "hi", "frequency_penalty": 1, "logit_bias": {"7": -100}},
+                             {"presence_penalty": 0.5})
+    assert (s.options.frequency_penalty, s.options.presence_penalty, s.options.logit_bias) == (1.0, 0.5, ((7, -100.0),))
+    with pytest.raises(UsageError, match="field 'presence_penalty' must be between -2 and 2"):
+        settings_from_record({"prompt": "hi", "presence_penalty": 9}, {})
