@@ -42,6 +42,10 @@ class AskOptions(GenerationOptions):
     chat: bool = True
     answer: str = "auto"
     choices: tuple[str, ...] = ()
+    # functions offered (JSON text of OpenAI's ``tools`` list), for a chat template that reads them,
+    # and the text that offers them in a system message where it does not (runtime.prompt_format)
+    tools: str = ""
+    tools_prompt: str = ""
 
 
 @dataclass(frozen=True)

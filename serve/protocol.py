@@ -255,8 +255,7 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
             raise _bad("a forced tool call ('tool_choice') holds the output to the call's schema: leave "
                        "'response_format' out", param="response_format")
         response_format = tools.constraint()
-    prompt: str | tuple[dict[str, str], ...] = with_tools(_messages(body), tools) if chat else _completion_prompt(
-        body)
+    prompt: str | tuple[dict[str, str], ...] = _messages(body) if chat else _completion_prompt(body)
     n = _get(body, "n", int, 1)
     if not 1 <= n <= limits_.max_n:
         raise _bad(f"field 'n' must be between 1 and {limits_.max_n} (--max-n), got {n}", param="n")
@@ -305,6 +304,7 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
         if param is None and extras.effort is not None and body.get("strategy") is None:
             param = "reasoning_effort"
         raise _bad(message, param=param) from None
+    settings = with_tools(settings, tools)
     by_effort = extras.effort is not None and body.get("strategy") is None and n == 1
     refusal = limits_.samples_refusal(samples_of(settings.strategy), f"strategy {settings.strategy.spec()!r}",
                                       "reasoning_effort" if by_effort else "strategy")

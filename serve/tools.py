@@ -1,12 +1,13 @@
 """OpenAI's function calling: ``tools``, ``tool_choice``, ``parallel_tool_calls``, tool calls in the
 history, and ``tool_calls`` in the response.
 
-The functions reach the model in a system-message block (:func:`tools_prompt`): each function's
-name, description and parameter schema as JSON, and the call format, one JSON object
-``{"name": ..., "arguments": {...}}``. (Every template renders it, including the many that know
-no ``tools`` variable, such as SmolLM2's.) Earlier calls and their results are written into the
-history the same way: an assistant message's ``tool_calls`` as those objects, a ``tool`` message
-as a user message holding the result.
+The functions reach the model through its chat template where the template reads a ``tools``
+variable (and their JSON holds no control-token text), else in a system-message block
+(:func:`tools_prompt`): each function's name, description and parameter schema as JSON, and the
+call format, one JSON object ``{"name": ..., "arguments": {...}}`` (SmolLM2's template, like
+many, knows no ``tools``). Earlier calls and their results are written into the history as
+text: an assistant message's ``tool_calls`` as those objects, a ``tool`` message as a user
+message holding the result.
 
 ``tool_choice``: ``required`` or a named function holds the output to the call schema with the
 structured-output engine (``anyOf`` the functions: ``name`` a constant, ``arguments`` the
@@ -23,11 +24,12 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
 
 from edgescale.errors import UsageError
 from edgescale.runtime.constraints import Constraint, parse_constraint
+from edgescale.settings import AskSettings
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
@@ -148,15 +150,16 @@ def tools_prompt(tools: Tools) -> str:
     return "\n".join(lines)
 
 
-def with_tools(messages: Sequence[dict[str, str]], tools: Tools | None) -> tuple[dict[str, str], ...]:
-    """The messages with the functions offered in the (first) system message."""
+def with_tools(settings: AskSettings, tools: Tools | None) -> AskSettings:
+    """The settings with the functions offered: to the chat template where it reads ``tools``,
+    else in the system-message block (``runtime.prompt_format``)."""
     if tools is None or tools.choice == "none":
-        return tuple(messages)
-    block = tools_prompt(tools)
-    if messages and messages[0]["role"] == "system":
-        first = {"role": "system", "content": f"{messages[0]['content']}\n\n{block}"}
-        return (first, *messages[1:])
-    return ({"role": "system", "content": block}, *messages)
+        return settings
+    offered = [{"type": "function", "function": {"name": f.name, "description": f.description,
+                                                 "parameters": f.parameters}}
+               for f in tools.functions if tools.choice in ("auto", "required", f.name)]
+    options = replace(settings.options, tools=json.dumps(offered, ensure_ascii=False), tools_prompt=tools_prompt(tools))
+    return replace(settings, options=options)
 
 
 def history_message(message: Mapping[str, Any], i: int, content: str) -> dict[str, str]:
