@@ -36,22 +36,29 @@ def token_logprobs(engine: Engine, tokens: Sequence[int], logprobs: Sequence[flo
                  for i, (t, lp) in enumerate(zip(tokens, logprobs)))
 
 
+SCORE_CHUNK = 256  # prompt positions scored per decode: their logits rows are 4 x vocabulary bytes each
+
+
 def prompt_logprobs(engine: Engine, tokens: Sequence[int], top: int = 0) -> tuple[TokenLogprob, ...]:
     """Each prompt token's log-probability given the tokens before it (the first has none), and
     with ``top`` the most likely tokens at each position: one read of the prompt with logits on
-    every position (``DecodeSession.decode_all``), in a session of its own."""
+    every position (``DecodeSession.decode_all``), in a session of its own, ``SCORE_CHUNK``
+    positions at a time (the rows of a whole long prompt would take gigabytes)."""
     n = len(tokens)
-    session = engine.session(n_seqs=1, n_cells=n + 1, max_batch=max(32, min(n, 512)))
+    out = [token_logprob(engine, tokens[0], None)]
+    session = engine.session(n_seqs=1, n_cells=n + 1, max_batch=max(32, min(n, SCORE_CHUNK)))
     try:
-        rows = session.decode_all(0, tokens)
+        scratch: Logits | None = None
+        for start in range(0, n - 1, SCORE_CHUNK):  # row i predicts token i + 1: the last needs no row
+            rows = session.decode_all(0, tokens[start : min(start + SCORE_CHUNK, n - 1)])
+            if scratch is None:
+                scratch = rows[0].copy()
+            for j, row in enumerate(rows):
+                nxt = tokens[start + j + 1]
+                peak = float(row.max())
+                lse = row_logsumexp(row, scratch, peak)
+                alts = top_logprobs(row, lse, top, peak) if top else ()
+                out.append(token_logprob(engine, nxt, float(row[nxt]) - lse, alts))
     finally:
         session.close()
-    scratch: Logits = rows[0].copy()
-    out = [token_logprob(engine, tokens[0], None)]
-    for i in range(1, n):
-        row = rows[i - 1]
-        peak = float(row.max())
-        lse = row_logsumexp(row, scratch, peak)
-        alts = top_logprobs(row, lse, top, peak) if top else ()
-        out.append(token_logprob(engine, tokens[i], float(row[tokens[i]]) - lse, alts))
     return tuple(out)

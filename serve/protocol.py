@@ -17,7 +17,11 @@ says whether the output is complete and valid under it. ``n`` keeps its OpenAI m
 choices sampled from one shared read of the prompt (they are the samples of a
 ``maj@n`` query, so the response also carries their vote).
 
-``finish_reason`` is ``stop`` or ``length`` as in OpenAI, or ``deadline``: the
+OpenAI's ``logprobs``/``top_logprobs``/``echo``, penalties, ``logit_bias`` and
+``reasoning_effort`` are read by ``serve.fields``, ``tools``/``tool_choice`` by ``serve.tools``;
+informational fields (``user``, ``metadata``...) are ignored, unknown ones refused.
+
+``finish_reason`` is ``stop`` or ``length`` as in OpenAI, ``tool_calls``, or ``deadline``: the
 request's deadline hit first and the choice holds the best text (and
 ``edgescale.answer`` the best answer) found by then; or ``cancelled``: the server
 was shutting down and the grace period ran out.
@@ -270,7 +274,7 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
     strategy = _get(body, "strategy", str, None)
     if strategy is None and n == 1 and extras.effort is not None:  # an explicit strategy (or n) comes first
         strategy = defaults.effort_strategy(extras.effort)
-    if strategy is not None and n > 1 and body.get("strategy") is not None:
+    if body.get("strategy") is not None and n > 1:
         raise _bad("n > 1 asks for n samples as choices; with a 'strategy' the samples are voted into one "
                    "choice: send one of them", param="n")
     deadline_s = deadline_seconds(_get(body, "deadline_ms", (int, float), defaults.deadline_ms))
