@@ -71,6 +71,14 @@ def test_each_of_n_choices_carries_its_own_logprobs(client: OpenAI) -> None:
     for c in r.choices:
         assert "".join(t.token for t in c.logprobs.content) == c.message.content
     assert len({tuple(t.logprob for t in c.logprobs.content) for c in r.choices}) > 1
+    # a voting strategy's one choice: the winning sample's tokens, plain and streamed (with the text, at the end)
+    voted = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, logprobs=True,
+                                           extra_body={"strategy": "maj@3", "seed": 3})
+    assert "".join(t.token for t in voted.choices[0].logprobs.content) == voted.choices[0].message.content
+    chunks = list(client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, logprobs=True, stream=True,
+                                                 extra_body={"strategy": "maj@3", "seed": 3}))
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [t.token for t in streamed] == [t.token for t in voted.choices[0].logprobs.content]
 
 
 def test_completion_logprobs_and_echo(client: OpenAI) -> None:
