@@ -2,7 +2,8 @@
 
 Each input line is a JSON object with "prompt" (or "question") and optionally
 "id", "strategy", "k", "max_tokens", "temperature", "seed", "answer",
-"choices", "stop", "system", "deadline". Command-line options give the
+"choices", "stop", "system", "deadline", "response_format", "frequency_penalty",
+"presence_penalty", "logit_bias". Command-line options give the
 defaults; both go through ``edgescale.settings``. Every input line yields
 exactly one output line carrying the input's "id"; a bad line yields
 {"id": ..., "line": N, "ok": false, "error": "..."} and the rest go on. The
@@ -46,6 +47,9 @@ def batch(
     top_k: int = opt.TOP_K,
     top_p: float = opt.TOP_P,
     min_p: float = opt.MIN_P,
+    frequency_penalty: float = opt.FREQUENCY_PENALTY,
+    presence_penalty: float = opt.PRESENCE_PENALTY,
+    logit_bias: Optional[str] = opt.LOGIT_BIAS,
     max_tokens: int = opt.MAX_TOKENS,
     seed: int = opt.SEED,
     threads: Optional[int] = opt.THREADS,
@@ -80,6 +84,7 @@ def batch(
         strategy=strategy, samples=samples, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         max_tokens=max_tokens, seed=seed, answer=answer, stop=(), system=system, raw=raw, deadline=deadline,
         memory=memory, response_format=output_constraint(json_schema, regex, choices, grammar),
+        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, logit_bias=logit_bias,
     )
     settings = ask_settings(**defaults, names=CLI_NAMES)  # bad defaults fail before the model loads
     skip = answered_lines(resume) if resume is not None else 0

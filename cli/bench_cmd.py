@@ -73,11 +73,15 @@ def bench(
     regex: Optional[str] = opt.REGEX,
     choices: Optional[str] = opt.CHOICES,
     grammar: Optional[str] = opt.GRAMMAR,
+    frequency_penalty: float = opt.FREQUENCY_PENALTY,
+    presence_penalty: float = opt.PRESENCE_PENALTY,
+    logit_bias: Optional[str] = opt.LOGIT_BIAS,
 ) -> None:
     """Run strategies on benchmark questions, interleaved per question; report accuracy (95% CI),
     tokens, wall time and memory per strategy, with ratios to maj@k."""
     from edgescale.evals.bench import BenchConfig, load_items, parse_strategies, run_bench
     from edgescale.evals.datasets import PROMPT_STYLES
+    from edgescale.settings import CLI_NAMES, sampling_extras
 
     if not 1 <= parallel <= 64:
         raise UsageError(f"--parallel must be between 1 and 64, got {parallel}")
@@ -90,6 +94,8 @@ def bench(
         memory_bytes=parse_size(memory), out=out, parallel=parallel, policy=policy, kv_layout=kv_layout,
         deterministic=deterministic, kv_type=kv_type, answer_mode=answer_mode,
         constraint=output_constraint(json_schema, regex, choices, grammar),
+        **sampling_extras(CLI_NAMES, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                          logit_bias=logit_bias),
     )
     config.check()
     if out is not None:

@@ -23,6 +23,13 @@ TEMPERATURE = typer.Option(None, "--temperature", "-t",
 TOP_K = typer.Option(limits.DEFAULT_TOP_K, "--top-k", help="Top-k filter (0 = off).")
 TOP_P = typer.Option(limits.DEFAULT_TOP_P, "--top-p", help="Nucleus filter, (0, 1].")
 MIN_P = typer.Option(limits.DEFAULT_MIN_P, "--min-p", help="Min-p filter, [0, 1].")
+FREQUENCY_PENALTY = typer.Option(0.0, "--frequency-penalty",
+                                 help="OpenAI's: each logit minus this times the count of its token in the sample "
+                                      "so far, -2 to 2 (0 = off).")
+PRESENCE_PENALTY = typer.Option(0.0, "--presence-penalty",
+                                help="OpenAI's: each logit of a token already in the sample minus this, -2 to 2.")
+LOGIT_BIAS = typer.Option(None, "--logit-bias", metavar="ID=BIAS,...",
+                          help="Add BIAS (-100 to 100; -100 bans) to the logit of token ID, as OpenAI's logit_bias.")
 MAX_TOKENS = typer.Option(limits.DEFAULT_MAX_TOKENS, "--max-tokens", "-n",
                           help=f"New tokens per sample at most (1 to {limits.MAX_NEW_TOKENS}).")
 SEED = typer.Option(limits.DEFAULT_SEED, "--seed", help="Base seed; sample i uses seed + i.")

@@ -23,6 +23,9 @@ def run(
     top_k: int = opt.TOP_K,
     top_p: float = opt.TOP_P,
     min_p: float = opt.MIN_P,
+    frequency_penalty: float = opt.FREQUENCY_PENALTY,
+    presence_penalty: float = opt.PRESENCE_PENALTY,
+    logit_bias: Optional[str] = opt.LOGIT_BIAS,
     max_tokens: int = opt.MAX_TOKENS,
     seed: int = opt.SEED,
     threads: Optional[int] = opt.THREADS,
@@ -52,6 +55,7 @@ def run(
         strategy=strategy, samples=samples, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         max_tokens=max_tokens, seed=seed, answer=answer, stop=stop, system=system, raw=raw,
         deadline=deadline, memory=memory, ignore_eos=ignore_eos, names=CLI_NAMES,
+        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, logit_bias=logit_bias,
         response_format=output_constraint(json_schema, regex, choices, grammar),
     )
     with Runtime.load(model, backend=backend, threads=threads, n_gpu_layers=gpu_layers, registry=backends(ctx),

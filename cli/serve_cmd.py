@@ -54,6 +54,10 @@ MAX_CONNECTIONS = typer.Option(256, "--max-connections",
 READ_TIMEOUT = typer.Option("30s", "--read-timeout",
                             help="A request's line and headers must arrive within this after its connection opens "
                                  "(or its previous response ends), and then its body within this (408).")
+REASONING_EFFORT = typer.Option([], "--reasoning-effort", metavar="LEVEL=STRATEGY",
+                                help="What a request's reasoning_effort runs (repeatable; LEVEL low, medium or high; "
+                                     "default low=single, medium=auto, high=conf@16:online=1,temp=0.4, k at most "
+                                     "--max-samples).")
 GRACE = typer.Option("10s", "--grace", help="On SIGTERM: how long in-flight requests may take to finish.")
 
 
@@ -91,14 +95,16 @@ def serve(
     deterministic: bool = opt.DETERMINISTIC,
     kv_type: str = opt.KV_TYPE,
     compute_nice: int = COMPUTE_NICE,
+    reasoning_effort: list[str] = REASONING_EFFORT,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, SSE streaming)."""
     from edgescale.api import RuntimeSpec
     from edgescale.scheduler.config import SchedulerConfig
+    from edgescale.serve.fields import parse_efforts
     from edgescale.serve.protocol import Limits, defaults_of
     from edgescale.serve.state import ServeConfig
     from edgescale.settings import parse_duration, parse_lanes, parse_size
-    from edgescale.strategies.spec import samples_of
+    from edgescale.strategies.spec import parse_strategy, samples_of
 
     _need_serve_extra()
     if not 0 <= port <= 65535:
@@ -112,8 +118,9 @@ def serve(
         if not 1 <= value <= hi:
             raise UsageError(f"{name} must be between 1 and {hi}, got {value}")
     # the defaults go through the same validation as every request (--deadline-ms is read there)
+    efforts = parse_efforts(reasoning_effort, max_samples)
     defaults, settings = defaults_of(strategy=strategy, deadline_ms=deadline_ms, answer=answer, seed=seed,
-                                     max_tokens=max_tokens)
+                                     max_tokens=max_tokens, efforts=efforts)
     lanes = parse_lanes(parallel)
     body_limit = parse_size(max_body)
     assert body_limit is not None
@@ -123,6 +130,11 @@ def serve(
                                      "strategy")
     if refusal is not None:
         raise UsageError(refusal.message)
+    for level, spec_text in efforts:  # what a level runs stays within the limits too
+        refusal = limits.samples_refusal(samples_of(parse_strategy(spec_text)),
+                                         f"--reasoning-effort {level}={spec_text}", "reasoning_effort")
+        if refusal is not None:
+            raise UsageError(refusal.message)
     read_timeout_s = parse_duration(read_timeout)
     if read_timeout_s is None or read_timeout_s <= 0:
         raise UsageError(f"--read-timeout must be a positive duration, got {read_timeout!r}")

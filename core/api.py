@@ -25,16 +25,17 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 from edgescale import limits
 from edgescale.deadline import Deadline
-from edgescale.errors import ContextOverflow, EmptyPrompt, UsageError
+from edgescale.errors import UsageError
 from edgescale.loader import BackendChoice, LoadSpec, load_engine
 from edgescale.runtime.backends import BackendRegistry
 from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import BatchGenerator, TokenEvent
 from edgescale.runtime.kv_types import F16, KvType
+from edgescale.runtime.prompt_format import Prompt, prompt_tokens
 from edgescale.scheduler.config import SchedulerConfig
 from edgescale.scheduler.loop import Scheduler
 from edgescale.scheduler.request import Request, plan_request
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AskOptions", "Budget", "LoadSpec", "Prompt", "Runtime", "RuntimeSpec", "load_engine"]
 
-Prompt = Union[str, Sequence[Mapping[str, str]]]  # text, or chat messages
 
 
 @dataclass(frozen=True)
@@ -245,19 +245,10 @@ class Runtime:
 
     def prompt_tokens(self, prompt: Prompt, options: AskOptions = AskOptions()) -> list[int]:
         """A prompt's tokens: a string (with ``options.system`` before it), or chat messages
-        ({"role", "content"} mappings), through the chat template unless ``options.chat`` is off."""
-        if isinstance(prompt, str):
-            if not prompt.strip():
-                raise EmptyPrompt("empty prompt")
-            tokens = self.engine.format_prompt(prompt, chat=options.chat, system=options.system)
-        else:
-            if not any(str(m.get("content") or "").strip() for m in prompt):
-                raise EmptyPrompt("empty prompt: the messages have no content")
-            tokens = self.engine.format_messages(prompt, chat=options.chat)
-        n_ctx = self.engine.info.n_ctx_train
-        if len(tokens) >= n_ctx:
-            raise ContextOverflow(f"prompt is {len(tokens)} tokens; the model's context holds {n_ctx}")
-        return tokens
+        ({"role", "content"} mappings), through the chat template unless ``options.chat`` is off
+        (with the functions ``options.tools`` offers: ``runtime.prompt_format``)."""
+        return prompt_tokens(self.engine, prompt, chat=options.chat, system=options.system, tools=options.tools,
+                             tools_prompt=options.tools_prompt)
 
     def profile(self) -> DeviceProfile:
         """The device profile the planner uses: the measured one cached for this engine,
@@ -404,6 +395,10 @@ class Runtime:
         budget; it fails with :class:`BudgetInfeasible` saying what fits instead."""
         deadline = Deadline.after(budget.deadline_s if budget is not None else None, arrival)
         opts = replace(options or AskOptions(), **overrides_of(options, overrides))
+        n_vocab = self.engine.info.n_vocab
+        if opts.logit_bias and opts.logit_bias[-1][0] >= n_vocab:
+            raise UsageError(f"logit_bias: token {opts.logit_bias[-1][0]} is not in the model's vocabulary "
+                             f"(0 to {n_vocab - 1})")
         tokens = self.prompt_tokens(prompt, opts)
         budget = budget or Budget()
         strat = resolve_strategy(strategy, None, budgeted=deadline.bounded or budget.memory_bytes is not None)

@@ -42,6 +42,10 @@ class AskOptions(GenerationOptions):
     chat: bool = True
     answer: str = "auto"
     choices: tuple[str, ...] = ()
+    # functions offered (JSON text of OpenAI's ``tools`` list), for a chat template that reads them,
+    # and the text that offers them in a system message where it does not (runtime.prompt_format)
+    tools: str = ""
+    tools_prompt: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,11 +129,61 @@ def resolve_strategy(spec: str | Strategy | None, samples: int | None, *, budget
 
 
 # What each value is called where it came from (the rules are the same everywhere).
-API_NAMES = {k: k for k in ("samples", "max_tokens", "temperature", "seed", "top_k", "top_p", "min_p", "answer")}
+API_NAMES = {k: k for k in ("samples", "max_tokens", "temperature", "seed", "top_k", "top_p", "min_p", "answer",
+                            "frequency_penalty", "presence_penalty", "logit_bias", "top_logprobs")}
 CLI_NAMES = {"response_format": "--json-schema/--regex/--choices/--grammar",
              "samples": "--samples", "max_tokens": "--max-tokens", "temperature": "--temperature",
-             "seed": "--seed", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p", "answer": "--answer"}
+             "seed": "--seed", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p", "answer": "--answer",
+             "frequency_penalty": "--frequency-penalty", "presence_penalty": "--presence-penalty",
+             "logit_bias": "--logit-bias", "top_logprobs": "--top-logprobs"}
 RECORD_NAMES = {**{k: f"field {k!r}" for k in (*API_NAMES, "response_format")}, "samples": "field 'k'"}
+MAX_PENALTY = 2.0  # OpenAI's range for frequency_penalty and presence_penalty: [-2, 2]
+MAX_BIAS = 100.0  # and for a logit_bias value: [-100, 100]
+MAX_TOP_LOGPROBS = 20
+
+
+def logit_bias_pairs(value: Any, name: str = "logit_bias") -> tuple[tuple[int, float], ...]:
+    """A ``logit_bias`` as sorted (token id, bias) pairs: a mapping (OpenAI's JSON object, its keys
+    token ids as strings), pairs, or the CLI's ``ID=BIAS,ID=BIAS``. UsageError naming ``name``."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        items: list[tuple[Any, Any]] = []
+        for part in (p.strip() for p in value.split(",")):
+            key, eq, bias = part.partition("=")
+            if not eq:
+                raise UsageError(f"{name} takes TOKEN_ID=BIAS pairs separated by commas, got {part!r}")
+            items.append((key.strip(), bias.strip()))
+    elif isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        items = [(k, b) for k, b in value]
+    else:
+        raise UsageError(f"{name} must map token ids to biases")
+    out: dict[int, float] = {}
+    for key, bias in items:
+        try:
+            token = int(key) if not isinstance(key, (bool, float)) else -1
+            b = float(bias) if not isinstance(bias, bool) else float("nan")
+        except (TypeError, ValueError):
+            raise UsageError(f"{name}: {key!r}: {bias!r} is not a token id and a number") from None
+        if token < 0:
+            raise UsageError(f"{name}: {key!r} is not a token id")
+        if not -MAX_BIAS <= b <= MAX_BIAS:
+            raise UsageError(f"{name}: the bias of token {token} must be between -100 and 100, got {bias!r}")
+        out[token] = b
+    return tuple(sorted(out.items()))
+
+
+def sampling_extras(names: Mapping[str, str], *, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                    logit_bias: Any = None, top_logprobs: int = 0, logprobs: bool = False) -> dict[str, Any]:
+    """Penalties, logit bias and logprobs checked: GenerationOptions fields."""
+    _check_range(names["frequency_penalty"], frequency_penalty, -MAX_PENALTY, MAX_PENALTY)
+    _check_range(names["presence_penalty"], presence_penalty, -MAX_PENALTY, MAX_PENALTY)
+    _check_range(names["top_logprobs"], top_logprobs, 0, MAX_TOP_LOGPROBS)
+    return {"frequency_penalty": float(frequency_penalty), "presence_penalty": float(presence_penalty),
+            "logit_bias": logit_bias_pairs(logit_bias, names["logit_bias"]), "top_logprobs": int(top_logprobs),
+            "logprobs": bool(logprobs or top_logprobs)}
 
 
 def _check_range(name: str, value: float | None, lo: float, hi: float) -> None:
@@ -156,6 +210,11 @@ def ask_settings(
     memory: str | int | None = None,
     choices: Sequence[str] = (),
     response_format: Any = None,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    logit_bias: Any = None,
+    top_logprobs: int = 0,
+    logprobs: bool = False,
     names: Mapping[str, str] = API_NAMES,
 ) -> AskSettings:
     """Validate every value and build the API objects. ``names``: what the values are
@@ -173,6 +232,8 @@ def ask_settings(
         max_tokens=int(max_tokens), temperature=temperature, top_k=int(top_k), top_p=top_p, min_p=min_p,
         seed=int(seed), stop=tuple(stop), ignore_eos=bool(ignore_eos), system=system, chat=not raw, answer=kind,
         choices=tuple(choices), constraint=constraint, tail=tail,
+        **sampling_extras(names, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                          logit_bias=logit_bias, top_logprobs=top_logprobs, logprobs=logprobs),
     )
     budget = Budget(deadline_s=parse_duration(deadline), memory_bytes=parse_size(memory))
     budgeted = budget.deadline_s is not None or budget.memory_bytes is not None
@@ -202,7 +263,8 @@ def answer_settings(answer: str, choices: Sequence[str], response_format: Any,
 
 # -- JSON records: a batch line or a request body over defaults --------------------------
 RECORD_FIELDS = ("id", "prompt", "question", "strategy", "k", "max_tokens", "temperature", "seed", "answer",
-                 "choices", "stop", "system", "deadline", "response_format")
+                 "choices", "stop", "system", "deadline", "response_format", "frequency_penalty",
+                 "presence_penalty", "logit_bias")
 
 
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "a list",
@@ -248,6 +310,9 @@ def settings_from_record(record: Mapping[str, Any], defaults: Mapping[str, Any])
         fields["stop"] = _strings(record, "stop")
     if "choices" in record:
         fields["choices"] = _strings(record, "choices")
+    for key in ("frequency_penalty", "presence_penalty"):
+        fields[key] = typed_field(record, key, (int, float), defaults.get(key, 0.0))
+    fields["logit_bias"] = typed_field(record, "logit_bias", dict, defaults.get("logit_bias"))
     if record.get("response_format") is not None:
         fields["response_format"] = typed_field(record, "response_format", (dict, str), None)
     fields["names"] = RECORD_NAMES
@@ -264,10 +329,13 @@ def record_prompt(record: Mapping[str, Any]) -> str:
 def overrides_of(options: AskOptions | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """AskOptions fields given as keywords, with ``answer`` (a kind, maybe ``:tail``) and
     ``response_format`` turned into the answer kind, the constraint and the tail."""
-    if "answer" not in overrides and "response_format" not in overrides:
-        return overrides
     out = dict(overrides)
     base = options or AskOptions()
+    extras = ("frequency_penalty", "presence_penalty", "logit_bias", "top_logprobs", "logprobs")
+    if any(k in out for k in extras):
+        out.update(sampling_extras(API_NAMES, **{k: out.get(k, getattr(base, k)) for k in extras}))
+    if "answer" not in overrides and "response_format" not in overrides:
+        return out
     answer = out.pop("answer", base.answer)
     kind, constraint, tail = answer_settings(answer, out.get("choices", base.choices),
                                              out.pop("response_format", base.constraint), API_NAMES)

@@ -94,6 +94,11 @@ class BenchConfig:
     # (runtime.constraints.AnswerTail); items of other kinds stay free
     answer_mode: str = "free"
     constraint: Constraint | None = None  # every sample's output matches it (--json-schema, ...)
+    frequency_penalty: float = 0.0  # OpenAI's penalties and logit bias (runtime.sampling.make_adjuster)
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    top_logprobs: int = 0  # (sampling_extras' fields; a bench keeps none)
+    logprobs: bool = False
 
     def settings(self) -> dict[str, Any]:
         """Everything besides dataset, item, strategy, model and seed that shapes the output."""
@@ -115,6 +120,10 @@ class BenchConfig:
             # constrained decoding changes the tokens: such records are kept apart
             **({"answer_mode": self.answer_mode} if self.answer_mode != "free" else {}),
             **({"constraint": [self.constraint.kind, self.constraint.source]} if self.constraint else {}),
+            # penalties and bias change the tokens: such records are kept apart
+            **({"frequency_penalty": self.frequency_penalty} if self.frequency_penalty else {}),
+            **({"presence_penalty": self.presence_penalty} if self.presence_penalty else {}),
+            **({"logit_bias": [list(p) for p in self.logit_bias]} if self.logit_bias else {}),
         }
 
     def stop_strings(self) -> tuple[str, ...]:
@@ -127,6 +136,8 @@ class BenchConfig:
         return AskOptions(
             max_tokens=self.max_tokens, seed=self.seed, stop=self.stop_strings(), chat=not self.raw,
             answer=item.kind, choices=item.choices, constraint=self.constraint, tail=tail,
+            frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
+            logit_bias=self.logit_bias,
         )
 
     def check(self) -> None:
@@ -137,6 +148,9 @@ class BenchConfig:
             raise UsageError("an answer tail and an output constraint cannot be combined")
         if (self.answer_mode == "tail" or self.constraint is not None) and any(s.baseline for s in self.strategies):
             raise UsageError("the llama-cpp-python baseline decodes free text only: drop it, or the constraint")
+        if (self.frequency_penalty or self.presence_penalty or self.logit_bias) and any(
+                s.baseline for s in self.strategies):
+            raise UsageError("the llama-cpp-python baseline samples without penalties or logit bias: drop it, or them")
 
 
 def bench_prompt(item: Item, config: BenchConfig) -> str:

@@ -59,11 +59,13 @@ def render_chat(
     eos_token: str = "",
     add_generation_prompt: bool = True,
     variables: Mapping[str, Any] | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """Render ``messages`` with the model's template, ready to tokenize. ``variables``: more
-    names the template may read (``tools``, ``enable_thinking``, ...). A template that cannot
-    render, or that refuses the messages (``raise_exception``), is a one-line UsageError that
-    names ``model``."""
+    names the template may read (``enable_thinking``, ...); ``tools``: OpenAI's function
+    definitions, for templates that read a ``tools`` variable. A template that cannot render,
+    or that refuses the messages (``raise_exception``), is a one-line UsageError that names
+    ``model``."""
     from jinja2 import TemplateError, TemplateSyntaxError
 
     whose = f"chat template of model '{model}'" if model else "the model's chat template"
@@ -75,6 +77,7 @@ def render_chat(
                 bos_token=bos_token,
                 eos_token=eos_token,
                 add_generation_prompt=add_generation_prompt,
+                **({"tools": [dict(t) for t in tools]} if tools else {}),
             )
         )
     except _Refused as exc:
@@ -95,6 +98,7 @@ def user_messages(prompt: str, system: str | None = None) -> list[dict[str, str]
 def prompt_text(
     template: str | None, messages: Sequence[Message], *, chat: bool, bos_token: str, eos_token: str,
     model: str = "",
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[str, bool]:
     """The text to tokenize for ``messages`` and whether the tokenizer should add BOS.
 
@@ -104,7 +108,7 @@ def prompt_text(
     start with it. Every backend formats prompts through this one function.
     """
     if chat and template:
-        text = render_chat(template, messages, model=model, bos_token=bos_token, eos_token=eos_token)
+        text = render_chat(template, messages, model=model, bos_token=bos_token, eos_token=eos_token, tools=tools)
     else:
         text = "\n\n".join(m["content"] for m in messages if m.get("content"))
     return text, not (bool(bos_token) and text.startswith(bos_token))
@@ -138,7 +142,8 @@ def _as_rendered(content: str, rendered: str, at: int, following: str) -> str | 
 
 
 def template_segments(template: str, messages: Sequence[Message], *, bos_token: str,
-                      eos_token: str, model: str = "") -> list[tuple[str, bool]]:
+                      eos_token: str, model: str = "",
+                      tools: Sequence[Mapping[str, Any]] | None = None) -> list[tuple[str, bool]]:
     """The rendered chat cut into ``(text, is_template)`` pieces, in order.
 
     The template is rendered twice: with every content replaced by a marker (which gives the
@@ -147,8 +152,8 @@ def template_segments(template: str, messages: Sequence[Message], *, bos_token: 
     write it), else the template treats contents as more than text and the messages are refused.
     """
     skeleton = render_chat(template, [{**m, "content": _mark(i)} for i, m in enumerate(messages)],
-                           model=model, bos_token=bos_token, eos_token=eos_token)
-    rendered = render_chat(template, messages, model=model, bos_token=bos_token, eos_token=eos_token)
+                           model=model, bos_token=bos_token, eos_token=eos_token, tools=tools)
+    rendered = render_chat(template, messages, model=model, bos_token=bos_token, eos_token=eos_token, tools=tools)
     pieces = _MARK.split(skeleton)  # template text, message index, template text, ...
     segments: list[tuple[str, bool]] = []
     at = 0
@@ -199,17 +204,18 @@ class ChatText:
     def format_prompt(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
         return self.format_messages(user_messages(prompt, system), chat=chat)
 
-    def format_messages(self, messages: Sequence[Message], *, chat: bool = True) -> list[int]:
+    def format_messages(self, messages: Sequence[Message], *, chat: bool = True,
+                        tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
         template = self.info.chat_template
         text, add_bos = prompt_text(template, messages, chat=chat, bos_token=self.bos_text, eos_token=self.eos_text,
-                                    model=self.info.name)
+                                    model=self.info.name, tools=tools)
         bos = self.info.add_bos and add_bos
         if not (chat and template):  # no template: all of it is the user's text
             return self.tokenize(text, add_special=bos, parse_special=False)
         if not any(self._holds_control_text(m["content"]) for m in messages):
             return self.tokenize(text, add_special=bos, parse_special=True)  # the common case, in one call
         segments = template_segments(template, messages, bos_token=self.bos_text, eos_token=self.eos_text,
-                                     model=self.info.name)
+                                     model=self.info.name, tools=tools)
         tokens = self.tokenize("", add_special=True) if bos else []
         for piece, is_template in segments:
             tokens += self.tokenize(piece, add_special=False, parse_special=is_template)
@@ -218,3 +224,23 @@ class ChatText:
     def _holds_control_text(self, content: str) -> bool:
         return bool(content) and (self.tokenize(content, add_special=False, parse_special=True)
                                   != self.tokenize(content, add_special=False, parse_special=False))
+
+    def renders_tools(self, tools: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether the chat template shows ``tools`` itself: it reads a ``tools`` variable, and
+        their JSON holds no control-token text (the template's own text is tokenized with
+        control tokens on, so such text there would become control tokens)."""
+        template = self.info.chat_template
+        return bool(template) and reads_tools(template) and not self._holds_control_text(
+            json.dumps(list(tools), ensure_ascii=False))
+
+
+@lru_cache(maxsize=8)
+def reads_tools(template: str) -> bool:
+    """Whether a chat template reads a ``tools`` variable (OpenAI's function definitions)."""
+    from jinja2 import TemplateError, meta
+
+    try:
+        compiled = _compile(template)
+        return "tools" in meta.find_undeclared_variables(compiled.environment.parse(template))
+    except TemplateError:
+        return False

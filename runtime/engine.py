@@ -9,7 +9,7 @@ the generation layer and never see a backend.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -124,6 +124,10 @@ class DecodeSession(Protocol):
         """Append each feed's tokens to its sequence in one batch; return (len(feeds), V)
         logits of each feed's last token. The rows stay valid until the next call."""
 
+    def decode_all(self, seq_id: int, tokens: Sequence[int]) -> Logits:
+        """Append ``tokens`` to ``seq_id`` and return the logits of every one of them,
+        (len(tokens), V), a copy (scoring a prompt: OpenAI's ``echo`` with ``logprobs``)."""
+
     def remove(self, seq_id: int) -> None:
         """Drop a sequence; cells no other sequence uses are freed at once."""
 
@@ -184,9 +188,15 @@ class Engine(Protocol):
     def format_prompt(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
         """Prompt text -> tokens, through the model's chat template when ``chat``."""
 
-    def format_messages(self, messages: Sequence[Mapping[str, str]], *, chat: bool = True) -> list[int]:
+    def format_messages(self, messages: Sequence[Mapping[str, str]], *, chat: bool = True,
+                        tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
         """Chat messages ({"role", "content"}) -> tokens, through the model's chat template
-        when ``chat`` (else their contents, blank-line separated)."""
+        when ``chat`` (else their contents, blank-line separated); ``tools``: OpenAI's function
+        definitions, for a template that :meth:`renders_tools`."""
+
+    def renders_tools(self, tools: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether the chat template shows these function definitions itself (else the caller
+        offers them in a system message)."""
 
     def kv_type_refusal(self, kv: KvType) -> str | None:
         """Why sessions cannot keep their cache in ``kv`` (one line), or None."""

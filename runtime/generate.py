@@ -19,8 +19,8 @@ import numpy as np
 from edgescale.deadline import Deadline
 from edgescale.errors import DecodeAborted, UsageError
 from edgescale.runtime.constrained import SampleConstraints
-from edgescale.runtime.detok import IncrementalText
 from edgescale.runtime.engine import DecodeSession, Engine, Feed, Logits
+from edgescale.runtime.probes import run_probes
 from edgescale.runtime.samples import (
     MAX_BATCH,
     MIN_BATCH,
@@ -34,12 +34,15 @@ from edgescale.runtime.samples import (
 )
 from edgescale.runtime.sampling import (
     GREEDY,
+    Adjuster,
     Sampler,
     SamplingConfig,
+    make_adjuster,
     make_sampler,
     row_logsumexp,
     sequence_rng,
     token_confidence,
+    top_logprobs,
 )
 
 __all__ = ["MAX_BATCH", "MIN_BATCH", "BatchGenerator", "FinishReason", "GenerationConfig", "GenerationStats",
@@ -96,6 +99,9 @@ class BatchGenerator:
             if cfg not in made:
                 made[cfg] = make_sampler(cfg)
         self._samplers = [made[config.sampling_of(i)] for i in range(n_seqs)]
+        # bias and penalties (None: the row as the model gave it), and the counts the penalties read
+        self._adjusters = [make_adjuster(config.sampling_of(i)) for i in range(n_seqs)]
+        self._counts: list[dict[int, int]] = [{} for _ in range(n_seqs)]
         self._greedy = make_sampler(GREEDY)
         self.constraints = (SampleConstraints(engine, config)
                             if config.constraint is not None or config.tail is not None else None)
@@ -247,12 +253,14 @@ class BatchGenerator:
                 cached = lse_cache[key] = (top, row_logsumexp(row, self._scratch, top))
             top, lse = cached
             sampler = self._greedy if st.tail_at is not None else self._samplers[i]
-            tok = sampler(row, self._rngs[i], top)
+            adjust = self._adjusters[i]
+            drawn, peak = (row, top) if adjust is None else self._adjusted(adjust, row, i)
+            tok = sampler(drawn, self._rngs[i], peak)
             dead_end = False
             if m is not None and not m.allows(tok):
                 # llama.cpp's order: the token drawn from the model's row stands when the constraint
                 # allows it (a check of a few us); else the row is masked and drawn from again
-                masked = m.mask(row)  # its own buffer: the row may be another sample's too
+                masked = m.mask(drawn)  # its own buffer: the row may be another sample's too
                 best = float(masked.max())
                 dead_end = best == float("-inf")  # nothing allowed (a vocabulary that cannot go on)
                 if not dead_end:
@@ -265,6 +273,10 @@ class BatchGenerator:
             else:
                 st.tokens.append(tok)
                 st.logprobs.append(lp)
+                if adjust is not None:
+                    self._counts[i][tok] = self._counts[i].get(tok, 0) + 1
+                if cfg.top_logprobs:
+                    st.top_logprobs.append(top_logprobs(row, lse, cfg.top_logprobs, top))
                 if cfg.confidence_top_k:
                     st.confidences.append(token_confidence(row, lse, cfg.confidence_top_k))
                 reason = self._append_text(st, self.engine.token_bytes(tok))
@@ -298,6 +310,10 @@ class BatchGenerator:
         self.stats.decode_steps += 1
         self._fed = [i for i, _ in feeds]
         return events, feeds
+
+    def _adjusted(self, adjust: Adjuster, row: Logits, i: int) -> tuple[Logits, float]:
+        out = adjust(row, self._counts[i])
+        return out, float(out.max())
 
     def own_rows(self) -> None:
         """Copy the logits rows held as views of the backend's buffer (before a decode that is
@@ -351,82 +367,10 @@ class BatchGenerator:
         done: Callable[[str], bool] | None = None,
         within_deadline: bool = True,
     ) -> list[ProbeResult]:
-        """Ask live sequences for their answer so far without disturbing them.
-
-        Each sequence is forked into a spare slot (sharing its cells), the cue is
-        appended there, up to ``max_tokens`` greedy tokens are decoded for all
-        probes in one batch per step, and the forks are removed. A session whose
-        probes run in place (one KV stream per sequence, where a fork would copy the
-        stream) appends the cue to the sequence itself and cuts it off after. With
-        ``within_deadline`` a probe stops early when the deadline passes (its text
-        so far is returned); a forced-answer probe at the deadline passes False.
-        """
-        con = self.constraints
-        if con is not None and con.has_tail:
-            # the probe is the answer tail: its lead-in, then a constrained greedy answer
-            indices = [i for i in indices if self.states[i].tail_at is None]
-            cue_tokens, done = con.lead, None
-        indices = [i for i in indices if i in self._rows][: self.probe_slots]
-        if not indices or not cue_tokens:
-            return []
-        matchers = con.probe_matchers(indices) if con is not None else {}
-        self.own_rows()  # the rows are views into the backend's buffer, which the probe overwrites
-        in_place = self.session.probes_in_place
-        spares = {i: i if in_place else self.n_seqs + j for j, i in enumerate(indices)}
-        held = {i: len(self.prompt) + len(self.states[i].tokens) for i in indices}  # each sample's cells
-        texts = {i: IncrementalText() for i in indices}
-        if matchers:
-            assert con is not None
-            for t in texts.values():
-                t.feed(con.lead_bytes)
-        counts = {i: len(cue_tokens) for i in indices}
-        pick = make_sampler(GREEDY)
-        try:
-            for i, s in spares.items():
-                if not in_place:
-                    self.session.fork(i, s)
-            rows = self.session.decode([(spares[i], list(cue_tokens)) for i in indices])
-            active = list(indices)
-            for _ in range(max_tokens):
-                if within_deadline and self.deadline is not None and self.deadline.passed(self.clock()):
-                    break
-                nxt: list[int] = []
-                feeds: list[tuple[int, list[int]]] = []
-                for n, i in enumerate(active):
-                    m = matchers.get(i)
-                    tok = pick(m.mask(rows[n]) if m is not None else rows[n], self._rngs[i], 0.0)
-                    if self.engine.is_eog(tok):
-                        continue
-                    texts[i].feed(self.engine.token_bytes(tok))
-                    if m is not None and (not m.consume(tok) or m.stopped):
-                        continue
-                    if done is not None and done(texts[i].text):
-                        continue
-                    nxt.append(i)
-                    feeds.append((spares[i], [tok]))
-                active = nxt
-                if not feeds:
-                    break
-                rows = self.session.decode(feeds)
-                for i in active:
-                    counts[i] += 1
-        except DecodeAborted:
-            self.expired = True
-        finally:
-            if con is not None:
-                con.account(list(matchers.values()))
-            for i, s in spares.items():
-                if in_place:
-                    self.session.truncate(i, held[i])
-                else:
-                    self.session.remove(s)
-        self.stats.probes += len(indices)
-        self.stats.probe_tokens += sum(counts.values())
-        out = []
-        for i in indices:
-            texts[i].flush()
-            out.append(ProbeResult(i, texts[i].text, counts[i], tail=bool(matchers)))
-        return out
+        """Ask live sequences for their answer so far without disturbing them
+        (:func:`edgescale.runtime.probes.run_probes`)."""
+        return run_probes(self, indices, cue_tokens, max_tokens=max_tokens, done=done,
+                          within_deadline=within_deadline)
 
     # -- accounting --------------------------------------------------------------
     @property

@@ -77,6 +77,13 @@ class LlamaSession:
         rows.extend(self._copy_rows(group))
         return np.stack(rows)
 
+    def decode_all(self, seq_id: int, tokens: Sequence[int]) -> Logits:
+        check_prompt(tokens, self.n_cells)
+        cap = self.ctx.n_batch  # one piece per token: each asks for its own row
+        parts = [np.array(self._decode_batch([(seq_id, [t], True) for t in tokens[start : start + cap]]))
+                 for start in range(0, len(tokens), cap)]
+        return np.concatenate(parts)
+
     def _copy_rows(self, group: Sequence[tuple[int, Sequence[int], bool]]) -> list[np.ndarray]:
         out = self._decode_batch(group)
         return [np.array(row) for row in out]

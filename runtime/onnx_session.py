@@ -215,6 +215,10 @@ class OnnxSession:
         self._note_peak()
         return result
 
+    def decode_all(self, seq_id: int, tokens: Sequence[int]) -> Logits:
+        # the exported graph gives the last position's logits only: one token a run
+        return np.stack([np.array(self.decode([(seq_id, [t])])[0]) for t in tokens])
+
     def remove(self, seq_id: int) -> None:
         self.kv.detach(seq_id)
         self.book.remove(seq_id)

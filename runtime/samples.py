@@ -45,6 +45,9 @@ class GenerationConfig:
     constraint: Constraint | None = None
     # free reasoning, then a constrained answer (runtime.constraints.AnswerTail); None: none
     tail: AnswerTail | None = None
+    # the most likely tokens of each step and their model log-probabilities, kept per sample (0: none)
+    top_logprobs: int = 0
+    logprobs: bool = False  # the result carries each sample's tokens and their log-probabilities
 
     def sampling_of(self, index: int) -> SamplingConfig:
         return next((cfg for i, cfg in self.sampling_overrides if i == index), self.sampling)
@@ -59,6 +62,8 @@ class SeqState:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     confidences: list[float] = field(default_factory=list)  # per token, when the config asks for them
+    # per token, when the config asks for them: the step's top (token, model log-probability) pairs
+    top_logprobs: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)  # text length after each token
     finish_reason: FinishReason | None = None
     # under a constraint: whether the text is a complete match (None: unconstrained)

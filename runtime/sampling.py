@@ -3,14 +3,16 @@
 One implementation for every backend (llama.cpp and ONNX Runtime), so the
 same seed gives the same tokens whatever runs the model. Filter order follows
 llama.cpp's default chain: top-k, top-p, min-p on the model's distribution,
-then temperature, then a seeded categorical draw.
+then temperature, then a seeded categorical draw. Before them, when asked for,
+the row is adjusted (:func:`make_adjuster`): OpenAI's ``logit_bias``, then its
+frequency and presence penalties over the sample's own tokens so far.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -29,10 +31,20 @@ class SamplingConfig:
     top_k: int = 40
     top_p: float = 0.95
     min_p: float = 0.05
+    # OpenAI's: logit[j] -= c[j] * frequency_penalty + (c[j] > 0) * presence_penalty, c[j] the
+    # times token j is among the sample's tokens so far; logit_bias: (token id, bias) pairs added first
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def adjusts(self) -> bool:
+        """Whether the row is changed before the filters (bias or penalties)."""
+        return bool(self.logit_bias) or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
 
 GREEDY = SamplingConfig(temperature=0.0)
@@ -180,6 +192,52 @@ def make_sampler(cfg: SamplingConfig) -> Sampler:
         return int(idx[draw(vals[:keep], cfg.temperature, float(rng.random()))])
 
     return sample
+
+
+# (logits row, counts of the sample's tokens so far) -> the row the sampler draws from
+Adjuster = Callable[[Logits, Mapping[int, int]], Logits]
+
+
+def apply_logit_bias(row: Logits, ids: npt.NDArray[np.int64], bias: npt.NDArray[np.float32]) -> Logits:
+    """A copy of ``row`` with ``bias[i]`` added to logit ``ids[i]`` (OpenAI's ``logit_bias``;
+    -100 bans a token in effect, as there)."""
+    out = np.array(row, dtype=np.float32)
+    out[ids] += bias
+    return out
+
+
+def apply_penalties(row: Logits, counts: Mapping[int, int], frequency: float, presence: float) -> Logits:
+    """``row`` with OpenAI's penalties: ``logit[j] -= c[j] * frequency + (c[j] > 0) * presence``
+    for the tokens ``j`` counted ``c[j]`` times. Changes ``row`` in place (a caller's copy)."""
+    if counts:
+        ids = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        c = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+        row[ids] -= c * np.float32(frequency) + (c > 0) * np.float32(presence)
+    return row
+
+
+def make_adjuster(cfg: SamplingConfig) -> Adjuster | None:
+    """The row adjustments ``cfg`` asks for, composed (bias, then penalties); None when none.
+    The adjusted row is always a new array: the model's row may be another sample's too."""
+    if not cfg.adjusts:
+        return None
+    ids = np.array([t for t, _ in cfg.logit_bias], dtype=np.int64)
+    bias = np.array([b for _, b in cfg.logit_bias], dtype=np.float32)
+    frequency, presence = cfg.frequency_penalty, cfg.presence_penalty
+    penalised = frequency != 0.0 or presence != 0.0
+
+    def adjust(row: Logits, counts: Mapping[int, int]) -> Logits:
+        out = apply_logit_bias(row, ids, bias)
+        return apply_penalties(out, counts, frequency, presence) if penalised else out
+
+    return adjust
+
+
+def top_logprobs(row: Logits, lse: float, n: int, top: float) -> tuple[tuple[int, float], ...]:
+    """The ``n`` most likely tokens of a row and their log-probabilities (temperature 1),
+    most likely first (OpenAI's ``top_logprobs``); ``lse``/``top``: the row's logsumexp and max."""
+    idx = top_k_candidates(row, n, top)
+    return tuple((int(t), float(row[t]) - lse) for t in idx[:n])
 
 
 def sequence_rng(seed: int) -> np.random.Generator:

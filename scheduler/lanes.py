@@ -175,6 +175,9 @@ class Lane:
         self.fed(feeds)
         return rows
 
+    def decode_all(self, seq_id: int, tokens: Sequence[int]) -> Logits:
+        raise UsageError("a lane does not score prompts (runtime.token_logprobs opens a session of its own)")
+
     def remove(self, seq_id: int) -> None:
         self.shared.session.remove(self.ids[seq_id])
         self.book.remove(seq_id)

@@ -7,6 +7,7 @@ from edgescale.answers.structured import schema_errors
 from edgescale.runtime.engine import Engine
 from edgescale.runtime.generate import BatchGenerator, GenerationStats
 from edgescale.runtime.memory import peak_rss_bytes
+from edgescale.runtime.token_logprobs import token_logprobs
 from edgescale.scheduler.query import Query
 from edgescale.strategies.base import AnswerBook, Controller, Decision, answer_logprob, mean_logprob
 from edgescale.strategies.confidence import trace_score
@@ -33,6 +34,8 @@ def _samples(gen: BatchGenerator, book: AnswerBook, window: int) -> tuple[Sample
                 finished_at_s=st.finished_at,
                 confidence=trace_score(st, window),
                 valid=st.valid,
+                logprobs=(token_logprobs(gen.engine, st.tokens, st.logprobs, st.top_logprobs)
+                          if gen.config.logprobs else None),
             )
         )
     return tuple(out)

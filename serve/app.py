@@ -26,10 +26,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edgescale.errors import BudgetInfeasible, ContextOverflow, EdgescaleError, QueueFull
+from edgescale.runtime.token_logprobs import TokenLogprob, prompt_logprobs, token_logprobs
 from edgescale.serve import protocol as proto
 from edgescale.serve.metrics import metrics_response
 from edgescale.serve.protocol import ApiError, Call
 from edgescale.serve.state import ServerState
+from edgescale.serve.tools import tool_call_deltas
 from edgescale.strategies.policy import DEFAULT_POLICY
 from edgescale.strategies.spec import Auto, samples_of
 
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from edgescale.scheduler.request import Request
     from edgescale.strategies.result import Result
 
-Deltas = list[tuple[int, str]]  # (choice index, new text) of one decode step
+Deltas = list[tuple[int, str, "tuple[TokenLogprob, ...]"]]  # (choice index, new text, its tokens) of one step
 
 
 def build_app(state: ServerState) -> Starlette:
@@ -119,6 +121,7 @@ async def _complete(state: ServerState, http: HttpRequest, *, chat: bool) -> Res
     deltas: asyncio.Queue[Deltas] = asyncio.Queue()
     on_step = _forwarder(loop, deltas, call) if call.stream and call.streams_tokens else None
     request = await asyncio.to_thread(_prepare, runtime, call, state, on_step, arrival)
+    prompt = await _prompt_logprobs(runtime, call, request)
     try:
         future = runtime.scheduler.submit(request)
     except QueueFull as exc:
@@ -127,7 +130,7 @@ async def _complete(state: ServerState, http: HttpRequest, *, chat: bool) -> Res
                        code="queue_full", headers={"Retry-After": str(state.retry_after())}) from None
     state.track(request)
     if call.stream:
-        stream = _events(state, call, future, deltas, http)
+        stream = _events(state, call, future, deltas, http, prompt)
         return EventStream(stream, on_gone=partial(_gone, state, request), on_close=partial(state.untrack, request))
     try:
         result = await _until_done(future, http.receive)
@@ -140,7 +143,19 @@ async def _complete(state: ServerState, http: HttpRequest, *, chat: bool) -> Res
         _gone(state, request)
         return Response(status_code=499)  # nobody reads it: the client closed the connection
     _account(state, http, result)
-    return JSONResponse(proto.response(call, result, state.model_id, state.fingerprint))
+    return JSONResponse(proto.response(call, result, state.model_id, state.fingerprint, prompt))
+
+
+async def _prompt_logprobs(runtime: Runtime, call: Call, request: Request) -> tuple[TokenLogprob, ...] | None:
+    """The prompt's token records for ``echo`` with ``logprobs``: one more read of the prompt,
+    logits on every position, run in the scheduler's thread between steps."""
+    if not (call.extras.echo and call.extras.logprobs):
+        return None
+    tokens, top = list(request.prompt_tokens), call.extras.top_logprobs
+    try:
+        return await asyncio.wrap_future(runtime.scheduler.call(lambda engine: prompt_logprobs(engine, tokens, top)))
+    except EdgescaleError as exc:
+        raise ApiError(400, f"echo with logprobs: {exc}", param="echo") from None
 
 
 async def _read_json(http: HttpRequest, limit: int, timeout_s: float) -> Any:
@@ -203,8 +218,21 @@ def _forwarder(loop: asyncio.AbstractEventLoop, deltas: asyncio.Queue[Deltas],
                call: Call) -> Callable[[BatchGenerator, Sequence[TokenEvent]], None]:
     """The scheduler-thread callback that hands each step's new text to the event loop."""
 
+    sent = [0] * call.n  # tokens of each choice whose logprobs went out
+
     def on_step(gen: BatchGenerator, events: Sequence[TokenEvent]) -> None:
-        new = [(ev.index, ev.delta) for ev in events if ev.delta and ev.index < call.n]
+        new: Deltas = []
+        for ev in events:
+            if ev.index >= call.n:
+                continue
+            records: tuple[TokenLogprob, ...] = ()
+            if call.extras.logprobs:
+                st = gen.states[ev.index]
+                records = token_logprobs(gen.engine, st.tokens[sent[ev.index]:], st.logprobs[sent[ev.index]:],
+                                         st.top_logprobs[sent[ev.index]:])
+                sent[ev.index] = len(st.tokens)
+            if ev.delta or records:
+                new.append((ev.index, ev.delta, records))
         if new:
             try:
                 loop.call_soon_threadsafe(deltas.put_nowait, new)
@@ -262,19 +290,27 @@ def _sse(obj: Any) -> bytes:
 
 
 async def _events(state: ServerState, call: Call, future: Future[Result], deltas: asyncio.Queue[Deltas],
-                  http: HttpRequest) -> AsyncIterator[bytes]:
+                  http: HttpRequest, prompt: tuple[TokenLogprob, ...] | None) -> AsyncIterator[bytes]:
     """The SSE body: token deltas as the scheduler makes them, then the finish and ``[DONE]``."""
     model, fp = state.model_id, state.fingerprint
     streamed = [""] * call.n
+    offsets = [0] * call.n  # characters of each choice sent (echoed prompt included): logprobs' text_offset
     if call.chat:
         yield _sse(proto.chunk(call, model, fp, [proto.delta(call, i, None, role=True) for i in range(call.n)]))
+    head = proto.echoed(call)
+    if head:  # echo: each choice starts with its prompt (and the prompt's logprobs)
+        for i in range(call.n):
+            offsets[i] = len(head)
+            yield _sse(proto.chunk(call, model, fp, [proto.delta(call, i, head, logprobs=prompt)]))
     done = asyncio.wrap_future(future)
 
     def flush(step: Deltas) -> list[bytes]:
         out = []
-        for index, text in step:
+        for index, text, records in step:
             streamed[index] += text
-            out.append(_sse(proto.chunk(call, model, fp, [proto.delta(call, index, text)])))
+            d = proto.delta(call, index, text, logprobs=records, offset=offsets[index])
+            offsets[index] += len(text)
+            out.append(_sse(proto.chunk(call, model, fp, [d])))
         return out
 
     while not done.done():
@@ -301,13 +337,22 @@ async def _events(state: ServerState, call: Call, future: Future[Result], deltas
         return
     _account(state, http, result)
     choices = proto.choices_of(call, result)
-    for i, (text, reason) in enumerate(choices):
+    for i, (text, reason, sample) in enumerate(choices):
+        records = None
         if not call.streams_tokens:
             rest = text
+            records = sample.logprobs if sample is not None else None  # the whole text comes now
         else:  # what the deltas held back (a stop string's prefix that was not one); never a repeat
             rest = text[len(streamed[i]):] if text.startswith(streamed[i]) else ""
-        extra = {"edgescale": proto.edgescale_fields(result)} if i == len(choices) - 1 else {}
-        yield _sse(proto.chunk(call, model, fp, [proto.delta(call, i, rest, reason)], **extra))
+        extra = {"edgescale": proto.edgescale_fields(result, call)} if i == len(choices) - 1 else {}
+        calls = tool_call_deltas(call.tools, i, text, reason) if call.chat and call.tools is not None else None
+        if calls is not None:  # a tool call: its name, then its arguments, then the finish
+            for d in calls[:-1]:
+                yield _sse(proto.chunk(call, model, fp, [d]))
+            yield _sse(proto.chunk(call, model, fp, [calls[-1]], **extra))
+            continue
+        d = proto.delta(call, i, rest, reason, logprobs=records, offset=offsets[i])
+        yield _sse(proto.chunk(call, model, fp, [d], **extra))
     if call.include_usage:
         yield _sse(proto.chunk(call, model, fp, [], usage=proto.usage(result)))
     yield b"data: [DONE]\n\n"

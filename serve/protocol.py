@@ -17,7 +17,11 @@ says whether the output is complete and valid under it. ``n`` keeps its OpenAI m
 choices sampled from one shared read of the prompt (they are the samples of a
 ``maj@n`` query, so the response also carries their vote).
 
-``finish_reason`` is ``stop`` or ``length`` as in OpenAI, or ``deadline``: the
+OpenAI's ``logprobs``/``top_logprobs``/``echo``, penalties, ``logit_bias`` and
+``reasoning_effort`` are read by ``serve.fields``, ``tools``/``tool_choice`` by ``serve.tools``;
+informational fields (``user``, ``metadata``...) are ignored, unknown ones refused.
+
+``finish_reason`` is ``stop`` or ``length`` as in OpenAI, ``tool_calls``, or ``deadline``: the
 request's deadline hit first and the choice holds the best text (and
 ``edgescale.answer`` the best answer) found by then; or ``cancelled``: the server
 was shutting down and the grace period ran out.
@@ -28,10 +32,14 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from edgescale import limits
 from edgescale.errors import EdgescaleError, UsageError
+from edgescale.runtime.token_logprobs import TokenLogprob
+from edgescale.serve.fields import Extras, default_efforts, parse_extras
+from edgescale.serve.logprobs import logprobs_object
+from edgescale.serve.tools import Tools, chat_message, history_message, parse_tools, with_tools
 from edgescale.settings import AskSettings, ask_settings, typed_field
 from edgescale.strategies.result import Result, Sample
 from edgescale.strategies.spec import Majority, draws_one_sample, samples_of
@@ -41,20 +49,23 @@ FINISH_REASONS = ("stop", "length", "deadline", "cancelled")
 # What our error messages call each setting: the JSON fields of the body.
 NAMES = {"samples": "field 'n'", "max_tokens": "field 'max_tokens'", "temperature": "field 'temperature'",
          "seed": "field 'seed'", "top_k": "field 'top_k'", "top_p": "field 'top_p'", "min_p": "field 'min_p'",
-         "answer": "field 'answer'", "response_format": "field 'response_format'"}
+         "answer": "field 'answer'", "response_format": "field 'response_format'",
+         "frequency_penalty": "field 'frequency_penalty'", "presence_penalty": "field 'presence_penalty'",
+         "logit_bias": "field 'logit_bias'", "top_logprobs": "field 'top_logprobs'"}
 
 COMMON = ("model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
-          "strategy", "deadline_ms", "answer", "top_k", "min_p", "ignore_eos", "response_format")
+          "strategy", "deadline_ms", "answer", "top_k", "min_p", "ignore_eos", "response_format",
+          "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "reasoning_effort")
 # OpenAI fields accepted at their neutral value only (what many clients send by default)
 NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False, None),
-    "logit_bias": ({},), "echo": (False,), "best_of": (1,), "suffix": ("",), "parallel_tool_calls": (True, False),
-    "tools": ([],), "tool_choice": ("none",),
+    "best_of": (1,), "suffix": ("",), "modalities": (["text"],), "function_call": ("none",), "functions": ([],),
 }
-IGNORED = ("user", "metadata", "store", "service_tier")  # bookkeeping fields with no effect on the answer
-CHAT_FIELDS = (*COMMON, "messages", "max_completion_tokens")
-COMPLETION_FIELDS = (*COMMON, "prompt")
-ROLES = ("system", "user", "assistant", "developer")
+# bookkeeping fields with no effect on the answer
+IGNORED = ("user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier")
+CHAT_FIELDS = (*COMMON, "messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
+               "parallel_tool_calls")
+COMPLETION_FIELDS = (*COMMON, "prompt", "echo")
+ROLES = ("system", "user", "assistant", "developer", "tool")
 
 
 class ApiError(Exception):
@@ -81,6 +92,11 @@ class Defaults:
     seed: int = limits.DEFAULT_SEED
     max_tokens: int = limits.DEFAULT_MAX_TOKENS
     temperature: float | None = None
+    # reasoning_effort level -> strategy spec (serve.fields; --reasoning-effort LEVEL=SPEC)
+    efforts: tuple[tuple[str, str], ...] = default_efforts(16)
+
+    def effort_strategy(self, level: str) -> str:
+        return dict(self.efforts)[level]
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,8 @@ class Call:
     n: int
     stream: bool
     include_usage: bool
+    extras: Extras = Extras()
+    tools: Tools | None = None  # functions offered (serve.tools); None: none
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -122,6 +140,8 @@ class Call:
     def streams_tokens(self) -> bool:
         """Whether text can stream token by token: one sample per choice. A voting
         strategy's text is known only when the vote is: it comes as one chunk."""
+        if self.tools is not None and self.tools.choice != "none":
+            return False  # a call is known only when its text is whole
         return self.n > 1 or draws_one_sample(self.settings.strategy)
 
 
@@ -136,7 +156,8 @@ def deadline_seconds(deadline_ms: int | float | None, name: str = "field 'deadli
 
 
 def defaults_of(*, strategy: str | None, deadline_ms: int | None, answer: str, seed: int,
-                max_tokens: int) -> tuple[Defaults, AskSettings]:
+                max_tokens: int, efforts: tuple[tuple[str, str], ...] = default_efforts(16)
+                ) -> tuple[Defaults, AskSettings]:
     """The server's defaults (from its command line), checked by the rules every request
     goes through; UsageError (one line) when one is bad."""
     try:
@@ -145,7 +166,7 @@ def defaults_of(*, strategy: str | None, deadline_ms: int | None, answer: str, s
     except ApiError as exc:
         raise UsageError(exc.message) from None
     return Defaults(strategy=strategy, deadline_ms=deadline_ms, answer=settings.options.answer, seed=seed,
-                    max_tokens=max_tokens), settings
+                    max_tokens=max_tokens, efforts=efforts), settings
 
 
 def _bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
@@ -203,6 +224,12 @@ def _messages(body: Mapping[str, Any]) -> tuple[dict[str, str], ...]:
         if role not in ROLES:
             raise _bad(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}",
                        param=f"messages[{i}].role")
+        if role == "tool" or (role == "assistant" and m.get("tool_calls") is not None):
+            try:  # earlier calls and their results, written as chat text (serve.tools)
+                out.append(history_message(m, i, _content(m, i)))
+            except UsageError as exc:
+                raise _bad(str(exc), param=f"messages[{i}]") from None
+            continue
         out.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
     return tuple(out)
 
@@ -221,6 +248,17 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
     _check_fields(body, CHAT_FIELDS if chat else COMPLETION_FIELDS)
+    try:
+        tools = parse_tools(body) if chat else None
+    except UsageError as exc:
+        raise _bad(str(exc), param=next(p for p in ("parallel_tool_calls", "tool_choice", "tools")
+                                        if p in str(exc))) from None
+    response_format = body.get("response_format")
+    if tools is not None and tools.forced:
+        if response_format is not None:
+            raise _bad("a forced tool call ('tool_choice') holds the output to the call's schema: leave "
+                       "'response_format' out", param="response_format")
+        response_format = tools.constraint()
     prompt: str | tuple[dict[str, str], ...] = _messages(body) if chat else _completion_prompt(body)
     n = _get(body, "n", int, 1)
     if not 1 <= n <= limits_.max_n:
@@ -232,8 +270,11 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
     max_tokens = _get(body, key, int, defaults.max_tokens)
     if not 1 <= max_tokens <= limits_.max_tokens:
         raise _bad(f"field {key!r} must be between 1 and {limits_.max_tokens}, got {max_tokens}", param=key)
+    extras = parse_extras(body, chat=chat, get=_get, bad=lambda message, param: _bad(message, param=param))
     strategy = _get(body, "strategy", str, None)
-    if strategy is not None and n > 1:
+    if strategy is None and n == 1 and extras.effort is not None:  # an explicit strategy (or n) comes first
+        strategy = defaults.effort_strategy(extras.effort)
+    if body.get("strategy") is not None and n > 1:
         raise _bad("n > 1 asks for n samples as choices; with a 'strategy' the samples are voted into one "
                    "choice: send one of them", param="n")
     deadline_s = deadline_seconds(_get(body, "deadline_ms", (int, float), defaults.deadline_ms))
@@ -255,16 +296,26 @@ def parse_call(body: Any, *, chat: bool, defaults: Defaults, limits_: Limits) ->
             max_tokens=max_tokens, seed=_get(body, "seed", int, defaults.seed),
             answer=_get(body, "answer", str, defaults.answer), stop=[s for s in stops if s],
             ignore_eos=_get(body, "ignore_eos", bool, False),
-            raw=not chat, deadline=deadline_s, names=NAMES, response_format=body.get("response_format"),
+            raw=not chat, deadline=deadline_s, names=NAMES, response_format=response_format,
+            **extras.settings_fields(),
         )
     except EdgescaleError as exc:
-        raise _bad(str(exc), param="response_format" if "response_format" in str(exc) else None) from None
+        message = str(exc)
+        param = next((k for k, name in NAMES.items() if name in message), None)
+        param = {"samples": "n"}.get(param or "", param)
+        if param is None and ("response_format" in message or "tools" in message):
+            param = "tools" if "tools" in message else "response_format"
+        if param is None and extras.effort is not None and body.get("strategy") is None:
+            param = "reasoning_effort"
+        raise _bad(message, param=param) from None
+    settings = with_tools(settings, tools)
+    by_effort = extras.effort is not None and body.get("strategy") is None and n == 1
     refusal = limits_.samples_refusal(samples_of(settings.strategy), f"strategy {settings.strategy.spec()!r}",
-                                      "strategy")
+                                      "reasoning_effort" if by_effort else "strategy")
     if refusal is not None:
         raise refusal
     return Call(chat=chat, prompt=prompt, settings=settings, n=n, stream=stream,
-                include_usage=bool(options.get("include_usage")))
+                include_usage=bool(options.get("include_usage")), extras=extras, tools=tools)
 
 
 # -- responses -----------------------------------------------------------------------------
@@ -279,15 +330,21 @@ def finish_reason(sample_reason: str | None, result: Result | None = None) -> st
     return "stop"
 
 
-def choices_of(call: Call, result: Result) -> list[tuple[str, str]]:
-    """(text, finish_reason) of each choice: the n samples, or the query's winning text."""
+class Choice(NamedTuple):
+    text: str
+    finish_reason: str
+    sample: Sample | None  # whose tokens the text is (its logprobs); None: no sample
+
+
+def choices_of(call: Call, result: Result) -> list[Choice]:
+    """Each choice: the n samples, or the query's winning text."""
     if call.n > 1:
         ordered = sorted(result.samples, key=lambda s: s.index)
-        return [(s.text, finish_reason(s.finish_reason)) for s in ordered]
+        return [Choice(s.text, finish_reason(s.finish_reason), s) for s in ordered]
     winner: Sample | None = next((s for s in result.samples if s.index == result.winner), None)
     if winner is None and result.samples:
         winner = result.samples[0]
-    return [(result.text, finish_reason(winner.finish_reason if winner else None, result))]
+    return [Choice(result.text, finish_reason(winner.finish_reason if winner else None, result), winner)]
 
 
 def usage(result: Result) -> dict[str, Any]:
@@ -297,10 +354,12 @@ def usage(result: Result) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": s.cached_prompt_tokens}}
 
 
-def edgescale_fields(result: Result) -> dict[str, Any]:
+def edgescale_fields(result: Result, call: Call | None = None) -> dict[str, Any]:
     """The test-time compute account of a response."""
     s = result.stats
+    effort = call.extras.effort if call is not None else None
     return {
+        **({"reasoning_effort": effort} if effort is not None else {}),
         "answer": result.answer, "votes": result.votes, "strategy": result.strategy,
         "stop_reason": result.stop_reason, "samples": len(result.samples), "skipped": list(result.skipped),
         "tokens_generated": s.total_tokens, "sample_tokens": s.generated_tokens, "probe_tokens": s.probe_tokens,
@@ -316,20 +375,35 @@ def _plan(result: Result) -> dict[str, Any] | None:
     return plan if isinstance(plan, dict) else None
 
 
-def response(call: Call, result: Result, model: str, fingerprint: str) -> dict[str, Any]:
-    """The non-streaming response object."""
+def response(call: Call, result: Result, model: str, fingerprint: str,
+             prompt: Sequence[TokenLogprob] | None = None) -> dict[str, Any]:
+    """The non-streaming response object. ``prompt``: the prompt's token records (``echo``
+    with ``logprobs``)."""
     choices: list[dict[str, Any]] = []
-    for i, (text, reason) in enumerate(choices_of(call, result)):
+    lp = call.extras.logprobs
+    for i, (text, reason, sample) in enumerate(choices_of(call, result)):
+        entries = (sample.logprobs or ()) if sample is not None and lp else () if lp else None
         if call.chat:
-            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            message, reason = chat_message(call.tools, text, reason)
+            choices.append({"index": i, "message": message,
+                            "logprobs": logprobs_object(True, entries, call.extras.top_logprobs),
                             "finish_reason": reason})
-        else:
-            choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": reason})
+            continue
+        head = echoed(call)
+        if head and entries is not None:
+            entries = (*(prompt or ()), *entries)
+        choices.append({"index": i, "text": head + text, "finish_reason": reason,
+                        "logprobs": logprobs_object(False, entries, call.extras.top_logprobs)})
     return {
         "id": call.object_id, "object": "chat.completion" if call.chat else "text_completion",
         "created": call.created, "model": model, "system_fingerprint": fingerprint, "choices": choices,
-        "usage": usage(result), "edgescale": edgescale_fields(result),
+        "usage": usage(result), "edgescale": edgescale_fields(result, call),
     }
+
+
+def echoed(call: Call) -> str:
+    """The text a completion choice starts with: its prompt under ``echo``, else nothing."""
+    return call.prompt if call.extras.echo and isinstance(call.prompt, str) else ""
 
 
 def chunk(call: Call, model: str, fingerprint: str, choices: list[dict[str, Any]],
@@ -340,14 +414,17 @@ def chunk(call: Call, model: str, fingerprint: str, choices: list[dict[str, Any]
             **extra}
 
 
-def delta(call: Call, index: int, text: str | None, reason: str | None = None,
-          *, role: bool = False) -> dict[str, Any]:
-    """One choice of a chunk: new text, and the finish reason on the last."""
+def delta(call: Call, index: int, text: str | None, reason: str | None = None, *, role: bool = False,
+          logprobs: Sequence[TokenLogprob] | None = None, offset: int = 0) -> dict[str, Any]:
+    """One choice of a chunk: new text (and its tokens' logprobs, when asked), and the finish
+    reason on the last. ``offset``: the characters of the choice streamed before (completions)."""
+    entries = (logprobs or ()) if call.extras.logprobs else None
+    lp = logprobs_object(call.chat, entries, call.extras.top_logprobs, offset) if entries else None
     if call.chat:
         d: dict[str, Any] = {"role": "assistant"} if role else {}
         if text:
             d["content"] = text
         elif role:
             d["content"] = ""
-        return {"index": index, "delta": d, "logprobs": None, "finish_reason": reason}
-    return {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
+        return {"index": index, "delta": d, "logprobs": lp, "finish_reason": reason}
+    return {"index": index, "text": text or "", "logprobs": lp, "finish_reason": reason}

@@ -33,6 +33,12 @@ class GenerationOptions:
     ignore_eos: bool = False  # samples run to max_tokens (or a stop string): load tests, benchmarks
     constraint: Constraint | None = None  # every sample's whole output matches it (structured output)
     tail: AnswerTail | None = None  # free reasoning, then a constrained answer (--answer number:tail)
+    # OpenAI's penalties over each sample's own tokens so far, and (token id, bias) pairs added to logits
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    top_logprobs: int = 0  # keep each step's top (token, log-probability) pairs per sample (0: none)
+    logprobs: bool = False  # each sample's tokens and log-probabilities in the result (OpenAI's logprobs)
 
     def sampling_for(self, strategy: Strategy) -> SamplingConfig:
         temp = self.temperature  # --temperature, when given, holds for every strategy
@@ -40,7 +46,9 @@ class GenerationOptions:
             temp = spec_temperature(strategy)  # the spec's own: maj@8:temp=0.5
         if temp is None:  # one sample: greedy; several: they must differ
             temp = 0.0 if draws_one_sample(strategy) else limits.MULTI_SAMPLE_TEMPERATURE
-        return SamplingConfig(temperature=temp, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p)
+        return SamplingConfig(temperature=temp, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+                              frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
+                              logit_bias=self.logit_bias)
 
 
 def generation_config(strategy: Strategy, options: GenerationOptions, max_new_tokens: int) -> GenerationConfig:
@@ -54,4 +62,5 @@ def generation_config(strategy: Strategy, options: GenerationOptions, max_new_to
     return GenerationConfig(max_new_tokens=max_new_tokens, stop=options.stop, sampling=sampling, seed=options.seed,
                             ignore_eos=options.ignore_eos, sampling_overrides=overrides,
                             confidence_top_k=conf.topk if conf is not None else 0, constraint=options.constraint,
-                            tail=options.tail)
+                            tail=options.tail, top_logprobs=options.top_logprobs,
+                            logprobs=options.logprobs or options.top_logprobs > 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edgescale.runtime.token_logprobs import TokenLogprob
 from edgescale.strategies.records import Outcome, ProbeRecord
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ class Sample:
     finished_at_s: float | None
     confidence: float | None = None  # DeepConf's trace score (lowest window confidence), when computed
     valid: bool | None = None  # under a constraint: the text is a complete match (None: unconstrained)
+    # each token and its log-probability (and the top alternatives), when the query asked (logprobs)
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)

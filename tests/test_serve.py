@@ -209,7 +209,7 @@ def test_the_api_key_is_required(server: ServerProcess) -> None:
      "max_tokens"),
     (json.dumps({"messages": [{"role": "user", "content": "hi"}], "strategy": "maj@x"}).encode(), 400, "maj@x"),
     (json.dumps({"messages": [{"role": "user", "content": "hi"}], "bogus": 1}).encode(), 400, "bogus"),
-    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "logprobs": True}).encode(), 400, "logprobs"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "best_of": 2}).encode(), 400, "best_of"),
     (json.dumps({"messages": [{"role": "robot", "content": "hi"}]}).encode(), 400, "role"),
     (json.dumps({"messages": [{"role": "user", "content": "hi"}], "ignore_eos": "yes"}).encode(), 400, "ignore_eos"),
     (json.dumps({"messages": [{"role": "user", "content": "x" * (2 << 20)}]}).encode(), 413, "exceeds"),
