@@ -11,7 +11,8 @@ Both stages run in one batch over one prefilled prompt (no second prefill):
    is halved until it fits, down to 2), the escalation runs on samples 1..k:
    adaptive sampling with sample 0's answer counted as a vote, or DeepConf
    (``conf@k``, offline or online) on samples 1..k alone, falling back to
-   sample 0's answer when none of them has one.
+   sample 0's answer when none of them has one, or when the escalation gives
+   up (its answers spread: sampling shows no signal that the greedy answer lacks).
 
 The deadline covers both stages; the result records the outcome
 (``confident``, ``escalated``, ``no-escalation``, ``no-time-to-escalate``) and
@@ -56,6 +57,7 @@ class AutoController:
     first: Decision | None = None
     state: str = "no-escalation"
     certainty: float | None = None
+    gave_up: bool = False  # the escalation gave up: its samples' answers spread
 
     @property
     def n_seqs(self) -> int:
@@ -83,7 +85,9 @@ class AutoController:
 
     def on_step(self, gen: BatchGenerator, events: Sequence[TokenEvent], book: AnswerBook) -> str | None:
         if self.stage2 is not None:
-            return self.stage2.on_step(gen, events, book)
+            rule = self.stage2.on_step(gen, events, book)
+            self.gave_up = rule == "gave-up"
+            return rule
         rule = self.stage1.on_step(gen, events, book)
         if rule is None:
             return None
@@ -147,8 +151,10 @@ class AutoController:
             return self.stage1.decide(gen, book)
         out = self.stage2.decide(gen, book)
         first = self.first
-        if out.answer is None and first is not None and first.answer is not None:
-            return first  # no escalated sample has an answer: stage 1's stands
+        if first is not None and first.answer is not None and (out.answer is None or self.gave_up):
+            # no escalated sample has an answer, or their answers spread (the escalation gave up):
+            # stage 1's greedy answer stands
+            return Decision(first.answer, first.winner, out.votes) if self.gave_up else first
         if out.winner is None and first is not None and out.answer is not None and out.answer == first.answer:
             return Decision(out.answer, first.winner, out.votes)  # sample 0's answer won the vote
         return out

@@ -397,6 +397,17 @@ def test_auto_stops_after_a_confident_first_answer() -> None:
     assert res.outcome.stage1_certainty > 0.99
 
 
+def test_auto_keeps_the_greedy_answer_when_its_adaptive_escalation_gives_up() -> None:
+    # stage 1 unsure says 7; the escalation's answers all differ: with 7 as a vote, four answers
+    # in, the Beta rule's chance within the 4 samples left is 0.29 < 0.5 (reach_probability)
+    answers = ["7", "1", "2", "3", "4", "5", "6", "8", "9"]
+    eng = FakeEngine([pad(a, 30 + i) for i, a in enumerate(answers)], margins=[5.0] + [30.0] * 8)
+    res, _ = ask_auto(eng, "adaptive:max=8,wave=2")
+    assert reach_probability(["7", "1", "2", "3"], 8 - 3, 0.8) < 0.5
+    assert res.stop_reason == "escalated:gave-up" and res.answer == "7" and res.winner == 0
+    assert len([s for s in res.samples if s.finish_reason == "stop"]) == 4
+
+
 def test_auto_escalates_in_the_same_batch_with_the_first_answer_as_a_vote() -> None:
     # sample 0 is unsure (margin 5: p = e^5 / (e^5 + 256) = 0.37 per token); the wave outvotes it
     eng = FakeEngine([pad("7", 30), pad("9", 20), pad("9", 22), pad("9", 24)], margins=[5.0, 30, 30, 30])

@@ -118,4 +118,7 @@ def test_give_up_rules_end_to_end_on_the_real_model(runtime) -> None:
         warm = [s.answer for s in conf.samples[:4] if s.answer is not None]
         if conf.stop_reason == "gave-up":
             assert len(conf.samples) == 4 and len(set(warm)) >= 0.75 * len(warm)
+        auto = runtime.ask(item.question, strategy="auto", options=opts)
+        if auto.stop_reason == "escalated:gave-up":  # the default escalation gave up: the greedy answer stands
+            assert auto.answer is not None and auto.answer == auto.samples[0].answer and auto.winner == 0
     assert gave_up >= 1  # the set is there for this: answers spread
