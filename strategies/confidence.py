@@ -20,7 +20,7 @@
   ends, if its distinct answers are at least ``give_up`` of its answered samples (at least
   two answered), the query stops there (``gave-up``) with the warm-up's weighted vote: where
   the answers spread, more samples would not make a consensus. `auto`'s default escalation
-  gives up at 0.75 (3 or 4 different answers among 4).
+  gives up at 1 (its 4 warm-up answers all differ).
 
 Ties of weight go to the answer whose first sample finished first, as everywhere.
 """

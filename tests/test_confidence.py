@@ -155,9 +155,9 @@ def test_auto_default_escalation_gives_up_where_the_warmup_spreads() -> None:
 
     assert DEFAULT_POLICY.escalation is not None
     spec = DEFAULT_POLICY.escalation.spec()
-    assert "give_up=0.75" in spec and "online=1" in spec
-    scripts = [pad("7", 30), pad("1", 40), pad("2", 41), pad("3", 42), pad("1", 43)] + [pad("1", 90)] * 4
+    assert "give_up=1" in spec and "online=1" in spec
+    scripts = [pad("7", 30), pad("1", 40), pad("2", 41), pad("3", 42), pad("4", 43)] + [pad("1", 90)] * 4
     res = ask_auto(FakeEngine(scripts, margins=[5.0] + [SURE] * 8), spec)
     assert res.stop_reason == "escalated:gave-up" and len(res.samples) == 5  # sample 0 and the warm-up
     # the warm-up's answers spread: stage 1's greedy answer stands, the warm-up's votes are shown
-    assert res.answer == "7" and res.winner == 0 and res.votes == {"1": 2, "2": 1, "3": 1}
+    assert res.answer == "7" and res.winner == 0 and res.votes == {"1": 1, "2": 1, "3": 1, "4": 1}
