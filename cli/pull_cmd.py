@@ -34,8 +34,10 @@ def pull(
         with bar:
             result = do_pull(source, name=name, sha256=sha256, force=force, progress=bar.update)
     except KeyboardInterrupt:
-        kept = [p for p in store_dir().glob("*/*.part") if p.stat().st_size]
-        where = f": {mb(kept[0].stat().st_size)} kept in {kept[0]}" if kept else ""
+        # the partial this pull was writing: the newest one (others may be older interrupted pulls)
+        part = max((p for p in store_dir().glob("*/*.part") if p.stat().st_size), key=lambda p: p.stat().st_mtime,
+                   default=None)
+        where = f": {mb(part.stat().st_size)} kept in {part}" if part is not None else ""
         sys.stderr.write(f"error: interrupted{where}; run the same command to resume\n")
         raise typer.Exit(130) from None
     m = result.model
