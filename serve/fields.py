@@ -26,11 +26,12 @@ COMPLETION_MAX_LOGPROBS = 5  # OpenAI's bound on /v1/completions' integer logpro
 
 
 def default_efforts(max_samples: int) -> tuple[tuple[str, str], ...]:
-    """low: single; medium: auto; high: the default policy's escalation at twice its width, always,
-    and without its give-up rule (high effort spends even where answers spread)."""
+    """low: single; medium: auto; high: the default policy's escalation at twice its width (samples
+    and warm-up), always, and without its give-up rule (high effort spends even where answers spread)."""
     esc = DEFAULT_POLICY.escalation
     base = esc if isinstance(esc, Confidence) else Confidence(online=True, temp=0.4)
-    high = replace(base, k=max(1, min(2 * base.k, max_samples)), give_up=0.0)
+    k = max(1, min(2 * base.k, max_samples))
+    high = replace(base, k=k, warmup=min(k, 2 * base.warmup), give_up=0.0)
     return (("low", "single"), ("medium", "auto"), ("high", high.spec()))
 
 

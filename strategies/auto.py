@@ -10,9 +10,11 @@ Both stages run in one batch over one prefilled prompt (no second prefill):
    profile's step times and the steps observed so far; the plan's first wave
    is halved until it fits, down to 2), the escalation runs on samples 1..k:
    adaptive sampling with sample 0's answer counted as a vote, or DeepConf
-   (``conf@k``, offline or online) on samples 1..k alone, falling back to
-   sample 0's answer when none of them has one, or when the escalation gives
-   up (its answers spread: sampling shows no signal that the greedy answer lacks).
+   (``conf@k``, offline or online) on samples 1..k with sample 0 voting too
+   (weighted by its score, in the consensus check and the final vote), falling
+   back to sample 0's answer when no sample has one, or when the escalation gives
+   up (its own samples' answers spread: sampling shows no signal that the greedy
+   answer lacks).
 
 The deadline covers both stages; the result records the outcome
 (``confident``, ``escalated``, ``no-escalation``, ``no-time-to-escalate``) and
@@ -113,7 +115,7 @@ class AutoController:
                 prior=(first.answer,) if first.answer is not None else (), refill=esc.refill, give_up=esc.give_up,
             )
         else:
-            self.stage2 = ConfidenceController(esc)
+            self.stage2 = ConfidenceController(esc, prior=(0,) if first.answer is not None else ())
         gen.activate(gen.pending()[: self.stage2.n_initial])
         return None
 

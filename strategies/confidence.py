@@ -20,7 +20,11 @@
   ends, if its distinct answers are at least ``give_up`` of its answered samples (at least
   two answered), the query stops there (``gave-up``) with the warm-up's weighted vote: where
   the answers spread, more samples would not make a consensus. `auto`'s default escalation
-  gives up at 1 (its 4 warm-up answers all differ).
+  gives up at 1 (its warm-up answers all differ).
+- ``prior`` (set by `auto`, not a spec field): samples that finished before this controller
+  started (stage 1's greedy sample). They vote with their score, in the consensus check
+  and in the final vote, as adaptive's prior does; the warm-up's threshold and give-up
+  read the controller's own samples only.
 
 Ties of weight go to the answer whose first sample finished first, as everywhere.
 """
@@ -111,6 +115,7 @@ class ConfidenceController(Unstaged):
     """``conf@k``: offline (every sample to its end, then the weighted vote) or online."""
 
     spec: Confidence
+    prior: tuple[int, ...] = ()  # finished samples from before (auto's stage 1) that vote too
     probe_slots: int = 0
     probe_cells: int = 0
     order: list[int] = field(default_factory=list)  # finished samples, in finish order
@@ -153,12 +158,13 @@ class ConfidenceController(Unstaged):
         return self.spec.give_up > 0 and len(answers) >= 2 and len(set(answers)) >= self.spec.give_up * len(answers)
 
     def _agreed(self, gen: BatchGenerator, book: AnswerBook) -> bool:
-        out = weighted_vote(gen, book, self.order, keep=1.0, window=self.spec.window)
+        out = weighted_vote(gen, book, [*self.prior, *self.order], keep=1.0, window=self.spec.window)
         return bool(out.weights) and consensus_share(out.weights) >= self.spec.consensus
 
     def decide(self, gen: BatchGenerator, book: AnswerBook) -> Decision:
         # online: the stopped traces never finished, so the survivors are already filtered
         keep = 1.0 if self.spec.online else self.spec.keep
-        out = weighted_vote(gen, book, self.order, keep=keep, window=self.spec.window)
-        winner = out.winner if out.winner is not None else (self.order[0] if self.order else None)
+        voters = [*self.prior, *self.order]
+        out = weighted_vote(gen, book, voters, keep=keep, window=self.spec.window)
+        winner = out.winner if out.winner is not None else (voters[0] if voters else None)
         return Decision(out.answer, winner, out.votes)

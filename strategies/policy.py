@@ -60,13 +60,16 @@ class AutoPolicy:
 # temperature 0.4 59%, 130.2 tokens (72 of 100 escalate); always escalating to it 62%, 179.9; to the
 # adaptive default 55%, 141.1. (Before it: certainty 0.533, then adaptive at the old 0.95/waves of 4/T 0.8;
 # before that, set by hand: certainty 0.8, then adaptive:max=16.)
-# The escalation gives up after its warm-up when its 4 answers all differ; auto then answers with
+# The escalation gives up after its warm-up when its answers all differ; auto then answers with
 # stage 1's greedy answer (issue 28, docs/BENCHMARKS.md: on 100 arith-1d questions giving up at
-# 3 of 4 different cost 7 points [1.3, 12.7] against never; all 4 costs 4, replayed; on object
-# counting, where SmolLM2's answers spread, it saves 0.09x of maj@8's tokens at +2 points).
+# 3 of 4 different cost 7 points [1.3, 12.7] against never). Stage 1's sample votes in the
+# escalation (+4 points on arith-1d, +2 on counting, replayed at equal tokens), which lets the
+# warm-up shrink to 2: replayed on the stored full escalations, 49% at 0.39x maj@8's tokens on
+# arith-1d and 12% at 0.33x on object counting, against 52% at 0.71x and 12% at 0.69x with a
+# warm-up of 4 (bench/escalation_replay.py; measured runs in docs/BENCHMARKS.md).
 DEFAULT_POLICY = AutoPolicy(
     task="default", confidence=0.952,
-    escalation=Confidence(k=AUTO_MAX_SAMPLES, online=True, temp=0.4, give_up=1.0),
+    escalation=Confidence(k=AUTO_MAX_SAMPLES, online=True, warmup=2, temp=0.4, give_up=1.0),
     fitted={"source": "the default: fitted on 100 packaged arith-1d questions (offset 100) for SmolLM2-135M"},
 )
 

@@ -91,6 +91,8 @@ def test_auto_escalates_to_deepconf_on_the_real_model(runtime) -> None:
     # stage 1, then DeepConf's own scored samples
     assert len(res.samples) > 1 and all(s.confidence is not None for s in res.samples[1:] if s.n_tokens)
     assert res.answer is None or res.answer in res.votes or res.samples[0].answer == res.answer
+    if res.samples[0].answer is not None:  # stage 1's sample votes in DeepConf's tally
+        assert res.samples[0].answer in res.votes
 
 
 def test_give_up_rules_end_to_end_on_the_real_model(runtime) -> None:
