@@ -114,6 +114,18 @@ def test_adaptive_can_decide_by_weight() -> None:
     assert res.answer == "7" and res.stop_reason == "k-max-reached"
 
 
+def test_adaptive_gives_up_with_the_weighted_vote_under_vote_conf() -> None:
+    # 16 different answers: the default gives up at the fifth (reach probability 0.462 < 0.5);
+    # counted, the five tie and the first finisher's 1 wins; weighted, the one sure trace's 4 wins
+    scripts = [pad(str(i + 1), 30 + i) for i in range(16)]
+    margins = [UNSURE, UNSURE, UNSURE, SURE] + [UNSURE] * 12
+    counted = ask(FakeEngine(scripts, margins=margins), "adaptive")
+    weighted = ask(FakeEngine(scripts, margins=margins), "adaptive:vote=conf")
+    assert counted.stop_reason == weighted.stop_reason == "gave-up"
+    assert counted.answer == "1" and weighted.answer == "4" and weighted.winner == 3
+    assert len([s for s in weighted.samples if s.finish_reason == "stop"]) == 5
+
+
 # -- auto escalating to DeepConf ------------------------------------------------------
 def ask_auto(engine: FakeEngine, escalate: str, confidence: float = 0.8,  # type: ignore[no-untyped-def]
              on_step: StepCallback | None = None):
