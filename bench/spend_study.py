@@ -79,7 +79,8 @@ def table(rows: Sequence[StrategyRow], default_id: str) -> str:
              "|---|---:|---:|---:|---:|"]
     for r in rows:
         d = r.acc_vs_ref
-        diff = "" if d is None or r.label == REFERENCE else f"{100 * d.diff:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+        diff = ("" if d is None or r.label == REFERENCE
+                else f"{100 * d.diff:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]")
         name = "**auto** (default)" if r.label == f"auto:policy={default_id}" else r.label
         lines.append(f"| {name} | {100 * r.accuracy:.1f} [{100 * r.ci.low:.1f}, {100 * r.ci.high:.1f}] | "
                      f"{r.tokens_per_query:.1f} | {r.tokens_vs_ref or 0:.2f}x | {diff} |")
