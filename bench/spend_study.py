@@ -120,10 +120,10 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("stores", nargs="+", help="NAME=STORE")
-    ap.add_argument("--labels", default=None, help="comma-separated strategy labels to keep (default: all)")
+    ap.add_argument("--labels", default=None, help="strategy labels to keep, separated by ; (default: all)")
     ap.add_argument("--plot", type=Path, default=None)
     args = ap.parse_args()
-    labels = args.labels.split(",") if args.labels else None
+    labels = args.labels.split(";") if args.labels else None
     default_id = DEFAULT_POLICY.id()
     checks: list[str] = []
     panels = []
