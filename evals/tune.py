@@ -22,11 +22,11 @@ stage 1's certainty as the difficulty bin:
    than noise and at least ``min_gain``: a tuned ``auto`` is never worse than
    its stage 1 by more than noise.
 
-The replay counts the candidate as if run alone. In ``auto`` an adaptive
-escalation also counts stage 1's answer as one vote, so the real policy is at
-least as well-informed; a ``conf@k`` escalation runs on new samples alone, as
-replayed (its samples' seeds differ: they are samples 1..k of the query). Report it on other
-questions than it was fitted on (``edgescale bench --policy TASK --offset ...``).
+The replay counts the candidate as if run alone. In ``auto`` either escalation also
+counts stage 1's sample as one vote (adaptive by count, ``conf@k`` by its trace score), and
+its samples' seeds differ (they are samples 1..k of the query), so the real policy is not
+exactly the replayed one: the cross-validated figure ``tune`` prints is what ``bench
+--policy TASK`` on other questions (``--offset ...``) checks, gap included.
 """
 
 from __future__ import annotations
