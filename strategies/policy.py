@@ -66,7 +66,8 @@ class AutoPolicy:
 # escalation (+4 points on arith-1d, +2 on counting, replayed at equal tokens), which lets the
 # warm-up shrink to 2: replayed on the stored full escalations, 49% at 0.39x maj@8's tokens on
 # arith-1d and 12% at 0.33x on object counting, against 52% at 0.71x and 12% at 0.69x with a
-# warm-up of 4 (bench/escalation_replay.py; measured runs in docs/BENCHMARKS.md).
+# warm-up of 4 (bench/escalation_replay.py). Measured on the report splits: 49% at 0.42x on arith-1d,
+# 11% at 0.34x on counting, 22% at 0.30x on arith-3; Gemma 3 270M 53% at 0.18x on arith-1d (BENCHMARKS).
 DEFAULT_POLICY = AutoPolicy(
     task="default", confidence=0.952,
     escalation=Confidence(k=AUTO_MAX_SAMPLES, online=True, warmup=2, temp=0.4, give_up=1.0),
