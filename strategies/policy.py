@@ -63,9 +63,9 @@ class AutoPolicy:
 # The escalation gives up after its warm-up when its answers all differ; auto then answers with
 # stage 1's greedy answer (issue 28, docs/BENCHMARKS.md: on 100 arith-1d questions giving up at
 # 3 of 4 different cost 7 points [1.3, 12.7] against never). Stage 1's sample votes in the
-# escalation (+4 points on arith-1d, +2 on counting, replayed at equal tokens), which lets the
-# warm-up shrink to 2: replayed on the stored full escalations, 49% at 0.39x maj@8's tokens on
-# arith-1d and 12% at 0.33x on object counting, against 52% at 0.71x and 12% at 0.69x with a
+# escalation (+4 points on arith-1d, +1 to +2 on counting, replayed), which lets the warm-up
+# shrink to 2: replayed on the stored full escalations, 49% at 0.39x maj@8's tokens on
+# arith-1d and 12% at 0.33x on object counting, against 52% at 0.71x and 13% at 0.64x with a
 # warm-up of 4 (bench/escalation_replay.py). Measured on the report splits: 49% at 0.42x on arith-1d,
 # 11% at 0.34x on counting, 22% at 0.30x on arith-3; Gemma 3 270M 53% at 0.18x on arith-1d (BENCHMARKS).
 DEFAULT_POLICY = AutoPolicy(
