@@ -21,8 +21,9 @@ from edgescale.strategies.spec import Strategy, parse_strategy
 PROMPT_FORMAT = 1  # bump when bench_prompt changes what the model sees (part of the settings id)
 # bump when answer extraction or a strategy's rule changes what a record would say (2: numbers
 # in words; ffs / short-m@k count only answered finishers by default; 3: a text ending on an
-# unresolved equation, "1 + 4 = N", has no number answer)
-ANSWER_RULES = 3
+# unresolved equation, "1 + 4 = N", has no number answer; 4: auto's DeepConf escalation counts
+# stage 1's sample as a vote, which a policy's id, hashing only its threshold and spec, misses)
+ANSWER_RULES = 4
 RAW_CUE = "\nAnswer:"
 RAW_STOP = "\nQuestion:"
 
