@@ -24,13 +24,11 @@ the run's.
 from __future__ import annotations
 
 import argparse
-import json
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from give_up_replay import load
+from give_up_replay import load, weighted_answer
 
 CONSENSUS = 0.95
 
@@ -42,21 +40,6 @@ class Size:
 
     def label(self) -> str:
         return "none" if self.cap == 0 else f"W{self.warmup}K{self.cap}"
-
-
-def weighted(samples: Sequence[dict[str, Any]]) -> tuple[str | None, float]:
-    """DeepConf's weighted vote (ties to the earliest index) and the leader's share."""
-    weight: dict[str, float] = defaultdict(float)
-    first: dict[str, int] = {}
-    for s in samples:
-        if s["answer"] is not None and s["confidence"] is not None:
-            weight[s["answer"]] += s["confidence"]
-            first.setdefault(s["answer"], s["index"])
-    if not weight:
-        return None, 0.0
-    best = max(weight.values())
-    answer = min((a for a in weight if abs(weight[a] - best) <= 1e-12 * max(1.0, best)), key=first.__getitem__)
-    return answer, best / sum(weight.values())
 
 
 def escalate(record: dict[str, Any], size: Size, stage1_votes: bool, give_up: bool) -> tuple[str | None, int]:
@@ -73,27 +56,17 @@ def escalate(record: dict[str, Any], size: Size, stage1_votes: bool, give_up: bo
     if give_up and len(answers) >= 2 and len(set(answers)) == len(answers):
         return s0["answer"], tokens
     pool = warm + ([s0] if stage1_votes else [])
-    answer, share = weighted(pool)
+    answer, share = weighted_answer(pool)
     if share < CONSENSUS:
         rest = [by_index[i] for i in range(size.warmup + 1, size.cap + 1) if i in by_index]
         for s in sorted(rest, key=lambda s: s["finished_at_s"] or float("inf")):
             tokens += s["n_tokens"]
             if s["finish_reason"] in ("stop", "length"):
                 pool.append(s)
-                answer, share = weighted(pool)
+                answer, share = weighted_answer(pool)
                 if share >= CONSENSUS:
                     break
     return (answer if answer is not None else s0["answer"]), tokens
-
-
-def by_spec(store: Path, prefix: str) -> dict[str, dict[str, Any]]:
-    """item id -> the last record whose strategy spec starts with ``prefix``."""
-    out: dict[str, dict[str, Any]] = {}
-    for line in (store / "results.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        if r["strategy_spec"].startswith(prefix):
-            out[r["item_id"]] = r
-    return out
 
 
 def certainty(record: dict[str, Any]) -> float:
@@ -108,7 +81,8 @@ def main() -> None:
     ap.add_argument("--baseline-store", type=Path, default=None, help="where the baseline ran (default: STORE)")
     ap.add_argument("--cuts", default="0.5,0.8", help="certainty cuts for the tiers")
     args = ap.parse_args()
-    records = by_spec(args.store, args.spec)
+    records = {i: r for spec, recs in load(args.store, label=lambda r: r["strategy_spec"]).items()
+               if spec.startswith(args.spec) for i, r in recs.items()}
     base = load(args.baseline_store or args.store).get(args.baseline, {})
     if not records or not base:
         raise SystemExit(f"error: no {args.spec!r} or {args.baseline!r} records in the store(s)")

@@ -17,16 +17,34 @@ import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 
-def load(store: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """strategy label -> item id -> record (the last one written)."""
+def load(store: Path, label: Callable[[dict[str, Any]], str] = lambda r: r["strategy"]
+         ) -> dict[str, dict[str, dict[str, Any]]]:
+    """label (the strategy's, by default) -> item id -> record (the last one written)."""
     out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for line in (store / "results.jsonl").read_text().splitlines():
         r = json.loads(line)
-        out[r["strategy"]][r["item_id"]] = r
+        out[label(r)][r["item_id"]] = r
     return out
+
+
+def weighted_answer(samples: Sequence[dict[str, Any]]) -> tuple[str | None, float]:
+    """DeepConf's weighted vote over stored samples (ties to the first to finish) and the
+    leader's share of the weight."""
+    weight: dict[str, float] = defaultdict(float)
+    first: dict[str, float] = {}
+    for s in samples:
+        if s["answer"] is not None:
+            weight[s["answer"]] += s["confidence"] or 0.0
+            first[s["answer"]] = min(first.get(s["answer"], 1e18), s["finished_at_s"] or 0.0)
+    if not weight:
+        return None, 0.0
+    best = max(weight.values())
+    answer = min((a for a in weight if abs(weight[a] - best) <= 1e-12 * max(1.0, best)), key=first.__getitem__)
+    total = sum(weight.values())
+    return answer, (best / total if total > 0 else 0.0)
 
 
 def replay(record: dict[str, Any], give_up: float, warmup: int) -> tuple[str | None, int, bool]:
@@ -36,13 +54,7 @@ def replay(record: dict[str, Any], give_up: float, warmup: int) -> tuple[str | N
     answered = [s for s in warm if s["answer"] is not None]
     if give_up <= 0 or len(answered) < 2 or len({s["answer"] for s in answered}) < give_up * len(answered):
         return res["answer"], res["stats"]["generated_tokens"], False
-    weight: dict[str, float] = defaultdict(float)
-    first: dict[str, float] = {}
-    for s in answered:
-        weight[s["answer"]] += s["confidence"] or 0.0
-        first[s["answer"]] = min(first.get(s["answer"], 1e18), s["finished_at_s"] or 0.0)
-    best = max(weight.values())
-    answer = min((a for a in weight if abs(weight[a] - best) <= 1e-12 * max(1.0, best)), key=first.__getitem__)
+    answer, _ = weighted_answer(answered)
     return answer, sum(s["n_tokens"] for s in warm), True
 
 

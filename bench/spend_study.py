@@ -18,9 +18,10 @@ With ``--plot FILE`` it draws accuracy against tokens-vs-maj@8, one panel per st
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Sequence
+
+from give_up_replay import load
 
 from edgescale.evals.bench_report import StrategyRow, summarize
 from edgescale.evals.stats import paired_difference
@@ -29,17 +30,12 @@ REFERENCE = "maj@8"
 ADAPTIVE, AUTO = "adaptive", "auto"
 
 
-def load(store: Path, labels: Sequence[str] | None) -> tuple[dict[str, str], dict[str, list[dict[str, Any]]]]:
-    """label -> spec, label -> records (the last per question), for questions every label ran."""
-    recs: dict[str, dict[str, dict[str, Any]]] = {}
-    specs: dict[str, str] = {}
-    for line in (store / "results.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        label = r["strategy"] if r["strategy"] != "auto" else r["strategy_spec"]
-        if labels is not None and label not in labels:
-            continue
-        specs[label] = r["strategy_spec"]
-        recs.setdefault(label, {})[r["item_id"]] = r
+def load_store(store: Path, labels: Sequence[str] | None) -> tuple[dict[str, str], dict[str, list[dict[str, Any]]]]:
+    """label -> spec, label -> records (the last per question), for questions every label ran;
+    an ``auto`` run is labelled by its spec (its policy)."""
+    runs = load(store, label=lambda r: r["strategy"] if r["strategy"] != "auto" else r["strategy_spec"])
+    recs = {k: v for k, v in runs.items() if labels is None or k in labels}
+    specs = {k: next(iter(v.values()))["strategy_spec"] for k, v in recs.items()}
     common = set.intersection(*(set(v) for v in recs.values())) if recs else set()
     ordered = sorted(common, key=lambda i: int(i.rsplit("-", 1)[1]))
     return specs, {k: [v[i] for i in ordered] for k, v in recs.items()}
@@ -49,7 +45,7 @@ def auto_label(labels: Sequence[str], default_id: str) -> str | None:
     return next((x for x in labels if x == f"auto:policy={default_id}"), None)
 
 
-def check(name: str, specs: dict[str, str], records: dict[str, list[dict[str, Any]]], rows: dict[str, StrategyRow],
+def check(name: str, records: dict[str, list[dict[str, Any]]], rows: dict[str, StrategyRow],
           default_id: str) -> list[str]:
     out = []
     ref = rows[REFERENCE]
@@ -129,14 +125,14 @@ def main() -> None:
     panels = []
     for item in args.stores:
         name, _, store = item.partition("=")
-        specs, records = load(Path(store), labels)
+        specs, records = load_store(Path(store), labels)
         if REFERENCE not in records:
             raise SystemExit(f"error: {store} has no {REFERENCE} records")
         summary = summarize(name, specs, records)
         rows = {r.label: r for r in summary.rows}
         print(f"**{name}** (n={len(records[REFERENCE])})\n")
         print(table(summary.rows, default_id))
-        checks += check(name, specs, records, rows, default_id)
+        checks += check(name, records, rows, default_id)
         panels.append((name, rows))
     print("| set | target | measured | |\n|---|---|---|---|")
     print("\n".join(checks))
